@@ -18,7 +18,7 @@ type Check struct {
 //
 // Decide decides every check of one subject atomically and all-or-nothing:
 // if any check is rejected, none of them consumes quota. subject is the
-// evaluated key expression (e.g. "per-user|alice"); all checks share it, so
+// evaluated key expression (e.g. "claim:sub=alice"); all checks share it, so
 // the Redis store keeps them in one hash-tagged key and one script call.
 // out has len(checks) and receives the decisions in order. A store error
 // (Redis unreachable, timeout) is returned as err and the caller applies the

@@ -23,6 +23,22 @@ type Check struct {
 // out has len(checks) and receives the decisions in order. A store error
 // (Redis unreachable, timeout) is returned as err and the caller applies the
 // policy's on_store_error.
+//
+// The state of a check is identified by (subject, Check.Policy): the same
+// policy name on another subject, or another policy on the same subject, is
+// independent state. subject may point into a reused buffer: a store must
+// not retain it (nor a string sliced from it) after the call returns.
+//
+// Refund gives back, for each check, Check.Cost units that an earlier Decide
+// on the same subject admitted (algo.Refund semantics, at the store's current
+// time). The core calls it when a request's checks span several subjects:
+// they are decided in order, and when a later subject rejects, the earlier
+// subjects' admissions are refunded, so the request as a whole consumes
+// nothing. Error bound: between Decide and Refund (one round trip) other
+// requests saw the units taken, so at most the refunded cost per round trip
+// can have been rejected wrongly; nothing is ever admitted wrongly. A refund
+// that fails is logged and dropped (the units stay consumed: the safe side).
 type Store interface {
 	Decide(ctx context.Context, subject string, checks []Check, out []algo.Decision) error
+	Refund(ctx context.Context, subject string, checks []Check) error
 }

@@ -1,0 +1,839 @@
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/identity"
+	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// DefaultMaxBackendBodyBytes caps a backend body when the BFF sets no
+// max_backend_body_bytes.
+const DefaultMaxBackendBodyBytes = 5 << 20
+
+// Deps are an endpoint's dependencies.
+type Deps struct {
+	// Logger receives backend failures (debug for optional backends, warn
+	// for required ones). Nil discards.
+	Logger *slog.Logger
+	// Upstreams maps upstream names to their round trippers (the gateway's
+	// *upstream.Pool). A round tripper receives requests whose URL carries
+	// the path and query; scheme and host are placeholders ("http" and the
+	// upstream name) that the pool replaces with a target.
+	Upstreams map[string]http.RoundTripper
+	// Now is the clock; nil means time.Now. Deadlines are computed from it.
+	Now func() time.Time
+}
+
+// Input is what a backend call reads: the client request and, for a
+// backend with after, its dependency's result.
+type Input struct {
+	// Request is the inbound request (headers, query).
+	Request *http.Request
+	// Info is the gateway's request state; nil outside the gateway.
+	Info *reqctx.Info
+
+	id    *identity.Identity
+	idSet bool
+	query url.Values
+	dep   *Result
+}
+
+func (in *Input) identity() *identity.Identity {
+	if !in.idSet {
+		in.id, in.idSet = reqctx.IdentityFrom(in.Request.Context()), true
+	}
+	return in.id
+}
+
+func (in *Input) queryValues() url.Values {
+	if in.query == nil {
+		in.query = in.Request.URL.Query()
+	}
+	return in.query
+}
+
+// Result is one backend's answer.
+type Result struct {
+	// Status is the upstream's status code.
+	Status int
+	// Body is the raw, decoded (gunzipped), unshaped body; {NAME.field}
+	// templates read it.
+	Body []byte
+	// Value is the shaped JSON value placed into the response.
+	Value []byte
+
+	bodyBuf, valueBuf *[]byte
+}
+
+// BackendFunc is one backend call as a typed function. Fetching, decoding
+// and shaping compose as BackendFuncs.
+type BackendFunc func(ctx context.Context, in *Input) (*Result, error)
+
+// backend is one compiled backend of an endpoint.
+type backend struct {
+	name     string
+	optional bool
+	timeout  time.Duration
+	dep      int   // index of the after backend, or -1
+	children []int // backends that wait for this one
+	// into is the response key, with intoJSON its quoted form; empty means
+	// merge the value's members into the response.
+	into     string
+	intoB    []byte
+	intoJSON []byte
+	shaper   *shaper
+	call     BackendFunc
+}
+
+// endpoint is one compiled BFF endpoint; it is immutable once built.
+type endpoint struct {
+	bff, name string
+	backends  []*backend
+	roots     []int
+	timeout   time.Duration
+	reserve   time.Duration
+	maxBody   int64
+	log       *slog.Logger
+	now       func() time.Time
+	bufs      sync.Pool // *[]byte
+	scanners  sync.Pool // *scanner
+	gzips     sync.Pool // *gzip.Reader
+	states    sync.Pool // *runState
+}
+
+// NewEndpoint compiles one BFF endpoint into a handler. Every template,
+// field path, upstream name and the after graph is checked here; a request
+// never meets a config error.
+func NewEndpoint(bff *config.BFF, ep *config.Endpoint, deps Deps) (http.Handler, error) {
+	if bff == nil || ep == nil {
+		return nil, errors.New("aggregate: nil bff or endpoint")
+	}
+	where := fmt.Sprintf("bff %s endpoint %s", bff.Name, ep.Name)
+	if len(ep.Backends) == 0 {
+		return nil, fmt.Errorf("%s: no backends", where)
+	}
+	e := &endpoint{
+		bff:     bff.Name,
+		name:    ep.Name,
+		timeout: ep.Timeout.D(),
+		maxBody: int64(bff.MaxBackendBodyBytes),
+		log:     deps.Logger,
+		now:     deps.Now,
+	}
+	if e.maxBody <= 0 {
+		e.maxBody = DefaultMaxBackendBodyBytes
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	// The reserve leaves the endpoint time to answer with what it has after
+	// a backend's default deadline passes.
+	e.reserve = min(e.timeout/20, 10*time.Millisecond)
+
+	index := make(map[string]int, len(ep.Backends))
+	intos := make(map[string]string, len(ep.Backends))
+	for i, bc := range ep.Backends {
+		name := bc.Name
+		if name == "" {
+			name = bc.Into
+		}
+		if name == "" {
+			name = bc.Upstream
+		}
+		if name == "" {
+			return nil, fmt.Errorf("%s: backends[%d]: no name, into or upstream", where, i)
+		}
+		if _, dup := index[name]; dup {
+			return nil, fmt.Errorf("%s: backend name %q is used twice", where, name)
+		}
+		index[name] = i
+		if bc.Into != "" {
+			if other, dup := intos[bc.Into]; dup {
+				return nil, fmt.Errorf("%s: backends %q and %q both use into %q", where, other, name, bc.Into)
+			}
+			intos[bc.Into] = name
+		}
+	}
+	for i, bc := range ep.Backends {
+		b, err := e.compileBackend(bc, ep.Backends, index, deps)
+		if err != nil {
+			return nil, fmt.Errorf("%s: backend %s: %w", where, nameOf(bc, i), err)
+		}
+		e.backends = append(e.backends, b)
+	}
+	for i, b := range e.backends {
+		if b.dep < 0 {
+			e.roots = append(e.roots, i)
+		} else {
+			e.backends[b.dep].children = append(e.backends[b.dep].children, i)
+		}
+	}
+	// With one after per backend, a cycle is a chain that comes back.
+	for i := range e.backends {
+		seen := 0
+		for j := e.backends[i].dep; j >= 0; j = e.backends[j].dep {
+			if j == i || seen > len(e.backends) {
+				return nil, fmt.Errorf("%s: backend %s: after forms a cycle", where, e.backends[i].name)
+			}
+			seen++
+		}
+	}
+	return e, nil
+}
+
+func nameOf(bc *config.Backend, i int) string {
+	switch {
+	case bc.Name != "":
+		return bc.Name
+	case bc.Into != "":
+		return bc.Into
+	case bc.Upstream != "":
+		return bc.Upstream
+	}
+	return fmt.Sprintf("#%d", i)
+}
+
+func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, index map[string]int, deps Deps) (*backend, error) {
+	b := &backend{
+		name:     nameOf(bc, 0),
+		optional: bc.Optional,
+		timeout:  bc.Timeout.D(),
+		dep:      -1,
+		into:     bc.Into,
+	}
+	if bc.Timeout < 0 {
+		return nil, errors.New("negative timeout")
+	}
+	if bc.After != "" {
+		j, ok := index[bc.After]
+		if !ok {
+			return nil, fmt.Errorf("after: no backend named %q", bc.After)
+		}
+		if all[j] == bc {
+			return nil, errors.New("after names the backend itself")
+		}
+		b.dep = j
+	}
+	if b.into != "" {
+		b.intoB = []byte(b.into)
+		b.intoJSON = appendJSONString(nil, b.into)
+	}
+	rt := deps.Upstreams[bc.Upstream]
+	if rt == nil {
+		return nil, fmt.Errorf("unknown upstream %q", bc.Upstream)
+	}
+	tmpl, err := parseTemplate(bc.Path, bc.After)
+	if err != nil {
+		return nil, err
+	}
+	sh, err := compileShape(shapeSpec{Fields: bc.Fields, Drop: bc.Drop, Rename: bc.Rename, Pick: bc.Pick})
+	if err != nil {
+		return nil, err
+	}
+	b.shaper = sh
+	method := strings.ToUpper(bc.Method)
+	if method == "" {
+		method = http.MethodGet
+	}
+	f := &fetcher{e: e, b: b, upstream: bc.Upstream, method: method, tmpl: tmpl, rt: rt}
+	b.call = f.call
+	return b, nil
+}
+
+// fetcher makes one backend's upstream request and shapes the answer.
+type fetcher struct {
+	e        *endpoint
+	b        *backend
+	upstream string
+	method   string
+	tmpl     *template
+	rt       http.RoundTripper
+}
+
+// statusError is a non-2xx answer from a backend.
+type statusError struct{ status int }
+
+func (e *statusError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status)
+}
+
+// bodyError is a backend body the endpoint cannot use.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+var errTooLarge = errors.New("body larger than max_backend_body_bytes")
+
+func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
+	e := f.e
+	s := e.getScanner()
+	defer e.scanners.Put(s)
+	target := e.getBuf()
+	defer e.bufs.Put(target)
+	var err error
+	*target, err = f.tmpl.render((*target)[:0], in, s)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, f.method, "http://upstream/", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.URL.Host = f.upstream
+	req.Host = f.upstream
+	path, query, _ := strings.Cut(string(*target), "?")
+	req.URL.RawQuery = query
+	if strings.IndexByte(path, '%') >= 0 {
+		req.URL.Path, err = url.PathUnescape(path)
+		if err != nil {
+			return nil, fmt.Errorf("rendered path %q: %w", path, err)
+		}
+		req.URL.RawPath = path
+	} else {
+		req.URL.Path = path
+	}
+	req.Header = outboundHeader(in)
+	resp, err := f.rt.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		// Drain a little so the connection can be reused.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+		return nil, &statusError{status: resp.StatusCode}
+	}
+	res := &Result{Status: resp.StatusCode, bodyBuf: e.getBuf(), valueBuf: e.getBuf()}
+	body, err := e.readBody(resp, *res.bodyBuf)
+	*res.bodyBuf = body
+	res.Body = body
+	if err != nil {
+		e.release(res)
+		return nil, err
+	}
+	val, err := f.shape(s, resp.Header.Get("Content-Type"), body, (*res.valueBuf)[:0])
+	*res.valueBuf = val
+	res.Value = val
+	if err != nil {
+		e.release(res)
+		return nil, &bodyError{err: err}
+	}
+	return res, nil
+}
+
+// shape turns a body into the value placed in the response.
+func (f *fetcher) shape(s *scanner, contentType string, body, dst []byte) ([]byte, error) {
+	if len(body) == 0 {
+		return append(dst, "null"...), nil
+	}
+	if !isJSON(contentType) {
+		if !f.b.shaper.none {
+			return dst, fmt.Errorf("content type %q is not JSON, but fields, drop, rename or pick need JSON", contentType)
+		}
+		return appendJSONString(dst, string(body)), nil
+	}
+	out, err := f.b.shaper.apply(s, body, dst)
+	if err != nil {
+		return out, err
+	}
+	if f.b.into == "" && (len(out) == 0 || out[0] != '{') {
+		return out, errors.New("the value is not an object and the backend has no into to place it under")
+	}
+	return out, nil
+}
+
+// isJSON accepts application/json, any +json type and a missing type.
+func isJSON(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
+func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
+	var r io.Reader = resp.Body
+	switch enc := strings.ToLower(resp.Header.Get("Content-Encoding")); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, _ := e.gzips.Get().(*gzip.Reader)
+		var err error
+		if zr == nil {
+			zr, err = gzip.NewReader(resp.Body)
+		} else {
+			err = zr.Reset(resp.Body)
+		}
+		if err != nil {
+			return dst[:0], &bodyError{err: fmt.Errorf("gzip: %w", err)}
+		}
+		defer e.gzips.Put(zr)
+		r = zr
+	default:
+		return dst[:0], &bodyError{err: fmt.Errorf("unsupported content encoding %q", enc)}
+	}
+	// Read up to one byte past the cap, to tell "exactly the cap" from
+	// "larger"; the cap counts decoded bytes, so a gzip bomb stops here too.
+	dst = dst[:0]
+	limit := e.maxBody + 1
+	if cl := resp.ContentLength; cl > e.maxBody {
+		return dst, &bodyError{err: errTooLarge}
+	} else if cl > 0 && int64(cap(dst)) < cl {
+		dst = make([]byte, 0, cl)
+	}
+	for int64(len(dst)) < limit {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		room := min(int64(cap(dst)), limit) - int64(len(dst))
+		n, err := r.Read(dst[len(dst) : int64(len(dst))+room])
+		dst = dst[:len(dst)+n]
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+	return dst, &bodyError{err: errTooLarge}
+}
+
+// hopHeaders are not forwarded to backends: hop-by-hop fields (RFC 9110
+// section 7.6.1), what the gateway sets itself, and fields that would make
+// a backend answer something other than a full JSON body (conditionals,
+// ranges).
+func skipHeader(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+		"Cookie", "Host", "Content-Length", "Content-Type", "Accept-Encoding", "Accept", "Expect",
+		"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range",
+		"X-Request-Id":
+		return true
+	}
+	return false
+}
+
+// outboundHeader copies the inbound headers that a backend may see: the
+// auth stage's forwarded identity headers, traceparent, tracestate and the
+// like. Values are copied into one new slice so that a round tripper that
+// appends cannot touch the inbound request or another backend's header.
+func outboundHeader(in *Input) http.Header {
+	src := in.Request.Header
+	var connTokens []string
+	if c := src["Connection"]; len(c) > 0 {
+		for _, v := range c {
+			for _, t := range strings.Split(v, ",") {
+				if t = strings.TrimSpace(t); t != "" {
+					connTokens = append(connTokens, http.CanonicalHeaderKey(t))
+				}
+			}
+		}
+	}
+	n := 0
+	for _, vv := range src {
+		n += len(vv)
+	}
+	vals := make([]string, 0, n+3)
+	h := make(http.Header, len(src)+3)
+outer:
+	for k, vv := range src {
+		if skipHeader(k) {
+			continue
+		}
+		for _, t := range connTokens {
+			if t == k {
+				continue outer
+			}
+		}
+		start := len(vals)
+		vals = append(vals, vv...)
+		h[k] = vals[start:len(vals):len(vals)]
+	}
+	rid := ""
+	if in.Info != nil {
+		rid = in.Info.RequestID
+	}
+	if rid == "" {
+		rid = src.Get("X-Request-Id")
+	}
+	if rid != "" {
+		h["X-Request-Id"] = append(vals, rid)[len(vals):]
+		vals = vals[:len(vals)+1]
+	}
+	h["Accept-Encoding"] = []string{"gzip"}
+	h["Accept"] = []string{"application/json"}
+	return h
+}
+
+func (e *endpoint) getBuf() *[]byte {
+	if b, ok := e.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, 4096)
+	return &b
+}
+
+func (e *endpoint) getScanner() *scanner {
+	if s, ok := e.scanners.Get().(*scanner); ok {
+		return s
+	}
+	return &scanner{}
+}
+
+func (e *endpoint) release(r *Result) {
+	if r == nil {
+		return
+	}
+	if r.bodyBuf != nil {
+		*r.bodyBuf = (*r.bodyBuf)[:0]
+		e.putBuf(r.bodyBuf)
+	}
+	if r.valueBuf != nil {
+		*r.valueBuf = (*r.valueBuf)[:0]
+		e.putBuf(r.valueBuf)
+	}
+	r.Body, r.Value, r.bodyBuf, r.valueBuf = nil, nil, nil, nil
+}
+
+// putBuf returns a buffer to the pool unless it grew huge (one 5 MiB body
+// should not pin 5 MiB per pooled buffer).
+func (e *endpoint) putBuf(b *[]byte) {
+	if cap(*b) <= 1<<20 {
+		e.bufs.Put(b)
+	}
+}
+
+// runState is one request's fan-out state; each backend index is written
+// by one goroutine only, and read after wg.Wait.
+type runState struct {
+	in      []Input
+	results []*Result
+	errs    []*problem.Error
+	fatal   atomic.Int32 // first required backend to fail, or -1
+	wg      sync.WaitGroup
+	cancel  context.CancelFunc
+}
+
+func (e *endpoint) getState() *runState {
+	if st, ok := e.states.Get().(*runState); ok {
+		return st
+	}
+	n := len(e.backends)
+	return &runState{in: make([]Input, n), results: make([]*Result, n), errs: make([]*problem.Error, n)}
+}
+
+func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	info := reqctx.From(r.Context())
+	st := e.getState()
+	st.fatal.Store(-1)
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
+	if e.timeout > 0 {
+		// The endpoint's time runs from when the gateway received the
+		// request, so time spent in auth and rate limiting counts.
+		now := e.now()
+		start := now
+		if info != nil && !info.Start.IsZero() && info.Start.Before(now) {
+			start = info.Start
+		}
+		ctx, cancel = context.WithTimeout(r.Context(), start.Add(e.timeout-e.reserve).Sub(now))
+	} else {
+		ctx, cancel = context.WithCancel(r.Context())
+	}
+	st.cancel = cancel
+	base := Input{Request: r, Info: info}
+	for i := range st.in {
+		st.in[i] = base
+	}
+	for k, i := range e.roots {
+		if k == len(e.roots)-1 {
+			e.run(ctx, st, i)
+		} else {
+			st.wg.Add(1)
+			go func() { defer st.wg.Done(); e.run(ctx, st, i) }()
+		}
+	}
+	st.wg.Wait()
+	cancel()
+
+	if f := st.fatal.Load(); f >= 0 {
+		perr := st.errs[f]
+		if perr.Status != problem.StatusClientClosed {
+			e.log.LogAttrs(r.Context(), slog.LevelWarn, "required backend failed",
+				slog.String("bff", e.bff), slog.String("endpoint", e.name),
+				slog.String("backend", e.backends[f].name), slog.Any("error", perr))
+		}
+		problem.Write(w, r, perr)
+	} else {
+		e.respond(w, st)
+	}
+	for i := range e.backends {
+		e.release(st.results[i])
+		st.results[i], st.errs[i] = nil, nil
+		st.in[i] = Input{}
+	}
+	st.cancel = nil
+	e.states.Put(st)
+}
+
+// run executes backend i and then, on the same goroutine, the last of its
+// dependents (the others get goroutines of their own).
+func (e *endpoint) run(ctx context.Context, st *runState, i int) {
+	for {
+		b := e.backends[i]
+		in := &st.in[i]
+		if b.dep >= 0 {
+			in.dep = st.results[b.dep]
+		}
+		bctx, cancel := ctx, context.CancelFunc(nil)
+		if b.timeout > 0 {
+			bctx, cancel = context.WithTimeout(ctx, b.timeout)
+		}
+		res, err := b.call(bctx, in)
+		if err != nil {
+			st.errs[i] = e.classify(b, err, bctx, in.Request.Context())
+			e.failed(st, i)
+		} else {
+			st.results[i] = res
+		}
+		if cancel != nil {
+			cancel()
+		}
+		kids := b.children
+		if len(kids) == 0 {
+			return
+		}
+		if err != nil {
+			for _, k := range kids {
+				e.skip(st, k, i)
+			}
+			return
+		}
+		for _, k := range kids[:len(kids)-1] {
+			st.wg.Add(1)
+			go func() { defer st.wg.Done(); e.run(ctx, st, k) }()
+		}
+		i = kids[len(kids)-1]
+	}
+}
+
+// failed records that backend i failed; a required backend ends the
+// fan-out at once, since the endpoint can only answer with an error.
+func (e *endpoint) failed(st *runState, i int) {
+	if e.backends[i].optional {
+		return
+	}
+	if st.fatal.CompareAndSwap(-1, int32(i)) {
+		st.cancel()
+	}
+}
+
+// skip marks backend i and its dependents failed because dep failed.
+func (e *endpoint) skip(st *runState, i, dep int) {
+	b := e.backends[i]
+	de := st.errs[dep]
+	st.errs[i] = &problem.Error{
+		Status: de.Status,
+		Code:   de.Code,
+		Detail: fmt.Sprintf("backend %s was skipped because backend %s failed: %s", b.name, e.backends[dep].name, de.Detail),
+		Cause:  de,
+		Extra:  map[string]any{"backend": b.name},
+	}
+	e.failed(st, i)
+	for _, k := range b.children {
+		e.skip(st, k, i)
+	}
+}
+
+// classify turns a backend failure into the gateway error a required
+// backend reports.
+func (e *endpoint) classify(b *backend, err error, bctx, reqCtx context.Context) *problem.Error {
+	extra := map[string]any{"backend": b.name}
+	if reqCtx.Err() != nil {
+		return &problem.Error{Status: problem.StatusClientClosed, Code: "client_closed",
+			Detail: "client closed the request", Cause: err, Extra: extra}
+	}
+	var (
+		se *statusError
+		be *bodyError
+		me *missingError
+	)
+	switch {
+	case errors.As(err, &se):
+		status, code := http.StatusBadGateway, "backend_error"
+		if se.status >= 400 && se.status < 500 {
+			status, code = se.status, "backend_rejected"
+		}
+		return &problem.Error{Status: status, Code: code, Cause: err, Extra: extra,
+			Detail: fmt.Sprintf("backend %s answered %d", b.name, se.status)}
+	case errors.As(err, &me):
+		status, code := http.StatusBadRequest, "missing_template_value"
+		if me.dep {
+			status, code = http.StatusBadGateway, "backend_bad_body"
+		}
+		return &problem.Error{Status: status, Code: code, Cause: err, Extra: extra,
+			Detail: fmt.Sprintf("backend %s: %s", b.name, me.Error())}
+	case errors.As(err, &be):
+		return &problem.Error{Status: http.StatusBadGateway, Code: "backend_bad_body", Cause: err, Extra: extra,
+			Detail: fmt.Sprintf("backend %s: unusable body: %s", b.name, be.Error())}
+	case errors.Is(bctx.Err(), context.DeadlineExceeded):
+		return &problem.Error{Status: http.StatusGatewayTimeout, Code: "backend_timeout", Cause: err, Extra: extra,
+			Detail: fmt.Sprintf("backend %s did not answer in time", b.name)}
+	}
+	pe := problem.FromUpstream(err)
+	out := &problem.Error{Status: pe.Status, Code: "backend_" + strings.TrimPrefix(pe.Code, "upstream_"),
+		Cause: err, Extra: extra, Detail: fmt.Sprintf("backend %s: %s", b.name, pe.Detail)}
+	if out.Status != http.StatusGatewayTimeout && out.Status != problem.StatusClientClosed {
+		out.Status = http.StatusBadGateway
+	}
+	return out
+}
+
+// respond merges the results in config order; a key already placed is
+// never overwritten (the earlier backend wins).
+func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
+	s := e.getScanner()
+	defer e.scanners.Put(s)
+	outp := e.getBuf()
+	out := append((*outp)[:0], '{')
+	s.names, s.nameEnds = s.names[:0], s.nameEnds[:0]
+	first := true
+	var partial []string
+	for i, b := range e.backends {
+		res := st.results[i]
+		if res == nil {
+			partial = append(partial, b.name)
+			if pe := st.errs[i]; pe != nil {
+				e.log.LogAttrs(context.Background(), slog.LevelDebug, "optional backend left out",
+					slog.String("bff", e.bff), slog.String("endpoint", e.name),
+					slog.String("backend", b.name), slog.Any("error", pe))
+			}
+			continue
+		}
+		if b.into != "" {
+			if !s.firstName(0, 0, b.intoB) {
+				continue
+			}
+			if !first {
+				out = append(out, ',')
+			}
+			first = false
+			out = append(out, b.intoJSON...)
+			out = append(out, ':')
+			out = append(out, res.Value...)
+			continue
+		}
+		out, first = mergeMembers(s, res.Value, out, first)
+	}
+	out = append(out, '}')
+	*outp = out
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(out)))
+	if len(partial) > 0 {
+		h.Set("Portico-Partial", strings.Join(partial, ", "))
+		h.Set("Cache-Control", "no-store")
+	}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(out)
+	e.putBuf(outp)
+}
+
+// mergeMembers appends the members of the object val (valid JSON, made by
+// the shaper) to out, skipping keys already placed.
+func mergeMembers(s *scanner, val, out []byte, first bool) ([]byte, bool) {
+	names, ends := s.names, s.nameEnds
+	s.in, s.pos, s.depth = val, 0, 0
+	s.names, s.nameEnds = names, ends
+	s.ws()
+	s.pos++ // '{'
+	s.ws()
+	if s.peek() == '}' {
+		return out, first
+	}
+	for {
+		ks, ke, esc, err := s.member()
+		if err != nil {
+			return out, first
+		}
+		vs := s.pos
+		if s.skipValue() != nil {
+			return out, first
+		}
+		if s.firstName(0, 0, s.keyBytes(ks, ke, esc)) {
+			if !first {
+				out = append(out, ',')
+			}
+			first = false
+			out = append(out, val[ks:ke]...)
+			out = append(out, ':')
+			out = append(out, val[vs:s.pos]...)
+		}
+		if done, err := s.next('}'); err != nil || done {
+			return out, first
+		}
+	}
+}
+
+// appendJSONString appends v as a JSON string. Invalid UTF-8 becomes
+// U+FFFD, so non-JSON bodies passed through as strings stay valid JSON.
+func appendJSONString(dst []byte, v string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(v); {
+		c := v[i]
+		if c < 0x80 {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c < 0x20:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(v[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, "\ufffd"...)
+		} else {
+			dst = append(dst, v[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}

@@ -362,9 +362,12 @@ func slidingLog(p *Params, s *State, now, cost int64) Decision {
 	}
 	d := Decision{Allowed: true, Remaining: l - live - cost}
 	if cost > 0 {
-		// Drop expired entries in place and append one per unit of cost.
-		m := copy(log, log[i:])
-		log = log[:m]
+		// Drop expired entries by reslicing and append one per unit of cost.
+		// Appending writes only past the old length, so a caller holding the
+		// old slice (a store deciding several checks all-or-nothing) still
+		// sees the old log intact; append's reallocation keeps only live
+		// entries, so the array stays within a small multiple of L.
+		log = log[i:]
 		for j := int64(0); j < cost; j++ {
 			log = append(log, now)
 		}

@@ -1,0 +1,254 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/portico-gw/portico/internal/ratelimit/algo"
+)
+
+// ErrStoreFull is returned by the memory store when a new key arrives while
+// its shard is at capacity and holds no idle state to evict. Throttled state
+// is never evicted (that would unblock the client it throttles), so the new
+// key is refused instead and the caller applies the policy's on_store_error.
+var ErrStoreFull = errors.New("ratelimit: memory store full of active keys")
+
+const (
+	memShards = 256
+	// DefaultMaxKeys bounds the memory store: 1M (subject, policy) states per
+	// node, about 64 MiB.
+	DefaultMaxKeys = 1 << 20
+	// maxInline is the number of checks per subject decided without a heap
+	// allocation.
+	maxInline = 8
+)
+
+// Clock is a monotonic microsecond clock: the wall time when it was made
+// plus the monotonic time elapsed since, so a wall clock stepped back (NTP)
+// never moves it backwards. Tests inject their own now function instead.
+type Clock struct {
+	start time.Time
+	base  int64
+	now   func() time.Time
+}
+
+// NewClock returns a Clock. A nil now reads the process's monotonic clock;
+// a non-nil now (an injected test clock) is read as it is.
+func NewClock(now func() time.Time) *Clock {
+	c := &Clock{now: now}
+	if now == nil {
+		c.start = time.Now()
+		c.base = c.start.UnixMicro()
+	}
+	return c
+}
+
+// Micros returns the current time in µs since the Unix epoch.
+func (c *Clock) Micros() int64 {
+	if c.now != nil {
+		return c.now().UnixMicro()
+	}
+	return c.base + int64(time.Since(c.start)/time.Microsecond)
+}
+
+// MemoryConfig configures a Memory store.
+type MemoryConfig struct {
+	// MaxKeys bounds the number of (subject, policy) states; 0 means
+	// DefaultMaxKeys. The bound is enforced per shard (MaxKeys/256 each).
+	MaxKeys int
+	// Clock supplies Decide's time; nil means a monotonic NewClock(nil).
+	Clock *Clock
+}
+
+// Memory is the in-process Store: 256 shards, each a mutex and a map from a
+// 64-bit hash of (subject, policy) to a fixed-size state. All checks of one
+// subject live in one shard and are decided under its lock, all-or-nothing.
+// Hashes are seeded per process (maphash), so a client cannot aim keys at
+// one shard; a 64-bit collision between two live keys is a 2^-64 event per
+// pair.
+type Memory struct {
+	seed     maphash.Seed
+	perShard int
+	clock    *Clock
+	shards   [memShards]memShard
+}
+
+type memShard struct {
+	mu   sync.Mutex
+	m    map[uint64]slot
+	logs map[uint64][]int64 // sliding window log entries, by the same key
+	_    [64]byte           // keep neighbouring shards' locks off one cache line
+}
+
+// slot is the fixed-size state of one key (32 bytes): algo.State without the
+// log plus the time from which it is idle (evictable).
+type slot struct {
+	a, b, c int64
+	idle    int64
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty memory store.
+func NewMemory(cfg MemoryConfig) *Memory {
+	m := &Memory{seed: maphash.MakeSeed(), clock: cfg.Clock}
+	maxKeys := cfg.MaxKeys
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	m.perShard = max(1, maxKeys/memShards)
+	if m.clock == nil {
+		m.clock = NewClock(nil)
+	}
+	for i := range m.shards {
+		m.shards[i].m = make(map[uint64]slot)
+		m.shards[i].logs = make(map[uint64][]int64)
+	}
+	return m
+}
+
+// Decide implements Store at the store clock's current time.
+func (m *Memory) Decide(_ context.Context, subject string, checks []Check, out []algo.Decision) error {
+	return m.DecideAt(m.clock.Micros(), subject, checks, out)
+}
+
+// Refund implements Store at the store clock's current time.
+func (m *Memory) Refund(_ context.Context, subject string, checks []Check) error {
+	m.RefundAt(m.clock.Micros(), subject, checks)
+	return nil
+}
+
+// Len returns the number of states held.
+func (m *Memory) Len() int {
+	n := 0
+	for i := range m.shards {
+		sh := &m.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+func (m *Memory) keys(subject string, checks []Check, keys []uint64) *memShard {
+	hs := maphash.String(m.seed, subject)
+	for i := range checks {
+		hp := maphash.String(m.seed, checks[i].Policy)
+		// Mix so that (subject, policy) pairs do not cancel out.
+		keys[i] = hs ^ (hp*0x9e3779b97f4a7c15 + 0x632be59bd9b4e019)
+	}
+	return &m.shards[hs>>56]
+}
+
+// DecideAt is Decide at a caller-supplied time (µs), for callers that read
+// the clock once for several decisions and for deterministic tests.
+func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.Decision) error {
+	var keyBuf [maxInline]uint64
+	var stBuf [maxInline]algo.State
+	var keys []uint64
+	var states []algo.State
+	if len(checks) <= maxInline {
+		keys, states = keyBuf[:len(checks)], stBuf[:len(checks)]
+	} else {
+		keys, states = make([]uint64, len(checks)), make([]algo.State, len(checks))
+	}
+	sh := m.keys(subject, checks, keys)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	allowed := true
+	fresh := 0
+	for i := range checks {
+		c := &checks[i]
+		sl, ok := sh.m[keys[i]]
+		if !ok {
+			fresh++
+		}
+		st := &states[i]
+		st.A, st.B, st.C = sl.a, sl.b, sl.c
+		if c.Params.Kind == algo.SlidingWindowLog {
+			st.Log = sh.logs[keys[i]]
+		}
+		out[i] = algo.Step(&c.Params, st, now, c.Cost)
+		if !out[i].Allowed {
+			allowed = false
+		}
+	}
+	if !allowed {
+		return nil
+	}
+	if fresh > 0 && len(sh.m)+fresh > m.perShard {
+		if !sh.evict(now, len(sh.m)+fresh-m.perShard) {
+			for i := range out {
+				out[i] = algo.Decision{}
+			}
+			return ErrStoreFull
+		}
+	}
+	for i := range checks {
+		c := &checks[i]
+		if c.Cost <= 0 {
+			continue
+		}
+		st := &states[i]
+		sh.m[keys[i]] = slot{a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, st)}
+		if c.Params.Kind == algo.SlidingWindowLog {
+			sh.logs[keys[i]] = st.Log
+		}
+	}
+	return nil
+}
+
+// RefundAt is Refund at a caller-supplied time (µs).
+func (m *Memory) RefundAt(now int64, subject string, checks []Check) {
+	var keyBuf [maxInline]uint64
+	keys := keyBuf[:0]
+	if len(checks) <= maxInline {
+		keys = keyBuf[:len(checks)]
+	} else {
+		keys = make([]uint64, len(checks))
+	}
+	sh := m.keys(subject, checks, keys)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for i := range checks {
+		c := &checks[i]
+		sl, ok := sh.m[keys[i]]
+		if !ok {
+			continue
+		}
+		st := algo.State{A: sl.a, B: sl.b, C: sl.c}
+		if c.Params.Kind == algo.SlidingWindowLog {
+			st.Log = sh.logs[keys[i]]
+		}
+		algo.Refund(&c.Params, &st, now, c.Cost)
+		sh.m[keys[i]] = slot{a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, &st)}
+		if c.Params.Kind == algo.SlidingWindowLog {
+			sh.logs[keys[i]] = st.Log
+		}
+	}
+}
+
+// evict deletes idle state (idle time <= now: the window is over or the
+// bucket full, so forgetting it changes no decision) until at least need
+// entries are gone, scanning the shard at most once from a random point
+// (Go's map iteration order). It reports whether enough room was made.
+func (sh *memShard) evict(now int64, need int) bool {
+	// Free a batch at once so that a full shard does not scan per insert.
+	want := max(need, len(sh.m)/64)
+	freed := 0
+	for k, sl := range sh.m {
+		if sl.idle > now {
+			continue
+		}
+		delete(sh.m, k)
+		delete(sh.logs, k)
+		freed++
+		if freed >= want {
+			break
+		}
+	}
+	return freed >= need
+}

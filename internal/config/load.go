@@ -1,0 +1,313 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// Load reads, merges, defaults and validates the configuration in paths. Each
+// path is a file or a directory; a directory contributes every *.yaml and
+// *.yml file directly in it (no recursion, names starting with "." skipped,
+// symlinks followed as Kubernetes ConfigMap mounts need), in lexical order.
+//
+// Environment variables are read with os.LookupEnv. On any problem Load
+// returns a nil Config and an *Errors listing every problem found.
+func Load(paths ...string) (*Config, error) {
+	return load(paths, os.LookupEnv)
+}
+
+// LoadBytes loads one in-memory file named name, as Load would load a file
+// with that content. It serves tests and fuzzing.
+func LoadBytes(name string, data []byte) (*Config, error) {
+	l := newLoader(os.LookupEnv)
+	l.file(name, data)
+	return l.finish()
+}
+
+func load(paths []string, lookup func(string) (string, bool)) (*Config, error) {
+	l := newLoader(lookup)
+	if len(paths) == 0 {
+		l.errs.add(Error{Msg: "no configuration file given"})
+		return nil, l.errs.orNil()
+	}
+	files := listFiles(paths, l.errs)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			l.errs.add(Error{File: f, Msg: readError(err)})
+			continue
+		}
+		l.file(f, data)
+	}
+	if len(files) == 0 && len(l.errs.List) == 0 {
+		l.errs.add(Error{File: strings.Join(paths, ", "), Msg: "no *.yaml or *.yml files found"})
+	}
+	return l.finish()
+}
+
+func readError(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// listFiles expands directories into their YAML files and keeps files as
+// given (any extension: a file named explicitly is meant to be loaded).
+func listFiles(paths []string, errs *Errors) []string {
+	var out []string
+	seen := map[string]bool{}
+	addFile := func(f string) {
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	for _, p := range paths {
+		st, err := os.Stat(p) // follows symlinks
+		if err != nil {
+			errs.add(Error{File: p, Msg: readError(err)})
+			continue
+		}
+		if !st.IsDir() {
+			addFile(p)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			errs.add(Error{File: p, Msg: readError(err)})
+			continue
+		}
+		var names []string
+		for _, e := range entries {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") {
+				continue // also skips the ..data and ..2026_* ConfigMap directories
+			}
+			ext := filepath.Ext(name)
+			if ext != ".yaml" && ext != ".yml" {
+				continue
+			}
+			full := filepath.Join(p, name)
+			if e.Type()&fs.ModeSymlink != 0 {
+				st, err := os.Stat(full)
+				if err != nil {
+					errs.add(Error{File: full, Msg: readError(err)})
+					continue
+				}
+				if st.IsDir() {
+					continue
+				}
+			} else if !e.Type().IsRegular() {
+				continue
+			}
+			names = append(names, full)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			addFile(n)
+		}
+	}
+	return out
+}
+
+// loader accumulates the files of one load into one Config.
+type loader struct {
+	cfg    *Config
+	errs   *Errors
+	pos    map[string]pos
+	failed map[string]bool
+	fields map[reflect.Type]map[string]int
+	lookup func(string) (string, bool)
+
+	// owner records where each singleton section was first defined.
+	owner map[string]pos
+}
+
+func newLoader(lookup func(string) (string, bool)) *loader {
+	return &loader{
+		cfg:    &Config{},
+		errs:   &Errors{},
+		pos:    map[string]pos{},
+		failed: map[string]bool{},
+		fields: map[reflect.Type]map[string]int{},
+		lookup: lookup,
+		owner:  map[string]pos{},
+	}
+}
+
+// singletons are the top-level sections that only one file may hold.
+var singletons = map[string]bool{"server": true, "admin": true, "logging": true, "tracing": true}
+
+func (l *loader) file(name string, data []byte) {
+	l.cfg.Files = append(l.cfg.Files, name)
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		l.errs.add(syntaxError(name, err))
+		return
+	}
+	d := &decoder{
+		file:    name,
+		lookup:  l.lookup,
+		errs:    l.errs,
+		pos:     l.pos,
+		failed:  l.failed,
+		anchors: map[string]ast.Node{},
+		fields:  l.fields,
+	}
+	var docs []*ast.DocumentNode
+	for _, doc := range f.Docs {
+		if doc.Body != nil {
+			docs = append(docs, doc)
+		}
+	}
+	if bytes.IndexByte(data, '&') >= 0 {
+		// Anchors are collected up front: one defined under a key the
+		// decoder skips (an x- key, an unknown key) must still serve its
+		// aliases. A redefined anchor name keeps its last definition.
+		for _, doc := range docs {
+			ast.Walk(anchorCollector(d.anchors), doc.Body)
+		}
+	}
+	if len(docs) == 0 {
+		l.errs.add(Error{File: name, Line: 1, Col: 1, Field: "version", Msg: "missing; every file must say version: 1"})
+		return
+	}
+	if len(docs) > 1 {
+		d.errorf(docs[1].Body, "", "a file holds one YAML document; put others in their own files")
+	}
+	root, ok := d.resolve(docs[0].Body).(*ast.MappingNode)
+	if !ok {
+		d.errorf(docs[0].Body, "", "the file must be a mapping (version: 1, server: ..., routes: ...)")
+		return
+	}
+	rv := reflect.ValueOf(l.cfg).Elem()
+	sawVersion := false
+	for _, e := range d.entries(root, "") {
+		key, ok := d.key(e, "")
+		if !ok {
+			continue
+		}
+		kp := d.at(e.Key)
+		switch {
+		case key == "version":
+			sawVersion = true
+			var v int
+			d.decode(e.Value, reflect.ValueOf(&v).Elem(), "version", false)
+			if !d.failed["version"] && v != 1 {
+				l.errs.add(errAt(kp, "version", "must be 1, got %d", v))
+			}
+			// The merged config's version position is the first file's.
+			if _, ok := l.pos["version"]; !ok {
+				l.pos["version"] = kp
+			}
+			l.cfg.Version = 1
+			continue
+		case singletons[key]:
+			if first, dup := l.owner[key]; dup {
+				l.errs.add(errAt(kp, key, "defined in more than one file (first defined at %s)", first))
+				continue
+			}
+			l.owner[key] = kp
+		case key == "rate_limits":
+			l.rateLimits(d, e)
+			continue
+		case strings.HasPrefix(key, "x-"):
+			continue // extension keys hold YAML anchors for reuse
+		}
+		d.field(rv, key, e, key)
+	}
+	if !sawVersion {
+		d.errs.add(errAt(d.at(root), "version", "missing; every file must say version: 1"))
+	}
+}
+
+// anchorCollector records every anchor of a document by name.
+type anchorCollector map[string]ast.Node
+
+func (a anchorCollector) Visit(n ast.Node) ast.Visitor {
+	if an, ok := n.(*ast.AnchorNode); ok {
+		if name, ok := an.Name.(*ast.StringNode); ok {
+			a[name.Value] = an.Value
+		}
+	}
+	return a
+}
+
+// rateLimits decodes a rate_limits section: policies merge across files, the
+// other settings belong to one file.
+func (l *loader) rateLimits(d *decoder, e *ast.MappingValueNode) {
+	const field = "rate_limits"
+	if _, ok := l.pos[field]; !ok {
+		l.pos[field] = d.at(e.Key)
+	}
+	node := d.resolve(e.Value)
+	if _, isNull := node.(*ast.NullNode); isNull {
+		return
+	}
+	m, ok := node.(*ast.MappingNode)
+	if !ok {
+		d.typeError(e.Value, node, field, "a mapping")
+		return
+	}
+	rv := reflect.ValueOf(&l.cfg.RateLimits).Elem()
+	claimed := false
+	for _, sub := range d.entries(m, field) {
+		key, ok := d.key(sub, field)
+		if !ok {
+			continue
+		}
+		if key != "policies" && !claimed {
+			kp := d.at(sub.Key)
+			if first, dup := l.owner[field]; dup {
+				l.errs.add(errAt(kp, field+"."+key, "rate_limits settings other than policies are defined in more than one file (first defined at %s)", first))
+				continue
+			}
+			l.owner[field] = kp
+			claimed = true
+		}
+		if key != "policies" && l.owner[field].file != d.file {
+			continue
+		}
+		d.field(rv, key, sub, joinField(field, key))
+	}
+}
+
+// syntaxError turns a goccy/go-yaml parse error into an Error with position.
+func syntaxError(file string, err error) Error {
+	var ye yaml.Error
+	if errors.As(err, &ye) {
+		if tk := ye.GetToken(); tk != nil && tk.Position != nil {
+			return Error{File: file, Line: tk.Position.Line, Col: tk.Position.Column, Msg: "YAML syntax: " + ye.GetMessage()}
+		}
+		return Error{File: file, Msg: "YAML syntax: " + ye.GetMessage()}
+	}
+	return Error{File: file, Msg: fmt.Sprintf("YAML syntax: %v", err)}
+}
+
+// finish applies defaults, validates and returns the merged config.
+func (l *loader) finish() (*Config, error) {
+	if len(l.errs.List) > 0 && l.cfg.Version == 0 && len(l.pos) == 0 {
+		return nil, l.errs.orNil()
+	}
+	applyDefaults(l.cfg)
+	v := &validator{cfg: l.cfg, pos: l.pos, failed: l.failed, errs: l.errs}
+	v.validate()
+	if err := l.errs.orNil(); err != nil {
+		return nil, err
+	}
+	remember(l.cfg, l.pos)
+	return l.cfg, nil
+}

@@ -80,6 +80,10 @@ type Result struct {
 	// Value is the shaped JSON value placed into the response.
 	Value []byte
 
+	// text: the body was not JSON and Value is it as a JSON string, which
+	// goes under the backend's name when it has no into.
+	text bool
+
 	bodyBuf, valueBuf *[]byte
 }
 
@@ -99,6 +103,9 @@ type backend struct {
 	into     string
 	intoB    []byte
 	intoJSON []byte
+	// nameB and nameJSON place a non-JSON body without into.
+	nameB    []byte
+	nameJSON []byte
 	shaper   *shaper
 	call     BackendFunc
 }
@@ -235,6 +242,7 @@ func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, ind
 		}
 		b.dep = j
 	}
+	b.nameB, b.nameJSON = []byte(b.name), appendJSONString(nil, b.name)
 	if b.into != "" {
 		b.intoB = []byte(b.into)
 		b.intoJSON = appendJSONString(nil, b.into)
@@ -333,7 +341,9 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 		e.release(res)
 		return nil, err
 	}
-	val, err := f.shape(s, resp.Header.Get("Content-Type"), body, (*res.valueBuf)[:0])
+	ct := resp.Header.Get("Content-Type")
+	res.text = len(body) > 0 && !isJSON(ct)
+	val, err := f.shape(s, ct, body, (*res.valueBuf)[:0])
 	*res.valueBuf = val
 	res.Value = val
 	if err != nil {
@@ -737,15 +747,18 @@ func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
 			}
 			continue
 		}
-		if b.into != "" {
-			if !s.firstName(0, 0, b.intoB) {
+		if key, keyJSON := b.intoB, b.intoJSON; key != nil || res.text {
+			if key == nil {
+				key, keyJSON = b.nameB, b.nameJSON
+			}
+			if !s.firstName(0, 0, key) {
 				continue
 			}
 			if !first {
 				out = append(out, ',')
 			}
 			first = false
-			out = append(out, b.intoJSON...)
+			out = append(out, keyJSON...)
 			out = append(out, ':')
 			out = append(out, res.Value...)
 			continue

@@ -1,0 +1,536 @@
+package aggregate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"go.uber.org/goleak"
+
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/identity"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// hostRT is test scaffolding standing in for upstream.Pool: it points the
+// request at one httptest server.
+type hostRT struct {
+	host string
+	t    *http.Transport
+}
+
+func (h hostRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	r2 := r.Clone(r.Context())
+	r2.URL.Scheme, r2.URL.Host, r2.Host = "http", h.host, h.host
+	return h.t.RoundTrip(r2)
+}
+
+// serve starts one httptest server per upstream and returns round trippers
+// for them.
+func serve(t testing.TB, handlers map[string]http.HandlerFunc) map[string]http.RoundTripper {
+	t.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	t.Cleanup(tr.CloseIdleConnections)
+	rts := make(map[string]http.RoundTripper, len(handlers))
+	for name, h := range handlers {
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		rts[name] = hostRT{host: srv.Listener.Addr().String(), t: tr}
+	}
+	return rts
+}
+
+func jsonHandler(body string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, body)
+	}
+}
+
+func gatewayRequest(method, target string, params ...reqctx.Param) *http.Request {
+	r := httptest.NewRequest(method, target, nil)
+	info := &reqctx.Info{
+		Start:     time.Now(),
+		RequestID: "req-1",
+		Route:     "mobile/feed",
+		Params:    params,
+		Identity:  &identity.Identity{Provider: "users-jwt", Subject: "u42", Claims: map[string]any{"sub": "u42", "org": "acme/west?x"}},
+	}
+	return r.WithContext(reqctx.With(r.Context(), info))
+}
+
+func newEndpoint(t testing.TB, ep *config.Endpoint, rts map[string]http.RoundTripper) http.Handler {
+	t.Helper()
+	h, err := NewEndpoint(&config.BFF{Name: "mobile"}, ep, Deps{Upstreams: rts})
+	if err != nil {
+		t.Fatalf("NewEndpoint: %v", err)
+	}
+	return h
+}
+
+func do(h http.Handler, r *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	return rec
+}
+
+func TestParallelFanOut(t *testing.T) {
+	slow := func(body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-time.After(150 * time.Millisecond): // the upstream's own latency
+			case <-r.Context().Done():
+			}
+			jsonHandler(body)(w, r)
+		}
+	}
+	rts := serve(t, map[string]http.HandlerFunc{
+		"a": slow(`{"v":1}`), "b": slow(`{"v":2}`), "c": slow(`{"v":3}`),
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "feed", Timeout: config.Duration(2 * time.Second), Backends: []*config.Backend{
+		{Upstream: "a", Path: "/a", Into: "a"},
+		{Upstream: "b", Path: "/b", Into: "b"},
+		{Upstream: "c", Path: "/c", Into: "c"},
+	}}, rts)
+	start := time.Now()
+	rec := do(h, gatewayRequest("GET", "/mobile/feed"))
+	elapsed := time.Since(start)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if got, want := rec.Body.String(), `{"a":{"v":1},"b":{"v":2},"c":{"v":3}}`; got != want {
+		t.Fatalf("body %s, want %s", got, want)
+	}
+	if elapsed >= 250*time.Millisecond {
+		t.Fatalf("three 150ms backends took %v; they did not run in parallel", elapsed)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+}
+
+func TestAfterAndDependencyTemplates(t *testing.T) {
+	var userDone atomic.Bool
+	var adsPath, adsQuery string
+	var adsSawUser bool
+	rts := serve(t, map[string]http.HandlerFunc{
+		"users": func(w http.ResponseWriter, r *http.Request) {
+			defer userDone.Store(true)
+			jsonHandler(`{"id":"u/42?","profile":{"tier":12345678901234567890},"name":"Ann"}`)(w, r)
+		},
+		"ads": func(w http.ResponseWriter, r *http.Request) {
+			adsSawUser = userDone.Load()
+			adsPath, adsQuery = r.URL.EscapedPath(), r.URL.RawQuery
+			jsonHandler(`{"slots":[1],"tracking":{"p":1}}`)(w, r)
+		},
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "feed", Timeout: config.Duration(time.Second), Backends: []*config.Backend{
+		{Name: "ads", Upstream: "ads", Path: "/slots/{user.id}?user={user.id}&tier={user.profile.tier}", After: "user", Into: "ads", Drop: []string{"tracking"}},
+		{Upstream: "users", Path: "/users/{claims.sub}", Into: "user", Fields: []string{"name"}},
+	}}, rts)
+	rec := do(h, gatewayRequest("GET", "/mobile/feed"))
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if !adsSawUser {
+		t.Fatal("ads was called before users answered")
+	}
+	if adsPath != "/slots/u%2F42%3F" || adsQuery != "user=u%2F42%3F&tier=12345678901234567890" {
+		t.Fatalf("ads got path %q query %q", adsPath, adsQuery)
+	}
+	// Config order decides the response order.
+	if got, want := rec.Body.String(), `{"ads":{"slots":[1]},"user":{"name":"Ann"}}`; got != want {
+		t.Fatalf("body %s, want %s", got, want)
+	}
+}
+
+func TestTemplateEscaping(t *testing.T) {
+	var gotPath, gotQuery string
+	rts := serve(t, map[string]http.HandlerFunc{
+		"svc": func(w http.ResponseWriter, r *http.Request) {
+			gotPath, gotQuery = r.URL.EscapedPath(), r.URL.RawQuery
+			jsonHandler(`{}`)(w, r)
+		},
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "svc", Path: "/p/{id}/{claims.org}?q={query.q}&h={header.X-Thing}&fixed=1", Into: "x"},
+	}}, rts)
+	r := gatewayRequest("GET", "/e/x?q=a%26b%3Dc+d", reqctx.Param{Key: "id", Value: "a/b?c d"})
+	r.Header.Set("X-Thing", "é/?")
+	rec := do(h, r)
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if want := "/p/a%2Fb%3Fc%20d/acme%2Fwest%3Fx"; gotPath != want {
+		t.Fatalf("path %q, want %q", gotPath, want)
+	}
+	if want := "q=a%26b%3Dc%20d&h=%C3%A9%2F%3F&fixed=1"; gotQuery != want {
+		t.Fatalf("query %q, want %q", gotQuery, want)
+	}
+
+	// A missing value fails the backend with a message naming it.
+	rec = do(h, gatewayRequest("GET", "/e/x", reqctx.Param{Key: "id", Value: "1"}))
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), "query parameter q") {
+		t.Fatalf("missing query: status %d body %s", rec.Code, rec.Body)
+	}
+	// A dot segment could walk the upstream's path.
+	rec = do(h, gatewayRequest("GET", "/e/x?q=1", reqctx.Param{Key: "id", Value: ".."}))
+	if rec.Code != 400 {
+		t.Fatalf("dot-dot param: status %d body %s", rec.Code, rec.Body)
+	}
+}
+
+func TestForwardedHeaders(t *testing.T) {
+	var got http.Header
+	rts := serve(t, map[string]http.HandlerFunc{
+		"svc": func(w http.ResponseWriter, r *http.Request) {
+			got = r.Header.Clone()
+			jsonHandler(`{}`)(w, r)
+		},
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{{Upstream: "svc", Path: "/x", Into: "x"}}}, rts)
+	r := gatewayRequest("GET", "/e")
+	r.Header.Set("X-User-Id", "u42")
+	r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	r.Header.Set("Cookie", "session=secret")
+	r.Header.Set("X-Request-Id", "spoofed")
+	r.Header.Set("Connection", "X-Private")
+	r.Header.Set("X-Private", "hop")
+	r.Header.Set("If-None-Match", `"abc"`)
+	if rec := do(h, r); rec.Code != 200 {
+		t.Fatalf("status %d", rec.Code)
+	}
+	want := map[string]string{
+		"X-User-Id":       "u42",
+		"Traceparent":     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"X-Request-Id":    "req-1",
+		"Accept-Encoding": "gzip",
+		"Cookie":          "",
+		"X-Private":       "",
+		"If-None-Match":   "",
+	}
+	for k, v := range want {
+		if g := got.Get(k); g != v {
+			t.Errorf("%s = %q, want %q", k, g, v)
+		}
+	}
+}
+
+func TestGzipAndNonJSON(t *testing.T) {
+	rts := serve(t, map[string]http.HandlerFunc{
+		"gz": func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Accept-Encoding") != "gzip" {
+				t.Errorf("Accept-Encoding %q", r.Header.Get("Accept-Encoding"))
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			_, _ = io.WriteString(zw, `{"n":1,"secret":2}`)
+			_ = zw.Close()
+		},
+		"text": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = io.WriteString(w, "hello \"world\"\n\xff")
+		},
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "gz", Path: "/x", Fields: []string{"n"}},
+		{Upstream: "text", Path: "/t"},
+	}}, rts)
+	rec := do(h, gatewayRequest("GET", "/e"))
+	if want := `{"n":1,"text":"hello \"world\"\n` + "\ufffd" + `"}`; rec.Code != 200 || rec.Body.String() != want {
+		t.Fatalf("status %d body %s, want %s", rec.Code, rec.Body, want)
+	}
+
+	// Shaping a non-JSON body fails that backend.
+	h = newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "text", Path: "/t", Into: "t", Fields: []string{"a"}},
+	}}, rts)
+	rec = do(h, gatewayRequest("GET", "/e"))
+	if rec.Code != 502 || !strings.Contains(rec.Body.String(), "not JSON") {
+		t.Fatalf("status %d body %s", rec.Code, rec.Body)
+	}
+}
+
+func TestMergeWithoutInto(t *testing.T) {
+	rts := serve(t, map[string]http.HandlerFunc{
+		"a": jsonHandler(`{"x":1,"y":{"z":2}}`),
+		"b": jsonHandler(`{"y":"later","w":3}`),
+		"c": jsonHandler(`[1,2]`),
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "a", Path: "/"},
+		{Upstream: "b", Path: "/"},
+		{Upstream: "c", Path: "/", Optional: true},
+		{Name: "w-again", Upstream: "a", Path: "/", Into: "w", Pick: "x"},
+	}}, rts)
+	rec := do(h, gatewayRequest("GET", "/e"))
+	// An earlier backend's key is never overwritten; c yields no object
+	// and has no into, so it fails (optional: left out).
+	if want := `{"x":1,"y":{"z":2},"w":3}`; rec.Code != 200 || rec.Body.String() != want {
+		t.Fatalf("status %d body %s, want %s", rec.Code, rec.Body, want)
+	}
+	if p := rec.Header().Get("Portico-Partial"); p != "c" {
+		t.Fatalf("Portico-Partial %q", p)
+	}
+}
+
+type problemBody struct {
+	Type      string `json:"type"`
+	Status    int    `json:"status"`
+	Detail    string `json:"detail"`
+	RequestID string `json:"request_id"`
+	Backend   string `json:"backend"`
+}
+
+func TestFailurePolicy(t *testing.T) {
+	refused := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}()
+	block := make(chan struct{})
+	var blockOnce sync.Once
+	t.Cleanup(func() { blockOnce.Do(func() { close(block) }) })
+	big := `{"a":"` + strings.Repeat("x", 2000) + `"}`
+	rts := serve(t, map[string]http.HandlerFunc{
+		"ok":  jsonHandler(`{"v":1}`),
+		"404": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 404) },
+		"500": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) },
+		"slow": func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-block:
+			case <-r.Context().Done():
+			}
+		},
+		"big":  jsonHandler(big),
+		"deep": jsonHandler(strings.Repeat("[", 65) + strings.Repeat("]", 65)),
+		"bad":  jsonHandler(`{"a":`),
+	})
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	rts["refused"] = hostRT{host: refused, t: tr}
+
+	tests := []struct {
+		name     string
+		backend  config.Backend
+		status   int
+		code     string
+		body     string
+		partial  string
+		maxBytes config.Size
+	}{
+		{"optional 500 left out", config.Backend{Upstream: "500", Into: "x", Optional: true}, 200, "", `{"ok":{"v":1}}`, "x", 0},
+		{"optional 404 left out", config.Backend{Upstream: "404", Into: "x", Optional: true}, 200, "", `{"ok":{"v":1}}`, "x", 0},
+		{"optional timeout left out", config.Backend{Upstream: "slow", Into: "x", Optional: true, Timeout: config.Duration(50 * time.Millisecond)}, 200, "", `{"ok":{"v":1}}`, "x", 0},
+		{"optional refused left out", config.Backend{Upstream: "refused", Into: "x", Optional: true}, 200, "", `{"ok":{"v":1}}`, "x", 0},
+		{"required 404 passes status", config.Backend{Upstream: "404", Into: "x"}, 404, "backend_rejected", "", "", 0},
+		{"required 500 is 502", config.Backend{Upstream: "500", Into: "x"}, 502, "backend_error", "", "", 0},
+		{"required refused is 502", config.Backend{Upstream: "refused", Into: "x"}, 502, "backend_unreachable", "", "", 0},
+		{"required timeout is 504", config.Backend{Upstream: "slow", Into: "x", Timeout: config.Duration(50 * time.Millisecond)}, 504, "backend_timeout", "", "", 0},
+		{"required endpoint deadline is 504", config.Backend{Upstream: "slow", Into: "x"}, 504, "backend_timeout", "", "", 0},
+		{"required body cap is 502", config.Backend{Upstream: "big", Into: "x"}, 502, "backend_bad_body", "", "", 1000},
+		{"optional body cap left out", config.Backend{Upstream: "big", Into: "x", Optional: true}, 200, "", `{"ok":{"v":1}}`, "x", 1000},
+		{"body at cap passes", config.Backend{Upstream: "big", Into: "x", Pick: "b"}, 200, "", `{"ok":{"v":1},"x":null}`, "", config.Size(len(big))},
+		{"required depth cap is 502", config.Backend{Upstream: "deep", Into: "x"}, 502, "backend_bad_body", "", "", 0},
+		{"required invalid JSON is 502", config.Backend{Upstream: "bad", Into: "x"}, 502, "backend_bad_body", "", "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := tc.backend
+			b.Path = "/x"
+			ep := &config.Endpoint{Name: "e", Timeout: config.Duration(300 * time.Millisecond), Backends: []*config.Backend{
+				{Upstream: "ok", Path: "/ok", Into: "ok"}, &b,
+			}}
+			h, err := NewEndpoint(&config.BFF{Name: "mobile", MaxBackendBodyBytes: tc.maxBytes}, ep, Deps{Upstreams: rts})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			rec := do(h, gatewayRequest("GET", "/e"))
+			if time.Since(start) >= 300*time.Millisecond {
+				t.Errorf("took %v: the endpoint must answer before its 300ms deadline", time.Since(start))
+			}
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+			}
+			if got := rec.Header().Get("Portico-Partial"); got != tc.partial {
+				t.Fatalf("Portico-Partial %q, want %q", got, tc.partial)
+			}
+			if tc.partial != "" && rec.Header().Get("Cache-Control") != "no-store" {
+				t.Fatalf("partial response without Cache-Control: no-store")
+			}
+			if tc.status == 200 {
+				if rec.Body.String() != tc.body {
+					t.Fatalf("body %s, want %s", rec.Body, tc.body)
+				}
+				return
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			var p problemBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				t.Fatalf("problem body: %v: %s", err, rec.Body)
+			}
+			if p.Type != "urn:portico:problem:"+tc.code || p.Backend != "x" || !strings.Contains(p.Detail, "backend x") || p.RequestID != "req-1" {
+				t.Fatalf("problem %+v, want code %s naming backend x", p, tc.code)
+			}
+		})
+	}
+}
+
+func TestSkippedDependents(t *testing.T) {
+	rts := serve(t, map[string]http.HandlerFunc{
+		"users": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", 503) },
+		"ads":   jsonHandler(`{"slots":[]}`),
+		"posts": jsonHandler(`{"items":[]}`),
+	})
+	var adsCalls atomic.Int32
+	rts["ads"] = countingRT{rts["ads"], &adsCalls}
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "posts", Path: "/p", Into: "posts"},
+		{Upstream: "users", Path: "/u", Into: "user", Optional: true},
+		{Name: "ads", Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads", Optional: true},
+	}}, rts)
+	rec := do(h, gatewayRequest("GET", "/e"))
+	if rec.Code != 200 || rec.Body.String() != `{"posts":{"items":[]}}` || rec.Header().Get("Portico-Partial") != "user, ads" {
+		t.Fatalf("status %d partial %q body %s", rec.Code, rec.Header().Get("Portico-Partial"), rec.Body)
+	}
+	if adsCalls.Load() != 0 {
+		t.Fatal("a backend after a failed one was called")
+	}
+
+	// A required backend after a failed optional one fails the endpoint.
+	h = newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "users", Path: "/u", Into: "user", Optional: true},
+		{Name: "ads", Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads"},
+	}}, rts)
+	rec = do(h, gatewayRequest("GET", "/e"))
+	if rec.Code != 502 || !strings.Contains(rec.Body.String(), "backend ads was skipped because backend user failed") {
+		t.Fatalf("status %d body %s", rec.Code, rec.Body)
+	}
+}
+
+type countingRT struct {
+	rt http.RoundTripper
+	n  *atomic.Int32
+}
+
+func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+func TestClientGone(t *testing.T) {
+	rts := serve(t, map[string]http.HandlerFunc{
+		"slow": func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Timeout: config.Duration(5 * time.Second), Backends: []*config.Backend{
+		{Upstream: "slow", Path: "/", Into: "x"},
+	}}, rts)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := gatewayRequest("GET", "/e")
+	r = r.WithContext(reqctx.With(ctx, reqctx.From(r.Context())))
+	time.AfterFunc(20*time.Millisecond, cancel)
+	rec := do(h, r)
+	if rec.Code != 499 {
+		t.Fatalf("status %d, want 499 (logged only)", rec.Code)
+	}
+}
+
+func TestNewEndpointErrors(t *testing.T) {
+	rts := map[string]http.RoundTripper{"u": http.DefaultTransport}
+	tests := []struct {
+		name     string
+		backends []*config.Backend
+		want     string
+	}{
+		{"no backends", nil, "no backends"},
+		{"unknown upstream", []*config.Backend{{Upstream: "nope", Path: "/"}}, `unknown upstream "nope"`},
+		{"duplicate names", []*config.Backend{{Upstream: "u", Path: "/"}, {Upstream: "u", Path: "/"}}, "used twice"},
+		{"duplicate into", []*config.Backend{{Name: "a", Upstream: "u", Path: "/", Into: "k"}, {Name: "b", Upstream: "u", Path: "/", Into: "k"}}, "both use into"},
+		{"unknown after", []*config.Backend{{Upstream: "u", Path: "/", After: "x"}}, `no backend named "x"`},
+		{"self after", []*config.Backend{{Name: "a", Upstream: "u", Path: "/", After: "a"}}, "itself"},
+		{"cycle", []*config.Backend{
+			{Name: "a", Upstream: "u", Path: "/", After: "c"},
+			{Name: "b", Upstream: "u", Path: "/", After: "a"},
+			{Name: "c", Upstream: "u", Path: "/", After: "b"},
+		}, "cycle"},
+		{"template source", []*config.Backend{{Upstream: "u", Path: "/{other.id}"}}, "not claims, query, header"},
+		{"template without after", []*config.Backend{{Name: "a", Upstream: "u", Path: "/"}, {Upstream: "u", Path: "/{a.id}"}}, "not claims, query, header"},
+		{"unclosed brace", []*config.Backend{{Upstream: "u", Path: "/{id"}}, "not closed"},
+		{"relative path", []*config.Backend{{Upstream: "u", Path: "x"}}, "must start with '/'"},
+		{"bad field", []*config.Backend{{Upstream: "u", Path: "/", Fields: []string{"a[1]"}}}, `only "[]"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewEndpoint(&config.BFF{Name: "m"}, &config.Endpoint{Name: "e", Backends: tc.backends}, Deps{Upstreams: rts})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestMobileFeed runs the DESIGN.md mobile example end to end.
+func TestMobileFeed(t *testing.T) {
+	var items []string
+	for i := range 3 {
+		items = append(items, fmt.Sprintf(`{"id":%d,"text":"post %d","created_at":"2026-11-28T00:00:00Z","author":{"id":"u%d","name":"N%d","avatar_url":"x"},"likes":1,"media":[],"tags":["t"]}`, 1<<62+i, i, i, i))
+	}
+	rts := serve(t, map[string]http.HandlerFunc{
+		"users":         jsonHandler(`{"id":"u42","name":"Ann","handle":"ann","avatar_url":"https://a/ann.png","bio":"b","settings":{"x":1}}`),
+		"posts":         jsonHandler(`{"items":[` + strings.Join(items, ",") + `],"next_cursor":"n"}`),
+		"notifications": jsonHandler(`{"count":7}`),
+		"ads":           jsonHandler(`{"slots":[{"id":1}],"tracking":{"p":"x"}}`),
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "feed", Path: "/feed", Timeout: config.Duration(800 * time.Millisecond), Backends: []*config.Backend{
+		{Upstream: "users", Path: "/users/{claims.sub}", Into: "user", Fields: []string{"name", "avatar_url"}},
+		{Upstream: "posts", Path: "/feed/{claims.sub}?limit=20", Into: "posts",
+			Fields: []string{"items[].id", "items[].text", "items[].author.name"}, Rename: map[string]string{"items[].text": "body"}},
+		{Upstream: "notifications", Path: "/count/{claims.sub}", Into: "unread", Pick: "count", Optional: true},
+		{Name: "ads", Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads", Drop: []string{"tracking"}, Optional: true, Timeout: config.Duration(200 * time.Millisecond)},
+	}}, rts)
+	rec := do(h, gatewayRequest("GET", "/mobile/feed"))
+	want := `{"user":{"name":"Ann","avatar_url":"https://a/ann.png"},"posts":{"items":[` +
+		`{"id":4611686018427387904,"body":"post 0","author":{"name":"N0"}},` +
+		`{"id":4611686018427387905,"body":"post 1","author":{"name":"N1"}},` +
+		`{"id":4611686018427387906,"body":"post 2","author":{"name":"N2"}}]},"unread":7,"ads":{"slots":[{"id":1}]}}`
+	if rec.Code != 200 || rec.Body.String() != want {
+		t.Fatalf("status %d\n got %s\nwant %s", rec.Code, rec.Body, want)
+	}
+	if !json.Valid(rec.Body.Bytes()) || rec.Header().Get("Portico-Partial") != "" {
+		t.Fatal("invalid or partial response")
+	}
+	// The handler is reusable and safe for concurrent requests.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			rec := do(h, gatewayRequest("GET", "/mobile/feed"))
+			if !bytes.Equal(rec.Body.Bytes(), []byte(want)) {
+				t.Errorf("concurrent body %s", rec.Body)
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -1,0 +1,173 @@
+package upstream
+
+// The circuit breaker of one upstream, as a state machine:
+//
+//	           failures/requests >= failure_ratio
+//	           and requests >= min_requests
+//	           over the rolling window (10 s)
+//	 closed ---------------------------------------> open
+//	   ^                                              |
+//	   |                                              | open_for elapsed
+//	   | probe succeeded                              v   (checked lazily on the next request)
+//	   +------------------------------------------ half-open
+//	                                                  |
+//	              probe failed: open again for        |
+//	              open_for  <-------------------------+
+//
+// closed:    every request passes; outcomes are counted in 1 s buckets.
+// open:      every request fails at once with 503 breaker_open; the upstream
+//            sees nothing.
+// half-open: one request at a time (the probe) passes; the others fail as in
+//            open. A probe abandoned without an outcome (the client went away)
+//            frees the slot for the next one.
+//
+// Only failures trip the breaker (connection errors, timeouts and 5xx), never
+// slowness alone: a slow but correct upstream is protected by max_inflight.
+// A request admitted before the breaker opened and finishing later does not
+// move the state again.
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type breakerState int32
+
+const (
+	stateClosed breakerState = iota
+	stateOpen
+	stateHalfOpen
+)
+
+func (s breakerState) String() string {
+	switch s {
+	case stateOpen:
+		return "open"
+	case stateHalfOpen:
+		return "half_open"
+	}
+	return "closed"
+}
+
+// breakerWindow is the rolling window the failure ratio is computed over.
+const (
+	breakerBuckets     = 10
+	breakerBucketWidth = int64(1e9)
+)
+
+type breakerConfig struct {
+	ratio   float64
+	minReq  int64
+	openFor int64 // ns
+}
+
+type breaker struct {
+	state atomic.Int32 // breakerState; read without the lock on the hot path
+
+	mu        sync.Mutex
+	cfg       breakerConfig
+	openUntil int64
+	probing   bool
+	win       *rolling // a: requests, b: failures
+	gauge     prometheus.Gauge
+}
+
+func newBreaker(cfg breakerConfig, gauge prometheus.Gauge) *breaker {
+	b := &breaker{cfg: cfg, win: newRolling(breakerBuckets, breakerBucketWidth), gauge: gauge}
+	gauge.Set(0)
+	return b
+}
+
+func (b *breaker) setConfig(cfg breakerConfig) {
+	b.mu.Lock()
+	b.cfg = cfg
+	b.mu.Unlock()
+}
+
+// allow says whether a request may go to the upstream now; probe is true
+// when the request is the half-open probe, whose outcome decides the state.
+func (b *breaker) allow(now int64) (ok, probe bool) {
+	if breakerState(b.state.Load()) == stateClosed {
+		return true, false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch breakerState(b.state.Load()) {
+	case stateClosed:
+		return true, false
+	case stateOpen:
+		if now < b.openUntil {
+			return false, false
+		}
+		b.state.Store(int32(stateHalfOpen))
+	}
+	if b.probing {
+		return false, false
+	}
+	b.probing = true
+	return true, true
+}
+
+// outcome of one attempt as the breaker and passive health see it.
+type outcome int8
+
+const (
+	outcomeSuccess outcome = iota
+	outcomeFailure
+	// outcomeNeutral: no verdict on the upstream (the client went away).
+	outcomeNeutral
+)
+
+// record feeds the outcome of a request that allow admitted.
+func (b *breaker) record(now int64, o outcome, probe bool) {
+	if probe {
+		b.mu.Lock()
+		b.probing = false
+		switch o {
+		case outcomeSuccess:
+			b.state.Store(int32(stateClosed))
+			b.win.reset()
+			b.gauge.Set(0)
+		case outcomeFailure:
+			b.openLocked(now)
+		}
+		b.mu.Unlock()
+		return
+	}
+	if o == outcomeNeutral || breakerState(b.state.Load()) != stateClosed {
+		return
+	}
+	var fail int64
+	if o == outcomeFailure {
+		fail = 1
+	}
+	total, failures := b.win.addSum(now, 1, fail)
+	if fail == 0 {
+		return
+	}
+	b.mu.Lock()
+	if breakerState(b.state.Load()) == stateClosed && total >= b.cfg.minReq &&
+		float64(failures) >= b.cfg.ratio*float64(total) {
+		b.openLocked(now)
+	}
+	b.mu.Unlock()
+}
+
+func (b *breaker) openLocked(now int64) {
+	b.state.Store(int32(stateOpen))
+	b.openUntil = now + b.cfg.openFor
+	b.gauge.Set(1)
+}
+
+// snapshot returns the state as an operator sees it at now.
+func (b *breaker) snapshot(now int64) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := breakerState(b.state.Load())
+	if s == stateOpen && now >= b.openUntil {
+		return stateHalfOpen.String()
+	}
+	return s.String()
+}

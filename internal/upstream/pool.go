@@ -1,0 +1,622 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portico-gw/portico/internal/problem"
+)
+
+// Pool is one upstream as configured by one Apply: an http.RoundTripper
+// safe for concurrent use, meant as the Transport of an
+// httputil.ReverseProxy and as the backend caller of aggregation. Its
+// settings are immutable; its state (health, ejections, breaker, counts) is
+// shared with the Registry and with other Pools of the same upstream.
+type Pool struct {
+	reg     *Registry
+	up      *upstream
+	name    string
+	targets []*target
+	weights []int
+	bal     balancer
+	tr      *transports
+	br      *breaker
+
+	retries       int
+	budget        float64
+	timeout       time.Duration
+	preserveHost  bool
+	maxInflight   int64
+	ignoreAllDown bool
+	ejectAfter    int64 // consecutive failures; 0: passive ejection off
+	ejectBase     int64 // ns
+}
+
+var _ http.RoundTripper = (*Pool)(nil)
+
+const (
+	// maxBufferedBody is the largest request body (with a known
+	// Content-Length) kept in memory so that an idempotent request can be
+	// replayed to another target.
+	maxBufferedBody = 64 << 10
+	// maxDrain bounds how much of a retried response is read so its
+	// connection can be reused; a longer body costs the connection instead.
+	maxDrain = 64 << 10
+	// maxEjectionFactor caps the doubling of passive ejections.
+	maxEjectionFactor = 10
+)
+
+func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *Pool {
+	cfg := p.cfg
+	weights := make([]int, len(p.targets))
+	urls := make([]string, len(p.targets))
+	for i, pt := range p.targets {
+		weights[i], urls[i] = pt.weight, pt.url
+	}
+	pl := &Pool{
+		reg: r, up: u, name: p.name, targets: targets, weights: weights,
+		bal: newBalancer(cfg.Balance, weights, p.hash, urls),
+		tr:  u.tr, br: u.breaker,
+		retries: 1, budget: defaultRetryBudget,
+		timeout: cfg.Timeout.D(), preserveHost: cfg.PreserveHost,
+		maxInflight: int64(cfg.MaxInflight),
+	}
+	if cfg.Retries != nil {
+		pl.retries = max(*cfg.Retries, 0)
+	}
+	if cfg.RetryBudget != nil {
+		pl.budget = *cfg.RetryBudget
+	}
+	if hc := cfg.HealthCheck; hc != nil {
+		pl.ignoreAllDown = hc.AllUnhealthy == "ignore"
+	}
+	if ps := cfg.Passive; ps != nil && ps.ConsecutiveFailures > 0 {
+		pl.ejectAfter = int64(ps.ConsecutiveFailures)
+		pl.ejectBase = int64(ps.Ejection.D())
+		if pl.ejectBase <= 0 {
+			pl.ejectBase = int64(30 * time.Second)
+		}
+	}
+	return pl
+}
+
+// Name returns the upstream's name.
+func (p *Pool) Name() string { return p.name }
+
+func errOverloaded() error {
+	return problem.New(http.StatusServiceUnavailable, "upstream_overloaded",
+		"the upstream has too many requests in flight")
+}
+
+func errBreakerOpen() error {
+	return problem.New(http.StatusServiceUnavailable, "breaker_open",
+		"the upstream is failing; requests to it are paused")
+}
+
+func errNoHealthyTarget() error {
+	return problem.New(http.StatusServiceUnavailable, "no_healthy_target",
+		"no healthy upstream target is available")
+}
+
+// RoundTrip sends req to one of the pool's targets and returns the first
+// response that is final by the retry rules, or the last error.
+//
+// Per attempt: beyond max_inflight requests in flight for the upstream it
+// fails at once (503 upstream_overloaded); while the breaker is open it fails
+// without touching the upstream (503 breaker_open); the balancer picks among
+// healthy, non-ejected targets (503 no_healthy_target when none, unless
+// all_unhealthy: ignore); the request goes out with the target's scheme and
+// host (and Host header, unless preserve_host); the attempt is cancelled if
+// no response headers arrive within timeout (504 upstream_timeout).
+//
+// Retries (up to retries, to a target not yet tried when there is one):
+// idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) on connection
+// errors, attempt timeouts, 502, 503 and 504; any method when the connection
+// could not be opened (a dial error, so not one byte was sent). A body is
+// replayed only from req.GetBody, or from a copy made up front when the
+// method is idempotent and Content-Length is at most 64 KiB; otherwise only
+// a dial error, after which the body is provably unread, allows a retry.
+// Retries stay within retry_budget of the upstream's requests over 10 s
+// (at least minRetries), and none starts once req's context is done.
+//
+// The returned response's body must be closed: that ends the request's
+// in-flight accounting (max_inflight, least_request). Other errors come
+// from the transport as they are; problem.FromUpstream maps them.
+func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	up := p.up
+	if n := up.inflight.Add(1); p.maxInflight > 0 && n > p.maxInflight {
+		up.inflight.Add(-1)
+		closeRequestBody(req)
+		return nil, errOverloaded()
+	}
+	ctx := req.Context()
+	now := p.reg.now().UnixNano()
+	up.budget.add(now, 1, 0)
+
+	rb, err := p.newReplay(req)
+	if err != nil {
+		up.inflight.Add(-1)
+		return nil, err
+	}
+
+	var (
+		tried   uint64
+		lastRes *http.Response
+		lastErr error
+	)
+	for attempt := 0; ; attempt++ {
+		probe := false
+		if p.br != nil {
+			ok, pr := p.br.allow(now)
+			if !ok {
+				if attempt == 0 {
+					rb.finish()
+					up.inflight.Add(-1)
+					return nil, errBreakerOpen()
+				}
+				return p.final(rb, lastRes, lastErr)
+			}
+			probe = pr
+		}
+		i := p.pick(req, now, tried)
+		if i < 0 {
+			if probe {
+				p.br.record(now, outcomeNeutral, true)
+			}
+			if attempt == 0 {
+				rb.finish()
+				up.inflight.Add(-1)
+				return nil, errNoHealthyTarget()
+			}
+			return p.final(rb, lastRes, lastErr)
+		}
+		body := req.Body
+		if attempt > 0 {
+			// This retry is on: the previous response goes away.
+			if lastRes != nil {
+				drainClose(lastRes.Body)
+			}
+			body, err = rb.next()
+			if err != nil {
+				if probe {
+					p.br.record(now, outcomeNeutral, true)
+				}
+				rb.finish()
+				up.inflight.Add(-1)
+				return nil, err
+			}
+			up.retryCtr.Inc()
+			up.budget.add(now, 0, 1)
+		} else if rb.mode != replayNone {
+			body = rb.first()
+		}
+		if i < 64 {
+			tried |= 1 << uint(i)
+		}
+		res, err := p.attempt(ctx, req, p.targets[i], body, probe)
+		now = p.reg.now().UnixNano()
+		if attempt >= p.retries || !p.retryable(ctx, req, res, err, rb, now) {
+			return p.final(rb, res, err)
+		}
+		lastRes, lastErr = res, err
+	}
+}
+
+// final hands the last attempt's result to the caller; the request stays in
+// flight until the response body is closed.
+func (p *Pool) final(rb *replay, res *http.Response, err error) (*http.Response, error) {
+	rb.finish()
+	if res == nil {
+		p.up.inflight.Add(-1)
+		return nil, err
+	}
+	if tb, ok := res.Body.(interface{ setUpstream(*atomic.Int64) }); ok {
+		tb.setUpstream(&p.up.inflight)
+	} else {
+		p.up.inflight.Add(-1)
+	}
+	return res, nil
+}
+
+// pick asks the balancer for an untried eligible target, then for any
+// eligible one, then (panic mode) for any target at all.
+func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
+	c := pickCtx{targets: p.targets, now: now, tried: tried}
+	if i := p.bal.pick(req, c); i >= 0 {
+		return i
+	}
+	if tried != 0 {
+		c.tried = 0
+		if i := p.bal.pick(req, c); i >= 0 {
+			return i
+		}
+	}
+	if !p.ignoreAllDown {
+		return -1
+	}
+	c.ignoreHealth, c.tried = true, tried
+	if i := p.bal.pick(req, c); i >= 0 {
+		return i
+	}
+	c.tried = 0
+	return p.bal.pick(req, c)
+}
+
+// attemptTimer cancels an attempt whose response headers have not arrived
+// when it fires. state: 0 waiting, 1 headers arrived, 2 fired.
+type attemptTimer struct {
+	state  atomic.Int32
+	cancel context.CancelFunc
+	timer  *time.Timer
+}
+
+func (a *attemptTimer) fire() {
+	if a.state.CompareAndSwap(0, 2) {
+		a.cancel()
+	}
+}
+
+// arrived reports whether the headers beat the timer.
+func (a *attemptTimer) arrived() bool {
+	ok := a.state.CompareAndSwap(0, 1)
+	a.timer.Stop()
+	return ok
+}
+
+func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser, probe bool) (*http.Response, error) {
+	var at *attemptTimer
+	var out *http.Request
+	if p.timeout > 0 {
+		actx, cancel := context.WithCancel(ctx)
+		at = &attemptTimer{cancel: cancel}
+		at.timer = time.AfterFunc(p.timeout, at.fire)
+		out = req.WithContext(actx)
+	} else {
+		out = new(http.Request)
+		*out = *req
+	}
+	u := *req.URL
+	u.Scheme, u.Host = t.scheme, t.host
+	out.URL = &u
+	if !p.preserveHost || out.Host == "" {
+		out.Host = t.host
+	}
+	out.Body = body
+
+	t.inflight.Add(1)
+	start := time.Now()
+	res, err := p.tr.forTarget(t).RoundTrip(out)
+	elapsed := time.Since(start)
+	if at != nil && !at.arrived() {
+		if res != nil {
+			_ = res.Body.Close()
+			res = nil
+		}
+		if ctx.Err() == nil {
+			err = problem.Wrap(http.StatusGatewayTimeout, "upstream_timeout",
+				"the upstream did not answer in time", context.DeadlineExceeded)
+		}
+	}
+	now := p.reg.now().UnixNano()
+	o := outcomeSuccess
+	switch {
+	case err != nil && ctx.Err() != nil:
+		o = outcomeNeutral
+	case err != nil, res.StatusCode >= 500:
+		o = outcomeFailure
+	}
+	if p.br != nil {
+		p.br.record(now, o, probe)
+	}
+	if o != outcomeNeutral {
+		p.observe(t, now, res, o, elapsed)
+	}
+	if res == nil {
+		t.inflight.Add(-1)
+		if at != nil {
+			at.cancel()
+		}
+		return nil, err
+	}
+	res.Body = wrapBody(res.Body, t, at)
+	return res, nil
+}
+
+func (p *Pool) observe(t *target, now int64, res *http.Response, o outcome, elapsed time.Duration) {
+	if res != nil {
+		t.counter(res.StatusCode).Inc()
+	} else {
+		t.errCtr.Inc()
+	}
+	p.up.durObs.Observe(elapsed.Seconds())
+	var fail int64
+	if o == outcomeFailure {
+		fail = 1
+	}
+	t.win.add(now, 1, fail)
+	if p.ejectAfter == 0 {
+		return
+	}
+	if fail == 0 {
+		if t.consecFail.Load() != 0 {
+			t.consecFail.Store(0)
+		}
+		return
+	}
+	if t.consecFail.Add(1) >= p.ejectAfter {
+		p.eject(t, now)
+	}
+}
+
+// eject takes t out of rotation for the base ejection time, doubled for
+// each ejection that follows soon after the previous one (capped at 10x).
+// The doubling starts over once t stayed in rotation for 10x the base time.
+// The last eligible target is never ejected: a failing target still beats
+// answering every request with 503.
+func (p *Pool) eject(t *target, now int64) {
+	p.up.ejectMu.Lock()
+	defer p.up.ejectMu.Unlock()
+	if t.ejectedUntil.Load() > now || t.consecFail.Load() < p.ejectAfter {
+		return // another goroutine got here first
+	}
+	others := false
+	for _, o := range p.targets {
+		if o != t && o.healthy.Load() && o.ejectedUntil.Load() <= now {
+			others = true
+			break
+		}
+	}
+	if !others {
+		return
+	}
+	if now-t.lastEjectEnd > p.ejectBase*maxEjectionFactor {
+		t.ejections = 0
+	}
+	t.ejections++
+	d := p.ejectBase * maxEjectionFactor
+	if t.ejections <= 4 { // 1, 2, 4, 8; then the cap
+		d = min(d, p.ejectBase<<(t.ejections-1))
+	}
+	t.ejectedUntil.Store(now + d)
+	t.lastEjectEnd = now + d
+	t.consecFail.Store(0)
+	t.ejectCtr.Inc()
+	p.reg.log.Warn("upstream target ejected", "upstream", p.name, "target", t.url,
+		"for", time.Duration(d), "ejections", t.ejections)
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// isDialError reports whether err happened while opening the connection,
+// before any byte of the request could be written.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+func (p *Pool) retryable(ctx context.Context, req *http.Request, res *http.Response, err error, rb *replay, now int64) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	idem := idempotent(req.Method)
+	dial := false
+	if err != nil {
+		dial = isDialError(err)
+		if !idem && !dial {
+			return false
+		}
+	} else {
+		switch res.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			if !idem {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	if !rb.canReplay(dial) {
+		return false
+	}
+	reqs, rets := p.up.budget.sum(now)
+	allowed := max(int64(p.budget*float64(reqs)), minRetries)
+	return rets < allowed
+}
+
+// drainClose reads a little of a discarded response so its connection can
+// be reused, then closes it.
+func drainClose(b io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, b, maxDrain)
+	_ = b.Close()
+}
+
+func closeRequestBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+// trackedBody ends an attempt when the caller closes the response body:
+// the target's (and, for the final response, the upstream's) in-flight
+// count drops and the attempt's context is released.
+type trackedBody struct {
+	io.ReadCloser
+	t    *target
+	at   *attemptTimer
+	up   *atomic.Int64
+	once sync.Once
+}
+
+func (b *trackedBody) setUpstream(c *atomic.Int64) { b.up = c }
+
+func (b *trackedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(func() {
+		b.t.inflight.Add(-1)
+		if b.up != nil {
+			b.up.Add(-1)
+		}
+		if b.at != nil {
+			b.at.cancel()
+		}
+	})
+	return err
+}
+
+// trackedRWBody keeps the io.Writer of a 101 Switching Protocols body, which
+// httputil.ReverseProxy needs to splice an upgraded connection.
+type trackedRWBody struct {
+	*trackedBody
+	w io.Writer
+}
+
+func (b trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+func wrapBody(rc io.ReadCloser, t *target, at *attemptTimer) io.ReadCloser {
+	tb := &trackedBody{ReadCloser: rc, t: t, at: at}
+	if w, ok := rc.(io.Writer); ok {
+		return trackedRWBody{trackedBody: tb, w: w}
+	}
+	return tb
+}
+
+// replay is how a request body is resent on a retry.
+type replay struct {
+	mode  replayMode
+	req   *http.Request
+	buf   []byte
+	guard *guardBody
+}
+
+type replayMode int8
+
+const (
+	replayNone     replayMode = iota // no body, or no retries configured
+	replayGetBody                    // req.GetBody makes a fresh copy
+	replayBuffered                   // small body of an idempotent request, read up front
+	replayGuarded                    // only a dial error (body unread) allows a retry
+)
+
+func (p *Pool) newReplay(req *http.Request) (*replay, error) {
+	rb := &replay{req: req}
+	if p.retries == 0 || req.Body == nil || req.Body == http.NoBody {
+		return rb, nil
+	}
+	switch {
+	case req.GetBody != nil:
+		rb.mode = replayGetBody
+	case idempotent(req.Method) && req.ContentLength > 0 && req.ContentLength <= maxBufferedBody:
+		buf := make([]byte, req.ContentLength)
+		_, err := io.ReadFull(req.Body, buf)
+		_ = req.Body.Close()
+		if err != nil {
+			return nil, problem.Wrap(http.StatusBadRequest, "request_body_unreadable",
+				"the request body could not be read", err)
+		}
+		rb.mode, rb.buf = replayBuffered, buf
+	default:
+		rb.mode = replayGuarded
+		rb.guard = &guardBody{rc: req.Body, hold: true}
+	}
+	return rb, nil
+}
+
+func (rb *replay) first() io.ReadCloser {
+	switch rb.mode {
+	case replayBuffered:
+		return io.NopCloser(bytes.NewReader(rb.buf))
+	case replayGuarded:
+		return rb.guard
+	}
+	return rb.req.Body
+}
+
+func (rb *replay) canReplay(dial bool) bool {
+	switch rb.mode {
+	case replayGuarded:
+		return dial && rb.guard.n.Load() == 0
+	}
+	return true
+}
+
+func (rb *replay) next() (io.ReadCloser, error) {
+	switch rb.mode {
+	case replayGetBody:
+		return rb.req.GetBody()
+	case replayBuffered:
+		return io.NopCloser(bytes.NewReader(rb.buf)), nil
+	case replayGuarded:
+		rb.guard.rearm()
+		return rb.guard, nil
+	}
+	return rb.req.Body, nil
+}
+
+// finish lets the transport's close of a guarded body through.
+func (rb *replay) finish() {
+	if rb.guard != nil {
+		rb.guard.release()
+	}
+}
+
+// guardBody counts what the transport read and holds back its Close while
+// a retry may still need the body: http.Transport closes the request body
+// even after a dial error, which would make the body unusable although not
+// a byte of it was consumed.
+type guardBody struct {
+	rc          io.ReadCloser
+	n           atomic.Int64
+	mu          sync.Mutex
+	hold        bool
+	closeWanted bool
+	closed      bool
+}
+
+func (g *guardBody) Read(b []byte) (int, error) {
+	n, err := g.rc.Read(b)
+	g.n.Add(int64(n))
+	return n, err
+}
+
+func (g *guardBody) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.hold {
+		g.closeWanted = true
+		return nil
+	}
+	if g.closed {
+		return nil
+	}
+	g.closed = true
+	return g.rc.Close()
+}
+
+func (g *guardBody) rearm() {
+	g.mu.Lock()
+	g.closeWanted = false
+	g.mu.Unlock()
+}
+
+func (g *guardBody) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.hold = false
+	if g.closeWanted && !g.closed {
+		g.closed = true
+		_ = g.rc.Close()
+	}
+}

@@ -1,0 +1,360 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-gw/portico/internal/identity"
+	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// realm is the WWW-Authenticate realm of every challenge (RFC 9110 11.5).
+const realm = "portico"
+
+// reason is why a request was refused; its name is the metric label.
+type reason uint8
+
+const (
+	reasonNone reason = iota
+	reasonMissing
+	reasonMalformed
+	reasonBadSignature
+	reasonExpired
+	reasonNotYetValid
+	reasonWrongIssuer
+	reasonWrongAudience
+	reasonUnknownKey
+	reasonForbidden
+	reasonUnavailable
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	"", "missing", "malformed", "bad_signature", "expired", "not_yet_valid",
+	"wrong_issuer", "wrong_audience", "unknown_key", "forbidden", "unavailable",
+}
+
+func (r reason) String() string { return reasonNames[r] }
+
+// failure is a refused credential; retryAfter (seconds) goes with
+// reasonUnavailable.
+type failure struct {
+	reason     reason
+	retryAfter int
+}
+
+// verified is what an accepted credential yields, built once per token or
+// key and shared by every request that presents it (read-only).
+type verified struct {
+	id      *identity.Identity
+	headers []headerValue
+}
+
+// headerValue is one identity header to set upstream. vals is shared by all
+// requests with this credential; it has length and capacity 1, so an append
+// by a later stage copies instead of writing into it.
+type headerValue struct {
+	name string
+	vals []string
+}
+
+// provider is one compiled auth provider, as the route middleware uses it.
+type provider interface {
+	// credential returns the presented credential, if any.
+	credential(r *http.Request) (string, bool)
+	// authenticate checks a presented credential.
+	authenticate(ctx context.Context, cred string) (*verified, failure)
+	// scheme is the WWW-Authenticate auth-scheme.
+	scheme() string
+	// challenge is the WWW-Authenticate value when no credential came.
+	challenge() string
+	// invalidChallenge is the value when this provider's credential failed.
+	invalidChallenge(reason) string
+	// invalidProblem is the problem code and public detail for a failure.
+	invalidProblem(reason) (code, detail string)
+	// stripAfterAccept removes this provider's credential before
+	// forwarding, as configured; won says whether it accepted the request.
+	stripAfterAccept(r *http.Request, won bool)
+	// identityHeaders are the headers it may set upstream (canonical).
+	identityHeaders() []string
+}
+
+var (
+	_ provider = (*jwtProvider)(nil)
+	_ provider = (*apiKeyProvider)(nil)
+)
+
+func (p *jwtProvider) credential(r *http.Request) (string, bool) { return p.from.get(r) }
+
+func (p *jwtProvider) scheme() string { return "Bearer" }
+
+func (p *jwtProvider) challenge() string { return `Bearer realm="` + realm + `"` }
+
+// invalidChallenge follows RFC 6750 section 3.1. The description never says
+// why a signature or key check failed: only expiry, which the client can
+// act on by refreshing, is named.
+func (p *jwtProvider) invalidChallenge(r reason) string {
+	_, detail := p.invalidProblem(r)
+	return `Bearer realm="` + realm + `", error="invalid_token", error_description="` + detail + `"`
+}
+
+func (p *jwtProvider) invalidProblem(r reason) (code, detail string) {
+	switch r {
+	case reasonExpired:
+		return "invalid_token", "token expired"
+	case reasonNotYetValid:
+		return "invalid_token", "token not yet valid"
+	}
+	return "invalid_token", "invalid token"
+}
+
+func (p *jwtProvider) stripAfterAccept(r *http.Request, won bool) {
+	if won && !p.forward {
+		p.from.strip(r)
+	}
+}
+
+func (p *jwtProvider) identityHeaders() []string {
+	out := make([]string, 0, len(p.claimHeaders))
+	for _, c := range p.claimHeaders {
+		out = append(out, c.header)
+	}
+	return out
+}
+
+// Set is the auth stage compiled from one config: immutable, safe for
+// concurrent use, cheap to drop (its key sets and caches belong to the
+// Registry).
+type Set struct {
+	reg             *Registry
+	providers       map[string]provider
+	identityHeaders []string
+}
+
+func (s *Set) collectIdentityHeaders() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range s.providers {
+		for _, h := range p.identityHeaders() {
+			if !seen[h] {
+				seen[h] = true
+				out = append(out, h)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// IdentityHeaders returns every header name (canonical, sorted) that some
+// provider's forward_claims or forward_id sets. The gateway strips inbound
+// copies on every route, public ones too, with StripIdentityHeaders: an
+// upstream must be able to trust them.
+func (s *Set) IdentityHeaders() []string {
+	return append([]string(nil), s.identityHeaders...)
+}
+
+// StripIdentityHeaders returns a middleware that deletes the named headers
+// from every request, so a client cannot spoof an identity header on any
+// route. Names are canonicalised once here, not per request.
+func StripIdentityHeaders(names []string) func(http.Handler) http.Handler {
+	seen := map[string]bool{}
+	var canon []string
+	for _, n := range names {
+		c := http.CanonicalHeaderKey(strings.TrimSpace(n))
+		if c != "" && !seen[c] {
+			seen[c] = true
+			canon = append(canon, c)
+		}
+	}
+	return func(next http.Handler) http.Handler {
+		if len(canon) == 0 {
+			return next
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for _, n := range canon {
+				delete(r.Header, n)
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// Middleware returns the auth middleware of one route. providers are
+// alternatives: each one whose credential is present is tried in order and
+// the first that accepts (valid credential with every scope in scopes)
+// wins. When none does, the answer is, in this order of precedence:
+//
+//   - 403 insufficient_scope, when some credential was valid but lacked a
+//     scope (the first such provider's scheme in WWW-Authenticate);
+//   - the failure of the first provider whose credential was presented:
+//     503 with Retry-After when its key set is unavailable, else 401 whose
+//     first WWW-Authenticate value is that provider's challenge with
+//     error="invalid_token" (error="invalid_key" for API keys), followed by
+//     the plain challenges of the route's other schemes;
+//   - 401 with one WWW-Authenticate value per distinct challenge of the
+//     route's providers, in order, when no credential was presented.
+//
+// Exactly one failure is counted per refused request, with the reason of
+// the answer given. On success the identity goes to reqctx.Info.Identity
+// (or identity.NewContext when the request has no Info), identity headers
+// are replaced by the winner's, API keys of every listed provider are
+// removed, and the winner's token is removed when forward_token is false.
+func (s *Set) Middleware(route string, providers []string, scopes []string) (func(http.Handler) http.Handler, error) {
+	if route == "" {
+		return nil, errors.New("auth: route name is required")
+	}
+	if len(providers) == 0 {
+		return nil, fmt.Errorf("auth: route %s: no auth provider", route)
+	}
+	ra := &routeAuth{route: route, scopes: append([]string(nil), scopes...)}
+	for _, sc := range scopes {
+		if sc == "" || strings.ContainsAny(sc, " \t\"\\") {
+			return nil, fmt.Errorf("auth: route %s: invalid scope %q", route, sc)
+		}
+	}
+	seen := map[string]bool{}
+	for _, name := range providers {
+		p, ok := s.providers[name]
+		if !ok {
+			return nil, fmt.Errorf("auth: route %s: unknown auth provider %q", route, name)
+		}
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		ra.provs = append(ra.provs, p)
+		if ch := p.challenge(); !containsString(ra.challenges, ch) {
+			ra.challenges = append(ra.challenges, ch)
+		}
+	}
+	ra.identityHeaders = s.identityHeaders
+	for r := reasonMissing; r < numReasons; r++ {
+		ra.fails[r] = s.reg.failures.WithLabelValues(route, r.String())
+	}
+	return func(next http.Handler) http.Handler {
+		return &authHandler{ra: ra, next: next}
+	}, nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+// routeAuth is one route's compiled auth settings.
+type routeAuth struct {
+	route           string
+	provs           []provider
+	scopes          []string
+	challenges      []string // distinct plain challenges, in provider order
+	identityHeaders []string
+	fails           [numReasons]prometheus.Counter
+}
+
+type authHandler struct {
+	ra   *routeAuth
+	next http.Handler
+}
+
+func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ra := h.ra
+	failAt, forbidAt := -1, -1
+	var fail failure
+	for i, p := range ra.provs {
+		cred, ok := p.credential(r)
+		if !ok {
+			continue
+		}
+		v, f := p.authenticate(r.Context(), cred)
+		if f.reason != reasonNone {
+			if failAt < 0 {
+				failAt, fail = i, f
+			}
+			continue
+		}
+		if !hasScopes(v.id, ra.scopes) {
+			if forbidAt < 0 {
+				forbidAt = i
+			}
+			continue
+		}
+		hdr := r.Header
+		for _, n := range ra.identityHeaders {
+			delete(hdr, n)
+		}
+		for _, hv := range v.headers {
+			hdr[hv.name] = hv.vals
+		}
+		for j, q := range ra.provs {
+			q.stripAfterAccept(r, j == i)
+		}
+		if in := reqctx.From(r.Context()); in != nil {
+			in.Identity = v.id
+		} else {
+			r = r.WithContext(identity.NewContext(r.Context(), v.id))
+		}
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	ra.reject(w, r, failAt, fail, forbidAt)
+}
+
+func hasScopes(id *identity.Identity, want []string) bool {
+	for _, s := range want {
+		if !id.HasScope(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// reject answers a request no provider accepted (see Middleware).
+func (ra *routeAuth) reject(w http.ResponseWriter, r *http.Request, failAt int, fail failure, forbidAt int) {
+	h := w.Header()
+	switch {
+	case forbidAt >= 0:
+		ra.fails[reasonForbidden].Inc()
+		p := ra.provs[forbidAt]
+		// RFC 6750 section 3.1: insufficient_scope names the scope needed.
+		h.Set("WWW-Authenticate", p.scheme()+` realm="`+realm+`", error="insufficient_scope", scope="`+strings.Join(ra.scopes, " ")+`"`)
+		problem.Write(w, r, &problem.Error{
+			Status: http.StatusForbidden, Code: "insufficient_scope",
+			Detail: "the credential lacks a required scope",
+			Extra:  map[string]any{"required_scopes": ra.scopes},
+		})
+	case failAt >= 0 && fail.reason == reasonUnavailable:
+		ra.fails[reasonUnavailable].Inc()
+		h.Set("Retry-After", strconv.Itoa(max(fail.retryAfter, 1)))
+		problem.Write(w, r, problem.New(http.StatusServiceUnavailable, "auth_unavailable",
+			"the signing keys of the identity provider are not available; retry later"))
+	case failAt >= 0:
+		ra.fails[fail.reason].Inc()
+		p := ra.provs[failAt]
+		vals := []string{p.invalidChallenge(fail.reason)}
+		for _, ch := range ra.challenges {
+			if !strings.HasPrefix(ch, p.scheme()+" ") {
+				vals = append(vals, ch)
+			}
+		}
+		h["Www-Authenticate"] = vals
+		code, detail := p.invalidProblem(fail.reason)
+		problem.Write(w, r, problem.New(http.StatusUnauthorized, code, detail))
+	default:
+		ra.fails[reasonMissing].Inc()
+		h["Www-Authenticate"] = append([]string(nil), ra.challenges...)
+		problem.Write(w, r, problem.New(http.StatusUnauthorized, "unauthenticated", "authentication required"))
+	}
+}

@@ -1,0 +1,375 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-gw/portico/internal/config"
+)
+
+// Deps are the auth stage's dependencies. Every field may be left zero.
+type Deps struct {
+	// Logger receives warnings about key sets (fetch failures, recoveries).
+	// Nil discards them. Credentials are never logged.
+	Logger *slog.Logger
+	// Registerer receives portico_auth_failures_total once, in NewRegistry.
+	// Nil leaves the collector unregistered (tests, tools).
+	Registerer prometheus.Registerer
+	// Now is the clock for token times, caches and fetch rate limits. Nil
+	// means time.Now.
+	Now func() time.Time
+	// HTTPClient fetches JWKS documents. Nil means a private client with a
+	// 5 s timeout whose idle connections Close releases.
+	HTTPClient *http.Client
+}
+
+// Tunables. They are constants rather than config because the issue fixed
+// them; they are package variables of Registry so tests can shrink them.
+const (
+	// defaultRefresh is the JWKS refresh interval when the response has no
+	// Cache-Control max-age.
+	defaultRefresh = 15 * time.Minute
+	// minRefresh and maxRefresh clamp a max-age: an IdP that says max-age=0
+	// must not be polled in a loop, one that says a week must still rotate.
+	minRefresh = time.Minute
+	maxRefresh = 24 * time.Hour
+	// refetchInterval is the least time between two fetches of one key set
+	// triggered by unknown kids, so a flood of bogus kids costs the IdP at
+	// most one request per interval.
+	refetchInterval = 5 * time.Second
+	// fetchTimeout bounds one JWKS fetch (also the startup fetch).
+	fetchTimeout = 5 * time.Second
+	// maxJWKSBytes bounds a JWKS document.
+	maxJWKSBytes = 1 << 20
+	// cacheEntries bounds each provider's verified-token cache.
+	cacheEntries = 10000
+	// cacheMaxTTL caps how long a verified token is served from the cache,
+	// so a revoked key stops working within it even if the IdP's max-age
+	// is longer.
+	cacheMaxTTL = 5 * time.Minute
+	// negativeTTL is how long a token that failed its signature check is
+	// refused without checking again.
+	negativeTTL = 10 * time.Second
+	// maxTokenBytes rejects absurd tokens before any decoding.
+	maxTokenBytes = 16 << 10
+)
+
+// Registry is the process-long part of the auth stage: key sets with their
+// background refreshers, verified-token caches and the failure metric. A
+// config reload calls Apply again on the same Registry, which keeps every
+// key set and cache whose provider did not change.
+type Registry struct {
+	log        *slog.Logger
+	now        func() time.Time
+	client     *http.Client
+	ownClient  bool
+	failures   *prometheus.CounterVec
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+
+	// after is the timer of the background refreshers; tests replace it to
+	// drive refreshes without sleeping.
+	after func(time.Duration) <-chan time.Time
+
+	mu      sync.Mutex
+	closed  bool
+	sources map[string]*keySource  // provider name + key source
+	caches  map[string]*tokenCache // provider name + fingerprint of its settings
+	wg      sync.WaitGroup
+}
+
+// NewRegistry returns a Registry. Call it once per process and Close it on
+// shutdown; it registers portico_auth_failures_total on deps.Registerer (an
+// already registered identical collector is reused).
+func NewRegistry(deps Deps) *Registry {
+	r := &Registry{
+		log:     deps.Logger,
+		now:     deps.Now,
+		client:  deps.HTTPClient,
+		after:   time.After,
+		sources: map[string]*keySource{},
+		caches:  map[string]*tokenCache{},
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		r.client = &http.Client{Timeout: fetchTimeout, Transport: tr}
+		r.ownClient = true
+	}
+	r.baseCtx, r.cancelBase = context.WithCancel(context.Background())
+	r.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portico_auth_failures_total",
+		Help: "Requests refused by authentication, by route and reason.",
+	}, []string{"route", "reason"})
+	if deps.Registerer != nil {
+		if err := deps.Registerer.Register(r.failures); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				if cv, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+					r.failures = cv
+				}
+			} else {
+				r.log.Warn("auth: cannot register metrics", "error", err)
+			}
+		}
+	}
+	return r
+}
+
+// Close stops the background refreshers and aborts fetches under way. Sets
+// built earlier keep working with the keys they have. Close is idempotent.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	srcs := r.sources
+	r.sources = map[string]*keySource{}
+	r.caches = map[string]*tokenCache{}
+	r.mu.Unlock()
+	r.cancelBase()
+	for _, s := range srcs {
+		s.stop()
+	}
+	r.wg.Wait()
+	if r.ownClient {
+		r.client.CloseIdleConnections()
+	}
+	return nil
+}
+
+// Apply compiles the auth providers of one config into a Set. Key sets and
+// caches of providers that did not change are reused, so a reload neither
+// refetches keys nor re-verifies tokens; those no longer referenced stop
+// refreshing. A JWKS URL that cannot be fetched is not an error (the
+// provider answers 503 for unknown key ids until the keys arrive, and a
+// warning is logged); an unreadable or invalid jwks_file, an unusable
+// algorithm list or an invalid API key hash is. On error nothing changes.
+func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthProvider) (*Set, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, errors.New("auth: registry is closed")
+	}
+	names := make([]string, 0, len(providers))
+	for name := range providers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+
+	set := &Set{reg: r, providers: make(map[string]provider, len(providers))}
+	newSources := map[string]*keySource{}
+	newCaches := map[string]*tokenCache{}
+	var created []*keySource
+	var errs []error
+	for _, name := range names {
+		pc := providers[name]
+		if pc == nil {
+			errs = append(errs, fmt.Errorf("auth.%s: empty provider", name))
+			continue
+		}
+		switch pc.Type {
+		case "jwt":
+			p, src, isNew, err := r.buildJWT(name, pc, newSources)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("auth.%s: %w", name, err))
+				continue
+			}
+			if isNew {
+				created = append(created, src)
+			}
+			cacheKey := name + "\x00" + p.fingerprint
+			c := r.caches[cacheKey]
+			if c == nil {
+				c = newTokenCache(cacheEntries)
+			}
+			newCaches[cacheKey] = c
+			p.cache = c
+			set.providers[name] = p
+		case "api_key":
+			p, err := buildAPIKey(name, pc)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("auth.%s: %w", name, err))
+				continue
+			}
+			set.providers[name] = p
+		default:
+			errs = append(errs, fmt.Errorf("auth.%s: type %q is not jwt or api_key", name, pc.Type))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+
+	// First fetch of new URL sources, in parallel: startup waits for the
+	// slowest IdP once, not for the sum of them.
+	var wg sync.WaitGroup
+	for _, s := range created {
+		if s.url == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A failure is logged by fetch and is not fatal: the
+			// refresher keeps trying and unknown kids get 503 meanwhile.
+			_ = s.fetch(ctx)
+		}()
+	}
+	wg.Wait()
+
+	for key, s := range r.sources {
+		if _, kept := newSources[key]; !kept {
+			s.stop()
+		}
+	}
+	for _, s := range created {
+		if s.url != "" {
+			r.wg.Add(1)
+			go s.run(&r.wg)
+		}
+	}
+	r.sources = newSources
+	r.caches = newCaches
+	set.identityHeaders = set.collectIdentityHeaders()
+	return set, nil
+}
+
+// buildJWT compiles one jwt provider, reusing or creating its key source.
+func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map[string]*keySource) (*jwtProvider, *keySource, bool, error) {
+	nsrc := 0
+	for _, s := range []string{pc.JWKSURL, pc.JWKSFile, pc.Secret} {
+		if s != "" {
+			nsrc++
+		}
+	}
+	if nsrc != 1 {
+		return nil, nil, false, errors.New("exactly one of jwks_url, jwks_file and secret is required")
+	}
+	algs := pc.Algorithms
+	if len(algs) == 0 {
+		if pc.Secret != "" {
+			algs = []string{"HS256", "HS384", "HS512"}
+		} else {
+			algs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+		}
+	}
+	var allowed algSet
+	for _, a := range algs {
+		al, ok := algByName(a)
+		if !ok {
+			return nil, nil, false, fmt.Errorf("algorithms: %q is not supported (none is never accepted)", a)
+		}
+		if pc.Secret != "" && al.family != famHMAC {
+			return nil, nil, false, fmt.Errorf("algorithms: %s needs a key set, but this provider has only a secret", a)
+		}
+		allowed = allowed.with(al.id)
+	}
+
+	var (
+		srcKey string
+		src    *keySource
+		isNew  bool
+	)
+	switch {
+	case pc.JWKSURL != "":
+		srcKey = name + "\x00url\x00" + pc.JWKSURL
+		src = r.sources[srcKey]
+		if src == nil {
+			src = newURLSource(r, name, pc.JWKSURL)
+			isNew = true
+		}
+	case pc.JWKSFile != "":
+		// A file is read at every Apply, so a reload picks up a new file.
+		b, err := os.ReadFile(pc.JWKSFile)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("jwks_file: %w", err)
+		}
+		ks, err := parseKeySet(b, r.log, name)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("jwks_file %s: %w", pc.JWKSFile, err)
+		}
+		sum := sha256.Sum256(b)
+		srcKey = name + "\x00file\x00" + pc.JWKSFile + "\x00" + hex.EncodeToString(sum[:])
+		src = r.sources[srcKey]
+		if src == nil {
+			src = newStaticSource(r, name, ks)
+			isNew = true
+		}
+	default:
+		if len(pc.Secret) < 32 {
+			r.log.Warn("auth: HMAC secret is shorter than 32 bytes; RFC 7518 section 3.2 requires at least the hash size",
+				"provider", name)
+		}
+		sum := sha256.Sum256([]byte(pc.Secret))
+		srcKey = name + "\x00secret\x00" + hex.EncodeToString(sum[:])
+		src = r.sources[srcKey]
+		if src == nil {
+			src = newStaticSource(r, name, &keySet{
+				all: []*vkey{{family: famHMAC, hmac: []byte(pc.Secret)}},
+			})
+			isNew = true
+		}
+	}
+	newSources[srcKey] = src
+
+	p := &jwtProvider{
+		name:    name,
+		src:     src,
+		algs:    allowed,
+		issuer:  pc.Issuer,
+		auds:    slices.Clone(pc.Audiences),
+		leeway:  pc.Leeway.D(),
+		now:     r.now,
+		forward: pc.ForwardToken == nil || *pc.ForwardToken,
+	}
+	from := pc.TokenFrom
+	switch {
+	case from == nil || (from.Header == "" && from.Cookie == "" && from.Query == ""):
+		p.from = credSource{kind: fromHeader, name: "Authorization", bearer: true}
+	case from.Header != "":
+		h := http.CanonicalHeaderKey(from.Header)
+		p.from = credSource{kind: fromHeader, name: h, bearer: h == "Authorization"}
+	case from.Cookie != "":
+		p.from = credSource{kind: fromCookie, name: from.Cookie}
+	default:
+		p.from = credSource{kind: fromQuery, name: from.Query}
+	}
+	claims := make([]string, 0, len(pc.ForwardClaims))
+	for c := range pc.ForwardClaims {
+		claims = append(claims, c)
+	}
+	sort.Strings(claims)
+	for _, c := range claims {
+		h := strings.TrimSpace(pc.ForwardClaims[c])
+		if h == "" {
+			return nil, nil, false, fmt.Errorf("forward_claims.%s: empty header name", c)
+		}
+		p.claimHeaders = append(p.claimHeaders, claimHeader{claim: c, header: http.CanonicalHeaderKey(h)})
+	}
+	// The fingerprint names everything that decides whether a token is
+	// accepted and what it yields, so a reload that changes any of it
+	// starts a fresh verified-token cache.
+	p.fingerprint = fmt.Sprintf("%s|%v|%s|%q|%d|%v", srcKey, algs, pc.Issuer, pc.Audiences, pc.Leeway, p.claimHeaders)
+	return p, src, isNew, nil
+}

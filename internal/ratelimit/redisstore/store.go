@@ -1,0 +1,388 @@
+package redisstore
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/ratelimit"
+	"github.com/portico-gw/portico/internal/ratelimit/algo"
+)
+
+// DefaultTimeout bounds one decision (one script round trip) when
+// config.Store.Timeout is zero. A decision that takes longer returns an error
+// and the core applies the policy's on_store_error.
+const DefaultTimeout = 20 * time.Millisecond
+
+//go:embed decide.lua
+var decideLua string
+
+// Deps are the Store's dependencies.
+type Deps struct {
+	// Logger receives connection warnings; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is the Redis-backed rate-limit store. It is safe for concurrent use.
+type Store struct {
+	client  rueidis.Client
+	timeout time.Duration
+	log     *slog.Logger
+	script  *rueidis.Lua
+	beat    *rueidis.Lua
+
+	nodes atomic.Int64 // fleet size from the last heartbeat; 0 = unknown
+
+	paramsMu sync.RWMutex
+	params   map[algo.Params]*paramStrings
+
+	stop      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+var _ ratelimit.Store = (*Store)(nil)
+
+// New connects to Redis as cfg says: cfg.URL (redis:// or rediss://, with
+// user:pass@ for ACLs and /db) for one server, or cfg.Cluster (seed
+// addresses) with cfg.Username, cfg.Password and cfg.TLS for Redis Cluster.
+// cfg.Timeout bounds each decision (DefaultTimeout when zero).
+//
+// With a single server, New succeeds even when Redis is unreachable (a
+// gateway must start while its store is down; decisions fail until Redis is
+// back, and the core falls back). A cluster needs one reachable seed to learn
+// its slot map, so New fails without one.
+func New(cfg config.Store, deps Deps) (*Store, error) {
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opt, err := clientOption(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := rueidis.NewClient(opt)
+	if err != nil {
+		if client == nil {
+			return nil, fmt.Errorf("redisstore: connect: %w", err)
+		}
+		log.Warn("rate-limit store unreachable at start; decisions fail until it is back",
+			"addr", opt.InitAddress[0], "error", err)
+	}
+	s := newStore(client, cfg.Timeout.D(), log)
+	s.preload()
+	return s, nil
+}
+
+// preload loads the scripts on every known node, so the first decisions do
+// not pay for EVAL's compile. Best effort: a node that misses it (or loses
+// it later) answers NOSCRIPT and gets EVAL once.
+func (s *Store) preload() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, c := range s.client.Nodes() {
+		for _, src := range []string{decideLua, heartbeatLua} {
+			_ = c.Do(ctx, c.B().ScriptLoad().Script(src).Build()).Error()
+		}
+	}
+}
+
+func newStore(client rueidis.Client, timeout time.Duration, log *slog.Logger) *Store {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return &Store{
+		client:  client,
+		timeout: timeout,
+		log:     log,
+		script:  rueidis.NewLuaScript(decideLua),
+		beat:    rueidis.NewLuaScript(heartbeatLua),
+		params:  make(map[algo.Params]*paramStrings),
+		stop:    make(chan struct{}),
+	}
+}
+
+func clientOption(cfg config.Store) (rueidis.ClientOption, error) {
+	var opt rueidis.ClientOption
+	switch {
+	case cfg.URL != "" && len(cfg.Cluster) > 0:
+		return opt, errors.New("redisstore: url and cluster are exclusive")
+	case cfg.URL != "":
+		o, err := rueidis.ParseURL(cfg.URL)
+		if err != nil {
+			return opt, fmt.Errorf("redisstore: url: %w", err)
+		}
+		opt = o
+		// A url names one server: never probe it for a cluster (SELECT db
+		// would not work there anyway).
+		opt.ForceSingleClient = true
+	case len(cfg.Cluster) > 0:
+		opt.InitAddress = append([]string(nil), cfg.Cluster...)
+	default:
+		return opt, errors.New("redisstore: need url or cluster")
+	}
+	if cfg.Username != "" {
+		opt.Username = cfg.Username
+	}
+	if cfg.Password != "" {
+		opt.Password = cfg.Password
+	}
+	if cfg.TLS != nil {
+		tc, err := tlsConfig(cfg.TLS, opt.TLSConfig)
+		if err != nil {
+			return opt, err
+		}
+		opt.TLSConfig = tc
+	}
+	// Client-side caching needs CLIENT TRACKING and buys nothing for
+	// scripts; auto-pipelining stays on (the rueidis default) so concurrent
+	// decisions share round trips.
+	opt.DisableCache = true
+	// A decision must fail within its timeout; a dial must not outlast it
+	// by seconds either (the next decision redials).
+	opt.Dialer.Timeout = time.Second
+	return opt, nil
+}
+
+func tlsConfig(c *config.ClientTLS, base *tls.Config) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if base != nil {
+		tc = base.Clone()
+	}
+	if c.ServerName != "" {
+		tc.ServerName = c.ServerName
+	}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: tls ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redisstore: tls ca %s: no certificate found", c.CA)
+		}
+		tc.RootCAs = pool
+	}
+	if c.Cert != "" || c.Key != "" {
+		cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: tls client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Close stops heartbeats and closes the connections. Decide after Close
+// returns errors.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.wg.Wait()
+		s.client.Close()
+	})
+}
+
+// Decide implements ratelimit.Store: one script call decides every check of
+// subject, all-or-nothing, on Redis's clock.
+func (s *Store) Decide(ctx context.Context, subject string, checks []ratelimit.Check, out []algo.Decision) error {
+	_, err := s.exec(ctx, opDecide, subject, checks, nil, out, nil, noNow)
+	return err
+}
+
+// Refund gives back the cost of checks that were admitted earlier but should
+// not count (e.g. a request the core decided not to forward). It is
+// best-effort in the sense that a refund never makes state better than
+// fresh: counts stop at zero, a bucket's TAT stops at now, a sliding log
+// drops at most its newest entries. Costs are the checks' Cost fields.
+func (s *Store) Refund(ctx context.Context, subject string, checks []ratelimit.Check) error {
+	_, err := s.exec(ctx, opRefund, subject, checks, nil, nil, nil, noNow)
+	return err
+}
+
+// Operations of the script (ARGV[1]).
+const (
+	opDecide = "d"
+	opRefund = "r"
+	opLease  = "l"
+)
+
+// noNow makes the script read Redis TIME.
+const noNow = int64(-1)
+
+// Fields per policy in the script's reply.
+const replyPerPolicy = 7
+
+// leaseReq is the per-check input of a lease call.
+type leaseReq struct {
+	want int64 // units the node would like (before the script's clamp)
+	ttl  int64 // µs a lease may live
+}
+
+// grant is the per-check lease result.
+type grant struct {
+	granted int64 // units granted (0 when rejected)
+	expires int64 // µs after the script's now when the lease lapses
+}
+
+// paramStrings caches a policy's numbers as script arguments.
+type paramStrings struct {
+	kind, limit, window, maxDelay string
+}
+
+func (s *Store) paramArgs(p algo.Params) *paramStrings {
+	s.paramsMu.RLock()
+	ps := s.params[p]
+	s.paramsMu.RUnlock()
+	if ps != nil {
+		return ps
+	}
+	ps = &paramStrings{
+		kind:     strconv.FormatInt(int64(p.Kind), 10),
+		limit:    strconv.FormatInt(p.Limit, 10),
+		window:   strconv.FormatInt(p.Window, 10),
+		maxDelay: strconv.FormatInt(p.MaxDelay, 10),
+	}
+	s.paramsMu.Lock()
+	// Bounded by the configured policies and overrides; a reload with new
+	// numbers adds entries, which is rare enough not to need eviction.
+	if len(s.params) < 1<<16 {
+		s.params[p] = ps
+	}
+	s.paramsMu.Unlock()
+	return ps
+}
+
+// exec runs the script once for subject. now is the test clock (noNow for
+// Redis TIME); nodes is the fleet size for lease clamps. out (decisions) and
+// grants may be nil. It returns the now the script used.
+func (s *Store) exec(ctx context.Context, op, subject string, checks []ratelimit.Check,
+	leases []leaseReq, out []algo.Decision, grants []grant, now int64) (int64, error) {
+	return s.execNodes(ctx, op, subject, checks, leases, out, grants, now, 1)
+}
+
+func (s *Store) execNodes(ctx context.Context, op, subject string, checks []ratelimit.Check,
+	leases []leaseReq, out []algo.Decision, grants []grant, now int64, nodes int) (int64, error) {
+	if len(checks) == 0 {
+		return 0, nil
+	}
+	if out != nil && len(out) < len(checks) {
+		return 0, fmt.Errorf("redisstore: out has %d slots for %d checks", len(out), len(checks))
+	}
+	base := subjectKey(subject)
+	keys := make([]string, 1, 1+len(checks))
+	keys[0] = base
+	args := make([]string, 0, 4+8*len(checks))
+	nowArg := ""
+	if now != noNow {
+		nowArg = strconv.FormatInt(now, 10)
+	}
+	args = append(args, op, nowArg, strconv.Itoa(len(checks)), strconv.Itoa(max(nodes, 1)))
+	for i := range checks {
+		c := &checks[i]
+		if c.Params.Kind == algo.SlidingWindowLog {
+			keys = append(keys, base+":log:"+c.Policy)
+		}
+		ps := s.paramArgs(c.Params)
+		want, ttl := "0", "0"
+		if leases != nil {
+			want = strconv.FormatInt(leases[i].want, 10)
+			ttl = strconv.FormatInt(leases[i].ttl, 10)
+		}
+		args = append(args, c.Policy, ps.kind, ps.limit, ps.window, ps.maxDelay,
+			strconv.FormatInt(c.Cost, 10), want, ttl)
+	}
+
+	// WithTimeout keeps an earlier deadline of the caller's.
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	res, err := s.call(ctx, keys, args)
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: %w", err)
+	}
+	if len(res) != 2+replyPerPolicy*len(checks) {
+		return 0, fmt.Errorf("redisstore: script reply has %d values for %d checks", len(res), len(checks))
+	}
+	used, err := res[0].AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: script reply: %w", err)
+	}
+	for i := range checks {
+		var v [replyPerPolicy]int64
+		for j := range v {
+			if v[j], err = res[2+replyPerPolicy*i+j].AsInt64(); err != nil {
+				return 0, fmt.Errorf("redisstore: script reply: %w", err)
+			}
+		}
+		if out != nil {
+			out[i] = algo.Decision{Allowed: v[0] == 1, Remaining: v[1], RetryAfter: v[2], ResetAfter: v[3], Delay: v[4]}
+		}
+		if grants != nil {
+			grants[i] = grant{granted: v[5], expires: v[6]}
+		}
+	}
+	return used, nil
+}
+
+// call runs the script. EVALSHA falls back to EVAL on NOSCRIPT (rueidis's
+// Lua helper), and MOVED and ASK are followed by the cluster client. A
+// TRYAGAIN (a slot mid-migration holding some of the subject's keys on each
+// side) or CLUSTERDOWN (a failover in progress) is retried here while the
+// deadline allows: rueidis retries those only for commands marked
+// retryable, and marking the script so would also re-run it after a
+// connection error, when the first run may already have counted.
+func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisMessage, error) {
+	for attempt := 0; ; attempt++ {
+		res, err := s.script.Exec(ctx, s.client, keys, args).ToArray()
+		if err == nil {
+			return res, nil
+		}
+		re, ok := rueidis.IsRedisErr(err)
+		if !ok || !(re.IsTryAgain() || re.IsClusterDown()) || attempt >= 20 {
+			return nil, err
+		}
+		t := time.NewTimer(time.Duration(attempt+1) * 200 * time.Microsecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// subjectKey is rl:{H} with H the 64-bit FNV-1a hash of subject in hex. The
+// hash tag keeps a subject's keys in one Cluster slot; hashing bounds key
+// length and keeps raw request data (header values, claims) out of Redis key
+// names.
+func subjectKey(subject string) string {
+	const (
+		offset = 14695981039346656037
+		prime  = 1099511628211
+		hexd   = "0123456789abcdef"
+	)
+	h := uint64(offset)
+	for i := 0; i < len(subject); i++ {
+		h ^= uint64(subject[i])
+		h *= prime
+	}
+	var b [4 + 16 + 1]byte
+	copy(b[:], "rl:{")
+	for i := 0; i < 16; i++ {
+		b[4+i] = hexd[(h>>(60-4*uint(i)))&0xf]
+	}
+	b[20] = '}'
+	return string(b[:])
+}

@@ -1,0 +1,257 @@
+package telemetry
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// defaultRedacted are query parameter names whose values never reach the
+// access log: credentials passed in URLs.
+var defaultRedacted = []string{"token", "access_token", "api_key", "apikey", "key", "password", "secret", "signature", "sig"}
+
+const redactedValue = "REDACTED"
+
+// accessLog moves lines from requests to one writer goroutine through a
+// bounded channel of pooled buffers. Requests never wait: when the channel is
+// full the line is dropped and counted, so a slow stdout pipe costs log lines,
+// not latency.
+type accessLog struct {
+	ch      chan *[]byte
+	pool    sync.Pool
+	dropped prometheus.Counter
+	out     io.Writer
+	done    chan struct{}
+	once    sync.Once
+	mu      sync.RWMutex // guards closed against sends racing close
+	closed  bool
+}
+
+func newAccessLog(out io.Writer, size int, dropped prometheus.Counter) *accessLog {
+	a := &accessLog{ch: make(chan *[]byte, size), dropped: dropped, out: out, done: make(chan struct{})}
+	a.pool.New = func() any { b := make([]byte, 0, 512); return &b }
+	go a.run()
+	return a
+}
+
+func (a *accessLog) run() {
+	defer close(a.done)
+	bw := bufio.NewWriterSize(a.out, 64<<10)
+	for b := range a.ch {
+		_, _ = bw.Write(*b)
+		a.put(b)
+		// Flush when the queue is empty so lines appear promptly at low
+		// traffic and are batched into large writes at high traffic.
+		if len(a.ch) == 0 {
+			_ = bw.Flush()
+		}
+	}
+	_ = bw.Flush()
+}
+
+func (a *accessLog) get() *[]byte {
+	b := a.pool.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
+}
+
+func (a *accessLog) put(b *[]byte) {
+	if cap(*b) > 64<<10 {
+		return // do not keep a huge line's buffer alive
+	}
+	a.pool.Put(b)
+}
+
+// send queues b or drops it.
+func (a *accessLog) send(b *[]byte) {
+	a.mu.RLock()
+	if a.closed {
+		a.mu.RUnlock()
+		a.put(b)
+		return
+	}
+	select {
+	case a.ch <- b:
+	default:
+		a.dropped.Inc()
+		a.put(b)
+	}
+	a.mu.RUnlock()
+}
+
+// close stops accepting lines and waits until the queued ones are written.
+func (a *accessLog) close() {
+	a.once.Do(func() {
+		a.mu.Lock()
+		a.closed = true
+		close(a.ch)
+		a.mu.Unlock()
+		<-a.done
+	})
+}
+
+// SetAccessLog turns the access log on or off (logging.access_log, followed
+// on reload).
+func (t *Telemetry) SetAccessLog(enabled bool) { t.accessOn.Store(enabled) }
+
+// SetRedactedQueryParams adds query parameter names (case-insensitive) whose
+// values are replaced in logged paths, e.g. the query names API-key and JWT
+// providers read credentials from. It replaces the previous extra names; the
+// built-in ones always apply.
+func (t *Telemetry) SetRedactedQueryParams(names []string) {
+	all := append(append([]string(nil), defaultRedacted...), names...)
+	t.redact.Store(&all)
+}
+
+func (t *Telemetry) redacted(name string) bool {
+	names := defaultRedacted
+	if p := t.redact.Load(); p != nil {
+		names = *p
+	}
+	for _, n := range names {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *Telemetry) logAccess(route string, r *http.Request, info *reqctx.Info, status int, bytes int64, d time.Duration, end time.Time) {
+	bp := t.alog.get()
+	b := *bp
+	b = append(b, `{"time":"`...)
+	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","route":`...)
+	b = appendJSONString(b, route)
+	b = append(b, `,"method":`...)
+	b = appendJSONString(b, r.Method)
+	b = append(b, `,"path":`...)
+	b = t.appendPath(b, r)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, `,"bytes":`...)
+	b = strconv.AppendInt(b, bytes, 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendFloat(b, float64(d.Microseconds())/1e3, 'f', 3, 64)
+	var upstream, requestID, traceID string
+	if info != nil {
+		upstream, requestID, traceID = info.Upstream, info.RequestID, info.TraceID
+	}
+	b = append(b, `,"upstream":`...)
+	b = appendJSONString(b, upstream)
+	b = append(b, `,"request_id":`...)
+	b = appendJSONString(b, requestID)
+	b = append(b, `,"trace_id":`...)
+	b = appendJSONString(b, traceID)
+	b = append(b, `,"client_ip":"`...)
+	if info != nil && info.ClientIP.IsValid() {
+		b = info.ClientIP.AppendTo(b)
+	} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		b = appendJSONBody(b, host)
+	}
+	b = append(b, "\"}\n"...)
+	*bp = b
+	t.alog.send(bp)
+}
+
+// appendPath writes the escaped path and the query with the values of
+// credential parameters replaced, as a JSON string.
+func (t *Telemetry) appendPath(b []byte, r *http.Request) []byte {
+	b = append(b, '"')
+	b = appendJSONBody(b, r.URL.EscapedPath())
+	q := r.URL.RawQuery
+	if q == "" {
+		return append(b, '"')
+	}
+	b = append(b, '?')
+	first := true
+	for q != "" {
+		var part string
+		part, q, _ = strings.Cut(q, "&")
+		if !first {
+			b = append(b, '&')
+		}
+		first = false
+		name, _, hasValue := strings.Cut(part, "=")
+		if hasValue && t.redacted(queryName(name)) {
+			b = appendJSONBody(b, name)
+			b = append(b, "="+redactedValue...)
+			continue
+		}
+		b = appendJSONBody(b, part)
+	}
+	return append(b, '"')
+}
+
+// queryName decodes an escaped parameter name (so "api%5Fkey" is caught);
+// names without escapes are returned without allocating.
+func queryName(s string) string {
+	if !strings.ContainsAny(s, "%+") {
+		return s
+	}
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// appendJSONString appends s as a quoted JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	b = appendJSONBody(b, s)
+	return append(b, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONBody appends s escaped for the inside of a JSON string; invalid
+// UTF-8 becomes U+FFFD so every line stays valid JSON.
+func appendJSONBody(b []byte, s string) []byte {
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		i += size
+	}
+	return append(b, s[start:]...)
+}

@@ -1,0 +1,244 @@
+package telemetry
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// tracer is the tracing mode in force. Without export (provider nil) the
+// middleware still continues an inbound W3C trace or starts one, with ids
+// from the runtime's cheap per-thread generator, so upstreams and logs share
+// a trace id; no span is recorded. With export every request gets a server
+// span through the OpenTelemetry SDK, sampled by ParentBased(ratio).
+type tracer struct {
+	cfg      config.Tracing
+	ratio    float64
+	provider *sdktrace.TracerProvider
+	tr       trace.Tracer
+}
+
+var propagator = propagation.TraceContext{}
+
+func lightTracer() *tracer { return &tracer{} }
+
+func (tr *tracer) shutdown() error {
+	if tr.provider == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return tr.provider.Shutdown(ctx)
+}
+
+// ApplyTracing follows the tracing section of a (re)loaded config. nil
+// stops export (trace context is still propagated). A changed config
+// replaces the exporter; the old one is flushed (bounded by 5 s) first.
+func (t *Telemetry) ApplyTracing(cfg *config.Tracing) error {
+	if cfg == nil {
+		return t.tracing.Swap(lightTracer()).shutdown()
+	}
+	ratio := 1.0
+	if cfg.SampleRatio != nil {
+		ratio = *cfg.SampleRatio
+	}
+	if ratio < 0 || ratio > 1 {
+		return fmt.Errorf("tracing.sample_ratio: %v is not between 0 and 1", ratio)
+	}
+	if cur := t.tracing.Load(); cur.provider != nil && cur.ratio == ratio &&
+		cur.cfg.OTLPEndpoint == cfg.OTLPEndpoint && cur.cfg.ServiceName == cfg.ServiceName {
+		return nil
+	}
+	u, err := url.Parse(cfg.OTLPEndpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("tracing.otlp_endpoint: %q is not an http(s) URL", cfg.OTLPEndpoint)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/v1/traces" // the OTLP/HTTP signal path under a base endpoint
+	}
+	exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpointURL(u.String()))
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	name := cfg.ServiceName
+	if name == "" {
+		name = "portico"
+	}
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exp),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", name))),
+	)
+	nt := &tracer{cfg: *cfg, ratio: ratio, provider: tp, tr: tp.Tracer("github.com/portico-gw/portico")}
+	return t.tracing.Swap(nt).shutdown()
+}
+
+// start continues or starts the request's trace and returns the request
+// carrying it; the span is nil without export.
+func (tr *tracer) start(r *http.Request, route string, info *reqctx.Info) (*http.Request, trace.Span) {
+	if tr.provider == nil {
+		sc := lightSpanContext(r.Header, info)
+		r = r.WithContext(trace.ContextWithSpanContext(r.Context(), sc))
+		if info != nil {
+			info.TraceID = sc.TraceID().String()
+		}
+		return r, nil
+	}
+	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := tr.tr.Start(ctx, route, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("http.route", route), attribute.String("http.request.method", r.Method)))
+	r = r.WithContext(ctx)
+	if info != nil {
+		info.TraceID = span.SpanContext().TraceID().String()
+	}
+	return r, span
+}
+
+func endSpan(span trace.Span, status int) {
+	span.SetAttributes(attribute.Int("http.response.status_code", status))
+	if status >= 500 {
+		span.SetStatus(codes.Error, "")
+	}
+	span.End()
+}
+
+// lightSpanContext continues the inbound traceparent (W3C Trace Context
+// level 1, section 3.2) with a new span id, or starts a trace: with the trace
+// id the gateway already put in info when it is valid hex, else a random one.
+func lightSpanContext(h http.Header, info *reqctx.Info) trace.SpanContext {
+	cfg := trace.SpanContextConfig{SpanID: newSpanID()}
+	if tid, flags, ok := parseTraceparent(h.Get("Traceparent")); ok {
+		cfg.TraceID, cfg.TraceFlags, cfg.Remote = tid, flags, false
+		if ts := h.Get("Tracestate"); ts != "" {
+			if st, err := trace.ParseTraceState(ts); err == nil {
+				cfg.TraceState = st
+			}
+		}
+		return trace.NewSpanContext(cfg)
+	}
+	if info != nil && len(info.TraceID) == 32 {
+		if tid, err := trace.TraceIDFromHex(info.TraceID); err == nil {
+			cfg.TraceID = tid
+			return trace.NewSpanContext(cfg)
+		}
+	}
+	cfg.TraceID = newTraceID()
+	return trace.NewSpanContext(cfg)
+}
+
+// parseTraceparent accepts version 00 exactly and later versions by their
+// version-00 prefix, as the spec asks; version ff and all-zero ids are
+// invalid.
+func parseTraceparent(v string) (trace.TraceID, trace.TraceFlags, bool) {
+	var tid trace.TraceID
+	if len(v) < 55 || (len(v) > 55 && (v[:2] == "00" || v[55] != '-')) {
+		return tid, 0, false
+	}
+	if v[2] != '-' || v[35] != '-' || v[52] != '-' || v[:2] == "ff" || !isLowerHex(v[:2]) {
+		return tid, 0, false
+	}
+	if !isLowerHex(v[3:35]) || !isLowerHex(v[36:52]) || !isLowerHex(v[53:55]) {
+		return tid, 0, false
+	}
+	if _, err := hex.Decode(tid[:], []byte(v[3:35])); err != nil || !tid.IsValid() {
+		return tid, 0, false
+	}
+	if strings.Trim(v[36:52], "0") == "" {
+		return tid, 0, false
+	}
+	var f [1]byte
+	_, _ = hex.Decode(f[:], []byte(v[53:55]))
+	return tid, trace.TraceFlags(f[0]) & trace.FlagsSampled, true
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func newSpanID() trace.SpanID {
+	var id trace.SpanID
+	for !id.IsValid() {
+		putUint64(id[:], rand.Uint64())
+	}
+	return id
+}
+
+func newTraceID() trace.TraceID {
+	var id trace.TraceID
+	for !id.IsValid() {
+		putUint64(id[:8], rand.Uint64())
+		putUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+func putUint64(b []byte, v uint64) {
+	for i := 0; i < 8; i++ {
+		b[i] = byte(v >> (56 - 8*i))
+	}
+}
+
+// TraceTransport wraps an upstream transport: each call gets a client span
+// named name (when exporting) and carries traceparent/tracestate of the
+// request's trace, replacing whatever the client sent.
+func (t *Telemetry) TraceTransport(name string, rt http.RoundTripper) http.RoundTripper {
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	return &traceTransport{t: t, name: name, rt: rt}
+}
+
+type traceTransport struct {
+	t    *Telemetry
+	name string
+	rt   http.RoundTripper
+}
+
+func (tt *traceTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tr := tt.t.tracing.Load()
+	ctx := req.Context()
+	var span trace.Span
+	if tr.provider != nil {
+		ctx, span = tr.tr.Start(ctx, tt.name, trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("http.request.method", req.Method), attribute.String("server.address", req.URL.Host)))
+	}
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return tt.rt.RoundTrip(req)
+	}
+	// A RoundTripper must not modify its request, so inject into a copy.
+	out := req.Clone(ctx)
+	propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
+	resp, err := tt.rt.RoundTrip(out)
+	if span != nil {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			span.End()
+		} else {
+			endSpan(span, resp.StatusCode)
+		}
+	}
+	return resp, err
+}

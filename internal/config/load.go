@@ -30,28 +30,39 @@ func Load(paths ...string) (*Config, error) {
 // LoadBytes loads one in-memory file named name, as Load would load a file
 // with that content. It serves tests and fuzzing.
 func LoadBytes(name string, data []byte) (*Config, error) {
-	l := newLoader(os.LookupEnv)
+	l := newLoader(os.LookupEnv, len(data))
 	l.file(name, data)
 	return l.finish()
 }
 
 func load(paths []string, lookup func(string) (string, bool)) (*Config, error) {
-	l := newLoader(lookup)
+	errs := &Errors{}
 	if len(paths) == 0 {
-		l.errs.add(Error{Msg: "no configuration file given"})
-		return nil, l.errs.orNil()
+		errs.add(Error{Msg: "no configuration file given"})
+		return nil, errs.orNil()
 	}
-	files := listFiles(paths, l.errs)
-	for _, f := range files {
+	files := listFiles(paths, errs)
+	if len(files) == 0 && len(errs.List) == 0 {
+		errs.add(Error{File: strings.Join(paths, ", "), Msg: "no *.yaml or *.yml files found"})
+	}
+	// Read everything first so the position table is sized once.
+	datas := make([][]byte, len(files))
+	total := 0
+	for i, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			l.errs.add(Error{File: f, Msg: readError(err)})
+			errs.add(Error{File: f, Msg: readError(err)})
 			continue
 		}
-		l.file(f, data)
+		datas[i] = data
+		total += len(data)
 	}
-	if len(files) == 0 && len(l.errs.List) == 0 {
-		l.errs.add(Error{File: strings.Join(paths, ", "), Msg: "no *.yaml or *.yml files found"})
+	l := newLoader(lookup, total)
+	l.errs = errs
+	for i, f := range files {
+		if datas[i] != nil {
+			l.file(f, datas[i])
+		}
 	}
 	return l.finish()
 }
@@ -136,11 +147,14 @@ type loader struct {
 	owner map[string]pos
 }
 
-func newLoader(lookup func(string) (string, bool)) *loader {
+// newLoader returns a loader for about size bytes of YAML.
+func newLoader(lookup func(string) (string, bool), size int) *loader {
 	return &loader{
-		cfg:    &Config{},
-		errs:   &Errors{},
-		pos:    map[string]pos{},
+		cfg:  &Config{},
+		errs: &Errors{},
+		// One position per ~24 bytes of YAML is close to what real
+		// configs record; sizing the table once avoids rehashing it.
+		pos:    make(map[string]pos, size/24),
 		failed: map[string]bool{},
 		fields: map[reflect.Type]map[string]int{},
 		lookup: lookup,

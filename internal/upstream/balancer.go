@@ -52,7 +52,7 @@ func (c pickCtx) ok(i int) bool {
 func newBalancer(name string, weights []int, hk hashKey, urls []string) balancer {
 	switch name {
 	case "least_request":
-		return &leastRequest{weights: weights}
+		return newLeastRequest(weights)
 	case "random":
 		return &weightedRandom{weights: weights}
 	case "consistent_hash":
@@ -97,12 +97,44 @@ func (b *roundRobin) pick(_ *http.Request, c pickCtx) int {
 	return best
 }
 
-// leastRequest draws two distinct targets at random and takes the one with
-// fewer requests in flight per unit of weight ("power of two choices"): close
-// to the least loaded, without a global scan or a herd on one target.
+// leastRequest draws two distinct targets at random, each with probability
+// proportional to its weight, and takes the one with fewer requests in
+// flight ("power of two choices"; a tie keeps the first draw). Close to the
+// least loaded without a global scan or a herd on one target; when nothing
+// is in flight the shares follow the weights exactly.
 type leastRequest struct {
 	weights []int
+	cum     []int // cum[i] = weights[0] + ... + weights[i]
 }
+
+func newLeastRequest(weights []int) *leastRequest {
+	b := &leastRequest{weights: weights, cum: make([]int, len(weights))}
+	sum := 0
+	for i, w := range weights {
+		sum += w
+		b.cum[i] = sum
+	}
+	return b
+}
+
+// draw returns target i with probability weights[i]/total.
+func (b *leastRequest) draw() int {
+	r := rand.IntN(b.cum[len(b.cum)-1])
+	lo, hi := 0, len(b.cum)-1
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if b.cum[m] > r {
+			hi = m
+		} else {
+			lo = m + 1
+		}
+	}
+	return lo
+}
+
+// drawTries bounds the redraws when draws hit ineligible targets before
+// falling back to a scan.
+const drawTries = 4
 
 func (b *leastRequest) pick(_ *http.Request, c pickCtx) int {
 	n := len(b.weights)
@@ -112,45 +144,41 @@ func (b *leastRequest) pick(_ *http.Request, c pickCtx) int {
 		}
 		return -1
 	}
-	x := rand.IntN(n)
-	y := rand.IntN(n - 1)
-	if y >= x {
-		y++
+	x := -1
+	for range drawTries {
+		if i := b.draw(); c.ok(i) {
+			x = i
+			break
+		}
 	}
-	okx, oky := c.ok(x), c.ok(y)
-	switch {
-	case okx && oky:
-		return b.lighter(c, x, y)
-	case okx:
-		return x
-	case oky:
-		return y
+	if x < 0 {
+		return b.scan(c)
 	}
-	// Both draws ineligible (many targets down): scan from a random start.
+	for range drawTries {
+		if y := b.draw(); y != x && c.ok(y) {
+			if c.targets[y].inflight.Load() < c.targets[x].inflight.Load() {
+				return y
+			}
+			return x
+		}
+	}
+	return b.scan(c)
+}
+
+// scan returns the eligible target with the fewest requests in flight per
+// unit of weight, for when random draws keep hitting ineligible targets.
+func (b *leastRequest) scan(c pickCtx) int {
 	best := -1
-	start := rand.IntN(n)
-	for k := range n {
-		i := (start + k) % n
+	for i, w := range b.weights {
 		if !c.ok(i) {
 			continue
 		}
-		if best < 0 {
+		if best < 0 || (c.targets[i].inflight.Load()+1)*int64(b.weights[best]) <
+			(c.targets[best].inflight.Load()+1)*int64(w) {
 			best = i
-		} else {
-			best = b.lighter(c, best, i)
 		}
 	}
 	return best
-}
-
-// lighter compares (inflight+1)/weight without division.
-func (b *leastRequest) lighter(c pickCtx, x, y int) int {
-	lx := (c.targets[x].inflight.Load() + 1) * int64(b.weights[y])
-	ly := (c.targets[y].inflight.Load() + 1) * int64(b.weights[x])
-	if ly < lx {
-		return y
-	}
-	return x
 }
 
 // weightedRandom picks each eligible target with probability weight/total.

@@ -124,3 +124,5 @@ func statusOf(t *testing.T, reg *Registry, name string) UpstreamStatus {
 	t.Fatalf("upstream %q not in snapshot", name)
 	return UpstreamStatus{}
 }
+
+func testGauge() prometheus.Gauge { return prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"}) }

@@ -1,0 +1,78 @@
+package telemetry
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// discardWriter is a ResponseWriter that costs nothing, so the benchmark
+// measures the middleware and not a recorder.
+type discardWriter struct{ h http.Header }
+
+func (d *discardWriter) Header() http.Header         { return d.h }
+func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discardWriter) WriteHeader(int)             {}
+
+// nopSLO stands in for the SLO engine's hook (the slo package benchmarks
+// its own observer).
+type nopSLO struct{}
+
+func (nopSLO) Observer(string) func(int, time.Duration) { return func(int, time.Duration) {} }
+
+func BenchmarkMiddleware(b *testing.B) {
+	body := []byte("ok")
+	bare := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		_, _ = w.Write(body)
+	})
+	for _, bc := range []struct {
+		name      string
+		wrap      bool
+		accessLog bool
+	}{
+		{"bare", false, false},
+		{"telemetry", true, false},
+		{"telemetry+accesslog", true, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			tel := New(Deps{AccessLog: io.Discard, AccessLogBuffer: 1 << 16})
+			defer tel.Close()
+			tel.SetSLO(nopSLO{})
+			tel.SetAccessLog(bc.accessLog)
+			var h http.Handler = bare
+			if bc.wrap {
+				h = tel.Middleware("bench")(bare)
+			}
+			req := httptest.NewRequest("GET", "/api/posts/1?token=secret&page=2", nil)
+			info := &reqctx.Info{RequestID: "0123456789abcdef", ClientIP: netip.MustParseAddr("192.0.2.1"), Upstream: "posts"}
+			req = req.WithContext(reqctx.With(req.Context(), info))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				w := &discardWriter{h: http.Header{}}
+				for pb.Next() {
+					h.ServeHTTP(w, req)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkStatsRecord is the live-statistics share of a request.
+func BenchmarkStatsRecord(b *testing.B) {
+	var rs routeStats
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			rs.record(now, 200, time.Duration(i%1000)*time.Microsecond)
+		}
+	})
+}

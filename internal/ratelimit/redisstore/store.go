@@ -198,6 +198,9 @@ func (s *Store) Close() {
 // Decide implements ratelimit.Store: one script call decides every check of
 // subject, all-or-nothing, on Redis's clock.
 func (s *Store) Decide(ctx context.Context, subject string, checks []ratelimit.Check, out []algo.Decision) error {
+	if len(out) < len(checks) {
+		return fmt.Errorf("redisstore: out has %d slots for %d checks", len(out), len(checks))
+	}
 	_, err := s.exec(ctx, opDecide, subject, checks, nil, out, nil, noNow)
 	return err
 }

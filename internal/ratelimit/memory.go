@@ -63,12 +63,13 @@ type MemoryConfig struct {
 	Clock *Clock
 }
 
-// Memory is the in-process Store: 256 shards, each a mutex and a map from a
-// 64-bit hash of (subject, policy) to a fixed-size state. All checks of one
-// subject live in one shard and are decided under its lock, all-or-nothing.
-// Hashes are seeded per process (maphash), so a client cannot aim keys at
-// one shard; a 64-bit collision between two live keys is a 2^-64 event per
-// pair.
+// Memory is the in-process Store: 256 shards, each a mutex, a map from a
+// 64-bit hash of (subject, policy) to an index, and a slice of fixed-size
+// states (no pointers, so the garbage collector never scans them). All checks
+// of one subject live in one shard and are decided under its lock,
+// all-or-nothing, with one map lookup per check. Hashes are seeded per
+// process (maphash), so a client cannot aim keys at one shard; a 64-bit
+// collision between two live keys is a 2^-64 event per pair.
 type Memory struct {
 	seed     maphash.Seed
 	perShard int
@@ -77,18 +78,25 @@ type Memory struct {
 }
 
 type memShard struct {
-	mu   sync.Mutex
-	m    map[uint64]slot
-	logs map[uint64][]int64 // sliding window log entries, by the same key
-	_    [64]byte           // keep neighbouring shards' locks off one cache line
+	mu    sync.Mutex
+	index map[uint64]uint32
+	slots []slot
+	free  []uint32
+	logs  map[uint32][]int64 // sliding window log entries, by slot
+	scan  int                // eviction cursor
+	_     [32]byte           // keep neighbouring shards' locks off one cache line
 }
 
-// slot is the fixed-size state of one key (32 bytes): algo.State without the
-// log plus the time from which it is idle (evictable).
+// slot is the fixed-size state of one key (40 bytes): its hash, algo.State
+// without the log, and the time from which it is idle (evictable); idle < 0
+// marks a free slot.
 type slot struct {
+	key     uint64
 	a, b, c int64
 	idle    int64
 }
+
+const noSlot = ^uint32(0)
 
 var _ Store = (*Memory)(nil)
 
@@ -104,8 +112,8 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		m.clock = NewClock(nil)
 	}
 	for i := range m.shards {
-		m.shards[i].m = make(map[uint64]slot)
-		m.shards[i].logs = make(map[uint64][]int64)
+		m.shards[i].index = make(map[uint64]uint32)
+		m.shards[i].logs = make(map[uint32][]int64)
 	}
 	return m
 }
@@ -127,7 +135,7 @@ func (m *Memory) Len() int {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
-		n += len(sh.m)
+		n += len(sh.index)
 		sh.mu.Unlock()
 	}
 	return n
@@ -147,13 +155,13 @@ func (m *Memory) keys(subject string, checks []Check, keys []uint64) *memShard {
 // the clock once for several decisions and for deterministic tests.
 func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.Decision) error {
 	var keyBuf [maxInline]uint64
+	var idxBuf [maxInline]uint32
 	var stBuf [maxInline]algo.State
-	var keys []uint64
-	var states []algo.State
+	keys, idx, states := keyBuf[:0], idxBuf[:0], stBuf[:0]
 	if len(checks) <= maxInline {
-		keys, states = keyBuf[:len(checks)], stBuf[:len(checks)]
+		keys, idx, states = keyBuf[:len(checks)], idxBuf[:len(checks)], stBuf[:len(checks)]
 	} else {
-		keys, states = make([]uint64, len(checks)), make([]algo.State, len(checks))
+		keys, idx, states = make([]uint64, len(checks)), make([]uint32, len(checks)), make([]algo.State, len(checks))
 	}
 	sh := m.keys(subject, checks, keys)
 	sh.mu.Lock()
@@ -162,14 +170,20 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 	fresh := 0
 	for i := range checks {
 		c := &checks[i]
-		sl, ok := sh.m[keys[i]]
-		if !ok {
-			fresh++
-		}
 		st := &states[i]
-		st.A, st.B, st.C = sl.a, sl.b, sl.c
-		if c.Params.Kind == algo.SlidingWindowLog {
-			st.Log = sh.logs[keys[i]]
+		if j, ok := sh.index[keys[i]]; ok {
+			idx[i] = j
+			sl := &sh.slots[j]
+			st.A, st.B, st.C = sl.a, sl.b, sl.c
+			if c.Params.Kind == algo.SlidingWindowLog {
+				st.Log = sh.logs[j]
+			}
+		} else {
+			idx[i] = noSlot
+			*st = algo.State{}
+			if c.Cost > 0 {
+				fresh++
+			}
 		}
 		out[i] = algo.Step(&c.Params, st, now, c.Cost)
 		if !out[i].Allowed {
@@ -179,8 +193,8 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 	if !allowed {
 		return nil
 	}
-	if fresh > 0 && len(sh.m)+fresh > m.perShard {
-		if !sh.evict(now, len(sh.m)+fresh-m.perShard) {
+	if fresh > 0 && len(sh.index)+fresh > m.perShard {
+		if !sh.evict(now, len(sh.index)+fresh-m.perShard) {
 			for i := range out {
 				out[i] = algo.Decision{}
 			}
@@ -192,13 +206,31 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 		if c.Cost <= 0 {
 			continue
 		}
+		j := idx[i]
+		if j == noSlot {
+			j = sh.alloc(keys[i])
+		}
 		st := &states[i]
-		sh.m[keys[i]] = slot{a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, st)}
+		sh.slots[j] = slot{key: keys[i], a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, st)}
 		if c.Params.Kind == algo.SlidingWindowLog {
-			sh.logs[keys[i]] = st.Log
+			sh.logs[j] = st.Log
 		}
 	}
 	return nil
+}
+
+// alloc returns a slot for a new key and indexes it.
+func (sh *memShard) alloc(key uint64) uint32 {
+	var j uint32
+	if n := len(sh.free); n > 0 {
+		j = sh.free[n-1]
+		sh.free = sh.free[:n-1]
+	} else {
+		sh.slots = append(sh.slots, slot{})
+		j = uint32(len(sh.slots) - 1)
+	}
+	sh.index[key] = j
+	return j
 }
 
 // RefundAt is Refund at a caller-supplied time (µs).
@@ -215,40 +247,48 @@ func (m *Memory) RefundAt(now int64, subject string, checks []Check) {
 	defer sh.mu.Unlock()
 	for i := range checks {
 		c := &checks[i]
-		sl, ok := sh.m[keys[i]]
+		j, ok := sh.index[keys[i]]
 		if !ok {
 			continue
 		}
+		sl := &sh.slots[j]
 		st := algo.State{A: sl.a, B: sl.b, C: sl.c}
 		if c.Params.Kind == algo.SlidingWindowLog {
-			st.Log = sh.logs[keys[i]]
+			st.Log = sh.logs[j]
 		}
 		algo.Refund(&c.Params, &st, now, c.Cost)
-		sh.m[keys[i]] = slot{a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, &st)}
+		sl.a, sl.b, sl.c, sl.idle = st.A, st.B, st.C, algo.IdleAt(&c.Params, &st)
 		if c.Params.Kind == algo.SlidingWindowLog {
-			sh.logs[keys[i]] = st.Log
+			sh.logs[j] = st.Log
 		}
 	}
 }
 
-// evict deletes idle state (idle time <= now: the window is over or the
-// bucket full, so forgetting it changes no decision) until at least need
-// entries are gone, scanning the shard at most once from a random point
-// (Go's map iteration order). It reports whether enough room was made.
+// evict frees idle slots (idle time <= now: the window is over or the
+// bucket full, so forgetting the state changes no decision) until at least
+// need are free, scanning the slots at most once from where the last scan
+// stopped. It frees a batch (1/64 of the shard) at once so that a full
+// shard does not scan on every insert. It reports whether enough room was
+// made; throttled state is never evicted.
 func (sh *memShard) evict(now int64, need int) bool {
-	// Free a batch at once so that a full shard does not scan per insert.
-	want := max(need, len(sh.m)/64)
+	want := max(need, len(sh.index)/64)
 	freed := 0
-	for k, sl := range sh.m {
-		if sl.idle > now {
+	n := len(sh.slots)
+	for k := 0; k < n && freed < want; k++ {
+		if sh.scan >= n {
+			sh.scan = 0
+		}
+		j := sh.scan
+		sh.scan++
+		sl := &sh.slots[j]
+		if sl.idle < 0 || sl.idle > now {
 			continue
 		}
-		delete(sh.m, k)
-		delete(sh.logs, k)
+		delete(sh.index, sl.key)
+		delete(sh.logs, uint32(j))
+		*sl = slot{idle: -1}
+		sh.free = append(sh.free, uint32(j))
 		freed++
-		if freed >= want {
-			break
-		}
 	}
 	return freed >= need
 }

@@ -895,9 +895,37 @@ func BenchmarkMiddleware(b *testing.B) {
 	r = r.WithContext(reqctx.With(r.Context(), info))
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()
+	cpu := startCPU()
 	for b.Loop() {
 		clear(w.h)
 		h.ServeHTTP(w, r)
+	}
+	cpu.report(b)
+}
+
+func TestMiddlewareAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation budgets are not meaningful under the race detector")
+	}
+	svc, err := NewService(config.RateLimits{Policies: map[string]*config.Policy{
+		"per-ip": {Algorithm: "token_bucket", Rate: 1 << 30, Per: config.Duration(time.Second), Key: "ip", Cost: 1},
+	}}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw, err := svc.Middleware("posts", []string{"per-ip"}, PreAuth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r = r.WithContext(reqctx.With(r.Context(), &reqctx.Info{ClientIP: netip.MustParseAddr("203.0.113.9")}))
+	w := &discardWriter{h: http.Header{}}
+	if n := testing.AllocsPerRun(1000, func() {
+		clear(w.h)
+		h.ServeHTTP(w, r)
+	}); n > 2 {
+		t.Fatalf("middleware allocates %v times per request, budget 2", n)
 	}
 }
 

@@ -29,6 +29,7 @@ type Pool struct {
 	tr      *transports
 	br      *breaker
 
+	balance       string
 	retries       int
 	budget        float64
 	timeout       time.Duration
@@ -63,10 +64,13 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *
 	pl := &Pool{
 		reg: r, up: u, name: p.name, targets: targets, weights: weights,
 		bal: newBalancer(cfg.Balance, weights, p.hash, urls),
-		tr:  u.tr, br: u.breaker,
+		tr:  u.tr, br: u.breaker, balance: cfg.Balance,
 		retries: 1, budget: defaultRetryBudget,
 		timeout: cfg.Timeout.D(), preserveHost: cfg.PreserveHost,
 		maxInflight: int64(cfg.MaxInflight),
+	}
+	if pl.balance == "" {
+		pl.balance = "round_robin"
 	}
 	if cfg.Retries != nil {
 		pl.retries = max(*cfg.Retries, 0)

@@ -378,13 +378,13 @@ func (r *Registry) applyOne(p *preparedUpstream) *Pool {
 				upName:       p.name,
 				reqVec:       r.m.requests,
 			}
+			// The URL string is the identity, so its parsed parts never
+			// change afterwards (pools of older configs read them).
+			t.scheme, t.host, t.h2c = pt.scheme, pt.host, pt.h2c
 			t.healthy.Store(true)
 			t.healthyGauge.Set(1)
 			u.targets[pt.url] = t
 		}
-		// The URL string is the identity, but its parsed parts are
-		// refreshed in case only the letter case of the scheme changed.
-		t.scheme, t.host, t.h2c = pt.scheme, pt.host, pt.h2c
 		targets[i] = t
 		r.syncChecker(u, t, hc)
 	}
@@ -453,6 +453,8 @@ const (
 // UpstreamStatus is one upstream in Snapshot, ready for JSON.
 type UpstreamStatus struct {
 	Name string `json:"name"`
+	// Balance is the balancer in use.
+	Balance string `json:"balance"`
 	// Breaker is "closed", "open", "half_open", or "" when none is configured.
 	Breaker string `json:"breaker,omitempty"`
 	// Retries is the configured retry count per request.
@@ -496,7 +498,7 @@ func (r *Registry) Snapshot() []UpstreamStatus {
 			st.Breaker = u.breaker.snapshot(now)
 		}
 		if pl := u.lastPool; pl != nil {
-			st.Retries = pl.retries
+			st.Retries, st.Balance = pl.retries, pl.balance
 			for i, t := range pl.targets {
 				ts := TargetStatus{URL: t.url, Weight: pl.weights[i], Healthy: t.healthy.Load(), InFlight: t.inflight.Load()}
 				if until := t.ejectedUntil.Load(); until > now {

@@ -356,3 +356,52 @@ func TestApplyRejectsBadConfigAndChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyConcurrentWithTraffic reloads many times while requests flow
+// through whichever pool is current; under -race this checks that Apply
+// never writes what pools read, and no request fails because of a reload.
+func TestApplyConcurrentWithTraffic(t *testing.T) {
+	env := newEnv(t, nil)
+	a, b := newCounting(t), newCounting(t)
+	configs := []*config.Upstream{
+		{Targets: targets(a.URL, b.URL)},
+		{Targets: targets(a.URL), ConnectTimeout: config.Duration(time.Second)},
+		{Targets: targets(b.URL, a.URL), Balance: "least_request",
+			HealthCheck: &config.HealthCheck{Path: "/healthz", Interval: config.Duration(5 * time.Millisecond)}},
+		{Targets: targets(a.URL, b.URL), Balance: "consistent_hash", HashKey: "header:X-User-Id",
+			CircuitBreaker: &config.CircuitBreaker{FailureRatio: 0.5, MinRequests: 10, OpenFor: config.Duration(time.Second)},
+			Passive:        &config.Passive{ConsecutiveFailures: 3, Ejection: config.Duration(time.Second)}},
+	}
+	var cur atomic.Pointer[Pool]
+	cur.Store(env.apply(t, configs[0]))
+	stop := make(chan struct{})
+	var failed, sent atomic.Int64
+	done := make(chan struct{})
+	for range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sent.Add(1)
+				if status, _, err := send(cur.Load(), http.MethodGet, ""); err != nil || status != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	for i := range 60 {
+		cur.Store(env.apply(t, configs[i%len(configs)]))
+		_ = env.reg.Snapshot()
+	}
+	close(stop)
+	for range 4 {
+		<-done
+	}
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed during reloads", failed.Load(), sent.Load())
+	}
+}

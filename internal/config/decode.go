@@ -26,6 +26,12 @@ import (
 // cannot exhaust the stack. The schema is never deeper than about ten.
 const maxDepth = 64
 
+// maxWork bounds the values one file may decode, counting alias and merge-key
+// expansions: ten aliases of ten aliases of ... (the "billion laughs")
+// would otherwise take exponential time from a few hundred bytes. A
+// 1,000-route file with every option set needs about 50,000.
+const maxWork = 500_000
+
 var (
 	durationType = reflect.TypeFor[Duration]()
 	sizeType     = reflect.TypeFor[Size]()
@@ -42,6 +48,22 @@ type decoder struct {
 	anchors map[string]ast.Node
 	fields  map[reflect.Type]map[string]int
 	depth   int
+	work    int  // values decoded, see maxWork
+	stopped bool // maxWork reached: decode nothing more
+}
+
+// spend counts n units of work and reports whether decoding may go on.
+func (d *decoder) spend(n ast.Node, field string, units int) bool {
+	if d.stopped {
+		return false
+	}
+	d.work += units
+	if d.work > maxWork {
+		d.stopped = true
+		d.fail(n, field, "the file expands to more than %d values (aliases or merge keys nested too deep)", maxWork)
+		return false
+	}
+	return true
 }
 
 // dupNouns names what a duplicate map key in a merged top-level map is.
@@ -157,6 +179,9 @@ func (d *decoder) scalar(n ast.Node, field string) (text string, isString, ok bo
 // sequence items, where a missing body is an entry with everything missing;
 // false for optional blocks such as tracing, where null means absent).
 func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull bool) {
+	if !d.spend(node, field, 1) {
+		return
+	}
 	d.depth++
 	defer func() { d.depth-- }()
 	if d.depth > maxDepth {
@@ -497,17 +522,23 @@ func (d *decoder) entries(m *ast.MappingNode, field string) []*ast.MappingValueN
 	if !hasMerge {
 		return m.Values
 	}
+	if !d.spend(m, field, 1) {
+		return nil
+	}
 	d.depth++
 	defer func() { d.depth-- }()
 	if d.depth > maxDepth {
 		d.fail(m, field, "nesting deeper than %d levels", maxDepth)
 		return nil
 	}
-	explicit := map[string]bool{}
+	// seen holds the explicit keys, then each merged key as it is taken:
+	// explicit keys override merged ones, and among merged mappings the
+	// first one listed wins (YAML merge key semantics).
+	seen := map[string]bool{}
 	for _, e := range m.Values {
 		if !e.Key.IsMergeKey() {
 			if k, ok := d.key(e, field); ok {
-				explicit[k] = true
+				seen[k] = true
 			}
 		}
 	}
@@ -518,8 +549,13 @@ func (d *decoder) entries(m *ast.MappingNode, field string) []*ast.MappingValueN
 			d.errorf(n, field, "a merge key (<<) needs a mapping or a list of mappings")
 			return
 		}
-		for _, e := range d.entries(src, field) {
-			if k, ok := d.key(e, field); ok && !explicit[k] {
+		sub := d.entries(src, field)
+		if !d.spend(n, field, len(sub)) {
+			return
+		}
+		for _, e := range sub {
+			if k, ok := d.key(e, field); ok && !seen[k] {
+				seen[k] = true
 				out = append(out, e)
 			}
 		}

@@ -152,9 +152,9 @@ func newLoader(lookup func(string) (string, bool), size int) *loader {
 	return &loader{
 		cfg:  &Config{},
 		errs: &Errors{},
-		// One position per ~24 bytes of YAML is close to what real
+		// One position per ~12 bytes of YAML is close to what real
 		// configs record; sizing the table once avoids rehashing it.
-		pos:    make(map[string]pos, size/24),
+		pos:    make(map[string]pos, size/12),
 		failed: map[string]bool{},
 		fields: map[reflect.Type]map[string]int{},
 		lookup: lookup,

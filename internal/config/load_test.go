@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -362,5 +364,21 @@ routes:
 func TestDefaultsExported(t *testing.T) {
 	if DefaultSLOWindow.D() != 28*24*time.Hour || DefaultMaxBodyBytes != 10<<20 {
 		t.Error("exported defaults changed")
+	}
+}
+
+// TestAliasBomb checks that nested aliases and merge keys (the "billion
+// laughs") stop with an error instead of expanding exponentially.
+func TestAliasBomb(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("version: 1\nx-0: &a0 {a: b, c: d}\n")
+	for i := 1; i < 9; i++ {
+		p := "*a" + strconv.Itoa(i-1)
+		fmt.Fprintf(&b, "x-%d: &a%d {<<: [%s]}\n", i, i, strings.Repeat(p+", ", 9)+p)
+	}
+	b.WriteString(minimalRoute + "    match: {path: /, headers: *a8}\n")
+	_, err := load1(t, strings.Replace(b.String(), "    match: {path: /}\n", "", 1))
+	if err == nil || !strings.Contains(err.Error(), "aliases or merge keys nested too deep") {
+		t.Fatalf("err = %v", err)
 	}
 }

@@ -37,7 +37,7 @@ type options struct {
 }
 
 var allScenarios = []string{"plain", "plain-4k", "plain-512", "latency", "edge-one-token", "edge-many-tokens",
-	"bff", "h2", "redis-exact", "redis-lease", "idle-conns"}
+	"bff", "h2", "redis-exact", "redis-lease", "idle-conns", "engine-spike"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "upstream" {

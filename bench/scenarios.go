@@ -54,6 +54,8 @@ func (e *env) scenario(ctx context.Context, name string, o options) (*table, err
 		return e.redis(ctx, o, "lease")
 	case "idle-conns":
 		return e.idle(ctx, o)
+	case "engine-spike":
+		return e.engineSpike(ctx, o)
 	}
 	return nil, fmt.Errorf("unknown scenario %q", name)
 }

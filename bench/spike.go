@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// engineSpike compares a tuned net/http proxy path with a fasthttp one for
+// the same route and edge work (bench/enginespike), beside nginx, the direct
+// call and Portico's plain route.
+func (e *env) engineSpike(ctx context.Context, o options) (*table, error) {
+	bin := filepath.Join(e.work, "enginespike")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	build.Dir = filepath.Join("bench", "enginespike")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("build the engine spike: %w", err)
+	}
+	start := func(engine string) (*system, error) {
+		logPath := filepath.Join(e.work, "spike-"+engine+".log")
+		p, err := startProc(ctx, engine, logPath, nil, bin, "-engine", engine, "-listen", "127.0.0.1:0", "-upstream", e.upAddr)
+		if err != nil {
+			return nil, err
+		}
+		addr, err := firstLine(logPath, 5e9)
+		if err != nil {
+			p.stop()
+			return nil, err
+		}
+		if err := waitHTTP(ctx, "http://"+addr+"/small", 5e9); err != nil {
+			p.stop()
+			return nil, err
+		}
+		return &system{name: engine, base: "http://" + addr, proc: p}, nil
+	}
+	nh, err := start("nethttp")
+	if err != nil {
+		return nil, err
+	}
+	defer nh.proc.stop()
+	fh, err := start("fasthttp")
+	if err != nil {
+		return nil, err
+	}
+	defer fh.proc.stop()
+	pt, err := e.startPortico(ctx, "plain", porticoConfig("", plainRoute))
+	if err != nil {
+		return nil, err
+	}
+	defer pt.proc.stop()
+	ng, err := e.startNginx(ctx, 64, nil)
+	if err != nil {
+		return nil, err
+	}
+	if ng != nil {
+		defer ng.proc.stop()
+	}
+	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	t := newTable("Engine spike: tuned net/http vs fasthttp for the same proxy route, 100-byte JSON, 64 connections",
+		"nethttp and fasthttp are bench/enginespike: the same edge work (request id, X-Forwarded-*, hop-by-hop both ways, timeouts, streaming) and nothing else; portico is the full gateway's plain route (routing, metrics, stats)",
+		"direct", "nginx", "nethttp", "fasthttp", "portico")
+	for r := 0; r < o.rounds; r++ {
+		for _, s := range []*system{direct, ng, nh, fh, pt} {
+			if s == nil {
+				continue
+			}
+			smp, err := measure(ctx, s, s.base+"/small", 64, o, nil, "")
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", s.name, err)
+			}
+			fmt.Printf("   round %d %-8s %8.0f req/s  p50 %.2f ms  p99 %.2f ms\n", r+1, s.name, smp.rps, smp.p50ms, smp.p99ms)
+			t.add(s.name, smp)
+		}
+	}
+	return t, nil
+}

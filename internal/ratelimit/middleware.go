@@ -30,11 +30,12 @@ const (
 	hdrXReset     = "X-Ratelimit-Reset"
 )
 
-// group is the policies of one phase that share a key expression and an
-// on_missing_key mode: one subject, one store call.
+// group is the policies of one phase that share a key expression, an
+// on_missing_key mode and a store mode: one subject, one store call.
 type group struct {
 	key       *Key
 	onMissing missingMode
+	lease     bool      // decided through the lease store
 	enforce   []*policy // decided all-or-nothing together
 	shadow    []*policy // decided after enforcement passed; never block
 	id        uint64    // mixes the group into negative-cache keys
@@ -91,13 +92,13 @@ func (s *Service) Middleware(route string, names []string, phase Phase) (func(ht
 		}
 		gi := -1
 		for i := range l.groups {
-			if l.groups[i].key.Text == p.key.Text && l.groups[i].onMissing == p.onMissing {
+			if l.groups[i].key.Text == p.key.Text && l.groups[i].onMissing == p.onMissing && l.groups[i].lease == p.lease {
 				gi = i
 				break
 			}
 		}
 		if gi < 0 {
-			l.groups = append(l.groups, group{key: p.key, onMissing: p.onMissing})
+			l.groups = append(l.groups, group{key: p.key, onMissing: p.onMissing, lease: p.lease})
 			gi = len(l.groups) - 1
 		}
 		g := &l.groups[gi]
@@ -143,10 +144,10 @@ type reqState struct {
 }
 
 type decidedGroup struct {
-	subject    string // points into buf
-	lo, hi     int    // range in checks/out
-	by         source
-	overridden bool
+	subject string // points into buf
+	store   Store  // the store that decided it (for refunds)
+	lo, hi  int    // range in checks/out
+	by      source
 }
 
 type pendingGroup struct {
@@ -312,13 +313,11 @@ func (l *limiter) policyOf(st *reqState, j int) *policy {
 // unavailable or gone), so that later groups are not asked.
 func (l *limiter) decideGroup(ctx context.Context, st *reqState, g *group, subject, ov string, now int64, v *verdict) bool {
 	lo := len(st.checks)
-	overridden := false
 	for _, p := range g.enforce {
 		params := p.params
 		if ov != "" && p.overrides != nil {
 			if op, ok := p.overrides[ov]; ok {
 				params = op
-				overridden = true
 			}
 		}
 		st.checks = append(st.checks, Check{Policy: p.name, Params: params, Cost: p.cost})
@@ -328,8 +327,9 @@ func (l *limiter) decideGroup(ctx context.Context, st *reqState, g *group, subje
 	checks, out := st.checks[lo:hi], st.out[lo:hi]
 	negKey := maphash.String(l.seed, subject) ^ g.id
 
-	by, err := l.s.decide(ctx, l.rt, subject, checks, out, g.enforce, now)
-	st.decided = append(st.decided, decidedGroup{subject: subject, lo: lo, hi: hi, by: by, overridden: overridden})
+	store := l.s.storeFor(g.lease)
+	by, err := l.s.decide(ctx, store, l.rt, subject, checks, out, g.enforce, now)
+	st.decided = append(st.decided, decidedGroup{subject: subject, lo: lo, hi: hi, by: by, store: store})
 	if err != nil {
 		if errors.Is(err, errUnavailable) {
 			v.unavailable = true
@@ -440,7 +440,7 @@ func (l *limiter) refund(ctx context.Context, st *reqState) {
 				l.s.local.RefundAt(l.s.clock.Micros(), d.subject, c[:])
 			}
 		case srcStore:
-			if err := l.s.refund(ctx, d.subject, checks); err != nil {
+			if err := l.s.refund(ctx, d.store, d.subject, checks); err != nil {
 				l.s.log.Warn("rate-limit refund failed; the units stay consumed",
 					slog.String("route", l.route), slog.Any("error", err))
 			}
@@ -583,7 +583,7 @@ func (l *limiter) decideShadow(ctx context.Context, r *http.Request, st *reqStat
 			st.out = append(st.out, algo.Decision{})
 		}
 		checks, out := st.checks[lo:], st.out[lo:]
-		by, err := l.s.decideShadow(ctx, subject, checks, out, g.shadow)
+		by, err := l.s.decideShadow(ctx, l.s.storeFor(g.lease), subject, checks, out, g.shadow)
 		if err != nil || by != srcStore {
 			continue
 		}
@@ -606,8 +606,8 @@ var errUnavailable = errors.New("rate-limit store unavailable (fail_closed)")
 // and on failure applies each policy's on_store_error. It returns who
 // decided. The error is errUnavailable when a fail_closed policy could not
 // be decided, or the request context's error when the client left.
-func (s *Service) decide(ctx context.Context, rt *runtime, subject string, checks []Check, out []algo.Decision, pols []*policy, now int64) (source, error) {
-	err := s.storeDecide(ctx, subject, checks, out, now)
+func (s *Service) decide(ctx context.Context, store Store, rt *runtime, subject string, checks []Check, out []algo.Decision, pols []*policy, now int64) (source, error) {
+	err := s.storeDecide(ctx, store, subject, checks, out, now)
 	if err == nil {
 		return srcStore, nil
 	}
@@ -665,7 +665,17 @@ func (s *Service) decide(ctx context.Context, rt *runtime, subject string, check
 
 var errBreakerOpen = errors.New("rate-limit store breaker open")
 
-func (s *Service) storeDecide(ctx context.Context, subject string, checks []Check, out []algo.Decision, now int64) error {
+// storeFor returns the store that decides a group.
+func (s *Service) storeFor(lease bool) Store {
+	if lease && s.leaseStore != nil {
+		return s.leaseStore
+	}
+	return s.store
+}
+
+// storeDecide asks store through the breaker (one breaker for the shared
+// store and its lease wrapper: they fail together).
+func (s *Service) storeDecide(ctx context.Context, store Store, subject string, checks []Check, out []algo.Decision, now int64) error {
 	if s.memory != nil {
 		return s.memory.DecideAt(now, subject, checks, out)
 	}
@@ -674,7 +684,7 @@ func (s *Service) storeDecide(ctx context.Context, subject string, checks []Chec
 		return errBreakerOpen
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.storeTimeout)
-	err := s.store.Decide(cctx, subject, checks, out)
+	err := store.Decide(cctx, subject, checks, out)
 	cancel()
 	wasOpen := s.breaker.open()
 	s.breaker.report(err == nil || ctx.Err() != nil, probe)
@@ -686,8 +696,8 @@ func (s *Service) storeDecide(ctx context.Context, subject string, checks []Chec
 
 // decideShadow decides shadow checks on the store only: without a store
 // there is nothing to learn, and a shadow policy must never cost a fallback.
-func (s *Service) decideShadow(ctx context.Context, subject string, checks []Check, out []algo.Decision, pols []*policy) (source, error) {
-	if err := s.storeDecide(ctx, subject, checks, out, s.clock.Micros()); err != nil {
+func (s *Service) decideShadow(ctx context.Context, store Store, subject string, checks []Check, out []algo.Decision, pols []*policy) (source, error) {
+	if err := s.storeDecide(ctx, store, subject, checks, out, s.clock.Micros()); err != nil {
 		if err != errBreakerOpen {
 			for _, p := range pols {
 				p.counters.errored.Inc()
@@ -698,7 +708,7 @@ func (s *Service) decideShadow(ctx context.Context, subject string, checks []Che
 	return srcStore, nil
 }
 
-func (s *Service) refund(ctx context.Context, subject string, checks []Check) error {
+func (s *Service) refund(ctx context.Context, store Store, subject string, checks []Check) error {
 	if s.memory != nil {
 		s.memory.RefundAt(s.clock.Micros(), subject, checks)
 		return nil
@@ -706,5 +716,5 @@ func (s *Service) refund(ctx context.Context, subject string, checks []Check) er
 	// The refund must reach the store even if the client already left.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.storeTimeout)
 	defer cancel()
-	return s.store.Refund(cctx, subject, checks)
+	return store.Refund(cctx, subject, checks)
 }

@@ -697,6 +697,39 @@ func TestStoreFailure(t *testing.T) {
 	}
 }
 
+func TestLeaseModeRouting(t *testing.T) {
+	shared := NewMemory(MemoryConfig{})
+	exact := &countingStore{Store: shared}
+	lease := &countingStore{Store: shared}
+	leased := pol("fixed_window", 5, time.Minute, "ip")
+	leased.Mode = "lease"
+	e := newEnv(t, envOpt{store: exact, policies: map[string]*config.Policy{
+		"exact":  pol("fixed_window", 5, time.Minute, "ip"),
+		"leased": leased,
+	}, route: []string{"exact", "leased"}})
+	// Without a lease store every policy is exact: one call per request.
+	e.do()
+	if exact.decides.Load() != 1 || lease.decides.Load() != 0 {
+		t.Fatalf("without lease store: exact %d lease %d calls", exact.decides.Load(), lease.decides.Load())
+	}
+	cfg := config.RateLimits{Policies: map[string]*config.Policy{"exact": pol("fixed_window", 5, time.Minute, "ip"), "leased": leased}}
+	svc, err := NewService(cfg, Deps{Now: e.clock.Now, Store: exact, LeaseStore: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc = svc
+	e.handler = e.chain([]string{"exact", "leased"})
+	exact.decides.Store(0)
+	e.do()
+	if exact.decides.Load() != 1 || lease.decides.Load() != 1 {
+		t.Fatalf("with lease store: exact %d lease %d calls, want 1 and 1", exact.decides.Load(), lease.decides.Load())
+	}
+	leased.Mode = "bulk"
+	if _, err := NewService(cfg, Deps{Store: exact}); err == nil || !strings.Contains(err.Error(), "mode") {
+		t.Fatalf("bad mode: %v", err)
+	}
+}
+
 func TestBreakerTiming(t *testing.T) {
 	fs := &failingStore{Store: NewMemory(MemoryConfig{})}
 	fs.down.Store(true)

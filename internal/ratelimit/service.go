@@ -32,6 +32,11 @@ type Deps struct {
 	// Store is the shared store (e.g. redisstore); nil means an in-process
 	// Memory store. A store of type redis in the config must be supplied.
 	Store Store
+	// LeaseStore decides the policies with mode: lease (e.g. a
+	// redisstore.LeaseStore over Store). nil: every policy is decided
+	// exactly through Store (with the memory store, lease mode has nothing
+	// to save and is exact by nature).
+	LeaseStore Store
 	// Nodes returns the live node count for the `local` fallback; nil (or a
 	// result below 1) means rate_limits.expected_nodes.
 	Nodes func() int
@@ -84,6 +89,7 @@ type policy struct {
 	overrides map[string]algo.Params
 	cost      int64
 	shadow    bool
+	lease     bool // decided through the lease store
 	onMissing missingMode
 	onError   failMode
 	// item is the policy's RateLimit-Policy list member for base params;
@@ -112,6 +118,7 @@ type Service struct {
 	log          *slog.Logger
 	clock        *Clock
 	store        Store
+	leaseStore   Store   // nil: lease-mode policies are decided by store
 	memory       *Memory // the primary store when it is the in-process one
 	local        *Memory // the `local` fallback
 	storeTimeout time.Duration
@@ -148,6 +155,7 @@ func NewService(cfg config.RateLimits, deps Deps) (*Service, error) {
 	switch {
 	case deps.Store != nil:
 		s.store = deps.Store
+		s.leaseStore = deps.LeaseStore
 		s.storeTimeout = cfg.Store.Timeout.D()
 		if s.storeTimeout <= 0 {
 			s.storeTimeout = 20 * time.Millisecond
@@ -265,6 +273,13 @@ func (s *Service) compilePolicy(name string, cp *config.Policy, defaults config.
 			p.overrides[k] = op
 			p.overrideItems[k] = policyItem(name, &op)
 		}
+	}
+	switch cp.Mode {
+	case "", "exact":
+	case "lease":
+		p.lease = s.leaseStore != nil
+	default:
+		return nil, fmt.Errorf("mode: %q is not exact or lease", cp.Mode)
 	}
 	switch cp.OnMissingKey {
 	case "", "deny":

@@ -24,6 +24,11 @@ type Check struct {
 // (Redis unreachable, timeout) is returned as err and the caller applies the
 // policy's on_store_error.
 //
+// out[i] is algo.Step's decision for check i taken on its own; when any
+// check is rejected nothing is written, and the checks that passed still
+// report Allowed with the Remaining they would have left. A check with
+// Cost 0 (a peek) never writes state.
+//
 // The state of a check is identified by (subject, Check.Policy): the same
 // policy name on another subject, or another policy on the same subject, is
 // independent state. subject may point into a reused buffer: a store must

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 )
 
 // engineSpike compares a tuned net/http proxy path with a fasthttp one for
@@ -25,12 +26,12 @@ func (e *env) engineSpike(ctx context.Context, o options) (*table, error) {
 		if err != nil {
 			return nil, err
 		}
-		addr, err := firstLine(logPath, 5e9)
+		addr, err := firstLine(logPath, 5*time.Second)
 		if err != nil {
 			p.stop()
 			return nil, err
 		}
-		if err := waitHTTP(ctx, "http://"+addr+"/small", 5e9); err != nil {
+		if err := waitHTTP(ctx, "http://"+addr+"/small", 5*time.Second); err != nil {
 			p.stop()
 			return nil, err
 		}

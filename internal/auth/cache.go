@@ -1,40 +1,55 @@
 package auth
 
 import (
+	"hash/maphash"
+	"strings"
 	"sync"
 )
 
-const cacheShards = 16
+const (
+	cacheShards = 16
+	// maxCachedToken is the longest token the cache keeps; longer ones are
+	// checked in full every time. Typical JWTs are 0.5-2 KiB; the bound keeps
+	// a full cache under about 40 MiB per provider in the worst case.
+	maxCachedToken = 4 << 10
+)
 
-// tokenCache maps the SHA-256 of a raw token to the outcome of its full
-// check: a verified identity (until the token's exp, at most cacheMaxTTL)
-// or a signature failure (for negativeTTL). SHA-256 rather than a fast
-// non-cryptographic hash because the key stands for the token: a collision
-// would let one token pass as another, and with SHA-NI hashing a typical
-// 800-byte token costs a few hundred nanoseconds.
+// tokenCache maps a raw token to the outcome of its full check: a verified
+// identity (until the token's exp, at most cacheMaxTTL) or a signature
+// failure (for negativeTTL).
 //
-// It is sharded by the first byte of the hash (uniform, and not chosen by
-// the client in any useful way) so concurrent requests rarely share a lock;
-// each shard holds at most max/cacheShards entries. When a shard is full,
-// expired entries go first, then an arbitrary one (Go's map iteration order
-// is randomised): cheap, and an attacker filling the cache with valid tokens
-// of their own only costs legitimate callers one signature check each.
+// The map key is a 64-bit maphash of the token under a per-cache random
+// seed, and each entry keeps the token itself, which a hit must equal. So a
+// hash collision can never let one token pass as another, and the hit path
+// costs one fast hash and one string comparison rather than a
+// cryptographic hash (SHA-256 of an 800-byte token is several times
+// slower). Plain == is fine for that comparison: reaching it needs the same
+// hash under a seed the client cannot learn, so its timing reveals nothing.
+//
+// It is sharded by the hash so concurrent requests rarely share a lock; each
+// shard holds at most max/cacheShards entries. When a shard is full, entries
+// that are dead (expired, or of an older key generation) go first, then an
+// arbitrary one (Go's map iteration order is randomised): cheap, and an
+// attacker filling the cache with valid tokens of their own only costs
+// legitimate callers one signature check each.
 //
 // Every entry records the key-set generation it was checked under; a lookup
 // under another generation misses, which flushes the cache in O(1) when the
 // provider's keys change.
 type tokenCache struct {
+	seed     maphash.Seed
 	perShard int
 	shards   [cacheShards]cacheShard
 }
 
 type cacheShard struct {
 	mu sync.RWMutex
-	m  map[[32]byte]cacheEntry
+	m  map[uint64]cacheEntry
 	_  [40]byte // keep shards on separate cache lines
 }
 
 type cacheEntry struct {
+	tok    string
 	v      *verified // nil: a cached failure
 	reason reason
 	until  int64 // unix nanoseconds
@@ -42,37 +57,41 @@ type cacheEntry struct {
 }
 
 func newTokenCache(max int) *tokenCache {
-	c := &tokenCache{perShard: max / cacheShards}
+	c := &tokenCache{seed: maphash.MakeSeed(), perShard: max / cacheShards}
 	if c.perShard < 1 {
 		c.perShard = 1
 	}
 	for i := range c.shards {
-		c.shards[i].m = make(map[[32]byte]cacheEntry)
+		c.shards[i].m = make(map[uint64]cacheEntry)
 	}
 	return c
 }
 
-// get returns the cached outcome for the token hash, if one is live under
-// generation gen at now.
-func (c *tokenCache) get(sum *[32]byte, now int64, gen uint64) (*verified, reason, bool) {
-	sh := &c.shards[sum[0]%cacheShards]
+// hash returns the cache key of a token.
+func (c *tokenCache) hash(tok string) uint64 { return maphash.String(c.seed, tok) }
+
+// get returns the cached outcome for tok (whose hash is h), if one is live
+// under generation gen at now.
+func (c *tokenCache) get(h uint64, tok string, now int64, gen uint64) (*verified, reason, bool) {
+	sh := &c.shards[h%cacheShards]
 	sh.mu.RLock()
-	e, ok := sh.m[*sum]
+	e, ok := sh.m[h]
 	sh.mu.RUnlock()
-	if !ok || e.gen != gen || now >= e.until {
+	if !ok || e.gen != gen || now >= e.until || e.tok != tok {
 		return nil, reasonNone, false
 	}
 	return e.v, e.reason, true
 }
 
 // put stores an outcome.
-func (c *tokenCache) put(sum *[32]byte, v *verified, r reason, now, until int64, gen uint64) {
-	sh := &c.shards[sum[0]%cacheShards]
+func (c *tokenCache) put(h uint64, tok string, v *verified, r reason, now, until int64, gen uint64) {
+	if len(tok) > maxCachedToken {
+		return
+	}
+	sh := &c.shards[h%cacheShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, exists := sh.m[*sum]; !exists && len(sh.m) >= c.perShard {
-		// Sweep what is dead by time or by key rotation; an entry of an
-		// older generation can never be hit again.
+	if _, exists := sh.m[h]; !exists && len(sh.m) >= c.perShard {
 		for k, e := range sh.m {
 			if e.until <= now || e.gen != gen {
 				delete(sh.m, k)
@@ -85,7 +104,8 @@ func (c *tokenCache) put(sum *[32]byte, v *verified, r reason, now, until int64,
 			}
 		}
 	}
-	sh.m[*sum] = cacheEntry{v: v, reason: r, until: until, gen: gen}
+	// A copy, so the entry does not pin the request's header memory.
+	sh.m[h] = cacheEntry{tok: strings.Clone(tok), v: v, reason: r, until: until, gen: gen}
 }
 
 // len returns the number of entries, for tests.

@@ -3,7 +3,6 @@ package auth
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -230,5 +229,3 @@ func problemOf(t *testing.T, rec *httptest.ResponseRecorder) map[string]any {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
-
-func sha256Sum(s string) [32]byte { return sha256.Sum256([]byte(s)) }

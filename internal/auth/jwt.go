@@ -2,14 +2,12 @@ package auth
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"math"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/lestrrat-go/jwx/v3/jws/jwsbb"
 
@@ -192,24 +190,23 @@ func (p *jwtProvider) authenticate(ctx context.Context, tok string) (*verified, 
 		return nil, failure{reason: reasonMalformed}
 	}
 	now := p.now()
-	// The raw token is hashed in place: the bytes are only read.
-	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(tok), len(tok)))
+	h := p.cache.hash(tok)
 	ks := p.src.current()
 	var gen uint64
 	if ks != nil {
 		gen = ks.gen
 	}
-	if v, r, ok := p.cache.get(&sum, now.UnixNano(), gen); ok {
+	if v, r, ok := p.cache.get(h, tok, now.UnixNano(), gen); ok {
 		if v != nil {
 			return v, failure{}
 		}
 		return nil, failure{reason: r}
 	}
-	return p.verifyCold(ctx, tok, &sum, now, ks)
+	return p.verifyCold(ctx, tok, h, now, ks)
 }
 
 // verifyCold is the full check: parse, claims, key, signature.
-func (p *jwtProvider) verifyCold(ctx context.Context, tok string, sum *[32]byte, now time.Time, ks *keySet) (*verified, failure) {
+func (p *jwtProvider) verifyCold(ctx context.Context, tok string, h uint64, now time.Time, ks *keySet) (*verified, failure) {
 	pt, r := parseToken(tok, p.algs)
 	if r != reasonNone {
 		return nil, failure{reason: r}
@@ -232,7 +229,7 @@ func (p *jwtProvider) verifyCold(ctx context.Context, tok string, sum *[32]byte,
 		return nil, failure{reason: reasonUnknownKey}
 	}
 	if k == nil || verifySignature(k, pt.alg, pt.signingInput, pt.sig) != nil {
-		p.cache.put(sum, nil, reasonBadSignature, now.UnixNano(), now.Add(negativeTTL).UnixNano(), ks.gen)
+		p.cache.put(h, tok, nil, reasonBadSignature, now.UnixNano(), now.Add(negativeTTL).UnixNano(), ks.gen)
 		return nil, failure{reason: reasonBadSignature}
 	}
 	v := p.build(pt.claims)
@@ -240,7 +237,7 @@ func (p *jwtProvider) verifyCold(ctx context.Context, tok string, sum *[32]byte,
 	if e := (pt.exp + p.leeway.Seconds()) * 1e9; e < float64(until) {
 		until = int64(e)
 	}
-	p.cache.put(sum, v, reasonNone, now.UnixNano(), until, ks.gen)
+	p.cache.put(h, tok, v, reasonNone, now.UnixNano(), until, ks.gen)
 	return v, failure{}
 }
 

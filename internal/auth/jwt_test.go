@@ -369,23 +369,43 @@ func TestVerifiedTokenCache(t *testing.T) {
 		if p.cache.len() != n+1 {
 			t.Fatal("failure not cached")
 		}
-		sum := sha256Sum(bad)
-		if _, r, ok := p.cache.get(&sum, e.clk.Now().UnixNano(), p.src.current().gen); !ok || r != reasonBadSignature {
+		hb := p.cache.hash(bad)
+		if _, r, ok := p.cache.get(hb, bad, e.clk.Now().UnixNano(), p.src.current().gen); !ok || r != reasonBadSignature {
 			t.Fatal("negative entry missing")
 		}
 		e.clk.Advance(negativeTTL)
-		if _, _, ok := p.cache.get(&sum, e.clk.Now().UnixNano(), p.src.current().gen); ok {
+		if _, _, ok := p.cache.get(hb, bad, e.clk.Now().UnixNano(), p.src.current().gen); ok {
 			t.Fatal("negative entry outlived negativeTTL")
 		}
 	})
 	t.Run("bounded", func(t *testing.T) {
 		c := newTokenCache(64)
 		for i := 0; i < 1000; i++ {
-			s := sha256Sum(fmt.Sprint(i))
-			c.put(&s, &verified{}, reasonNone, 0, 1<<62, 1)
+			tok := fmt.Sprint(i)
+			c.put(c.hash(tok), tok, &verified{}, reasonNone, 0, 1<<62, 1)
 		}
 		if c.len() > 64 {
 			t.Fatalf("cache holds %d entries, bound 64", c.len())
+		}
+	})
+	t.Run("a hash collision is not a hit", func(t *testing.T) {
+		c := newTokenCache(64)
+		v := &verified{}
+		c.put(c.hash("tok-a"), "tok-a", v, reasonNone, 0, 1<<62, 1)
+		// Force tok-b under tok-a's hash: the stored token must differ.
+		if _, _, ok := c.get(c.hash("tok-a"), "tok-b", 1, 1); ok {
+			t.Fatal("a different token hit the entry")
+		}
+		if got, _, ok := c.get(c.hash("tok-a"), "tok-a", 1, 1); !ok || got != v {
+			t.Fatal("the real token missed")
+		}
+		if _, _, ok := c.get(c.hash("tok-a"), "tok-a", 1, 2); ok {
+			t.Fatal("an entry of an older key generation hit")
+		}
+		long := strings.Repeat("x", maxCachedToken+1)
+		c.put(c.hash(long), long, v, reasonNone, 0, 1<<62, 1)
+		if _, _, ok := c.get(c.hash(long), long, 1, 1); ok {
+			t.Fatal("an over-long token was cached")
 		}
 	})
 }

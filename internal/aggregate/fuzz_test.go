@@ -1,0 +1,153 @@
+package aggregate
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/portico-gw/portico/internal/identity"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+func FuzzFieldPath(f *testing.F) {
+	for _, s := range []string{"a", "items[].author.name", "[].id", "m[][].v", "a..b", "a[0]", "[]", "a[]x", ".", "a.[].b"} {
+		f.Add(s)
+	}
+	doc := []byte(`{"a":{"b":[{"c":1}]},"items":[{"author":{"name":"n"}}],"m":[[{"v":1}]]}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		segs, err := parsePath(s)
+		if err != nil {
+			return
+		}
+		// Formatting and parsing again gives the same path.
+		again, err := parsePath(formatPath(segs))
+		if err != nil || formatPath(again) != formatPath(segs) {
+			t.Fatalf("%q -> %q does not round trip: %v", s, formatPath(segs), err)
+		}
+		for _, sp := range []shapeSpec{{Fields: []string{s}}, {Drop: []string{s}}, {Rename: map[string]string{s: "z"}}, {Pick: s}} {
+			sh, err := compileShape(sp)
+			if err != nil {
+				continue
+			}
+			out, err := sh.apply(&scanner{}, doc, nil)
+			if err != nil || !json.Valid(out) {
+				t.Fatalf("%+v on a valid document: %v, output %s", sp, err, out)
+			}
+		}
+	})
+}
+
+func FuzzTemplate(f *testing.F) {
+	for _, s := range []string{"/users/{claims.sub}", "/feed/{id}?limit=20", "/s?u={user.id}&q={query.q}", "/{header.X-A}/x", "/{", "/}", "/{}", "/a?b#c", "/%zz"} {
+		f.Add(s, "a/b?c&d=e f")
+	}
+	f.Fuzz(func(t *testing.T, s, v string) {
+		tmpl, err := parseTemplate(s, "user")
+		if err != nil {
+			return
+		}
+		info := &reqctx.Info{Identity: &identity.Identity{Claims: map[string]any{}}}
+		r := httptest.NewRequest("GET", "/", nil)
+		q := url.Values{}
+		dep := map[string]any{}
+		for _, p := range tmpl.parts {
+			switch p.src {
+			case srcParam:
+				info.Params = append(info.Params, reqctx.Param{Key: p.text, Value: v})
+			case srcClaim:
+				info.Identity.Claims[p.text] = v
+			case srcQuery:
+				q.Set(p.text, v)
+			case srcHeader:
+				r.Header[p.text] = []string{v}
+			case srcDep:
+				m := dep
+				for _, k := range p.keys[:len(p.keys)-1] {
+					next, ok := m[k].(map[string]any)
+					if !ok {
+						next = map[string]any{}
+						m[k] = next
+					}
+					m = next
+				}
+				if _, taken := m[p.keys[len(p.keys)-1]]; !taken {
+					m[p.keys[len(p.keys)-1]] = v
+				}
+			}
+		}
+		r.URL.RawQuery = q.Encode()
+		body, _ := json.Marshal(dep)
+		in := &Input{Request: r, Info: info, dep: &Result{Body: body}}
+		out, err := tmpl.render(nil, in, &scanner{})
+		if err != nil {
+			return
+		}
+		// A value never adds a segment, a query or a fragment: the rendered
+		// target has exactly the template's literal structure.
+		lit := 0
+		for _, p := range tmpl.parts {
+			if p.src == srcLiteral {
+				lit += strings.Count(p.text, "/") + strings.Count(p.text, "?") + strings.Count(p.text, "&")
+			}
+		}
+		if got := strings.Count(string(out), "/") + strings.Count(string(out), "?") + strings.Count(string(out), "&"); got != lit {
+			t.Fatalf("template %q with %q rendered %q: %d separators, template has %d", s, v, out, got, lit)
+		}
+		if _, err := url.ParseRequestURI(string(out)); err != nil {
+			t.Fatalf("template %q with %q rendered an invalid target %q: %v", s, v, out, err)
+		}
+	})
+}
+
+func FuzzShape(f *testing.F) {
+	seeds := []string{
+		`{"items":[{"id":1,"text":"t","author":{"name":"n"}}],"next":"x"}`,
+		`[{"id":1},{"id":2}]`, `{"a":{"b":[{"c":1}]}}`, `"s"`, `12.5e3`, `null`,
+		`{"a":"\u00e9\ud83d\ude00"}`, `{"a":[[[]]]}`, `{"a" 1}`, `[1,]`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s), "items[].id", uint8(0))
+		f.Add([]byte(s), "a.b[].c", uint8(1))
+		f.Add([]byte(s), "[].id", uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, path string, op uint8) {
+		var sp shapeSpec
+		switch op % 5 {
+		case 0:
+			sp.Fields = []string{path}
+		case 1:
+			sp.Drop = []string{path}
+		case 2:
+			sp.Rename = map[string]string{path: "renamed"}
+		case 3:
+			sp.Pick = path
+		case 4:
+			sp.Fields = []string{path, "id"}
+			sp.Drop = []string{"id.x"}
+		}
+		sh, err := compileShape(sp)
+		if err != nil {
+			return
+		}
+		out, err := sh.apply(&scanner{}, data, nil)
+		valid := json.Valid(data)
+		if err == nil && !valid {
+			t.Fatalf("accepted invalid JSON %q", data)
+		}
+		if !valid {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, errTooDeep) {
+				return
+			}
+			t.Fatalf("rejected valid JSON %q: %v", data, err)
+		}
+		if !json.Valid(out) {
+			t.Fatalf("%+v on %q gave invalid JSON %q", sp, data, out)
+		}
+	})
+}

@@ -144,8 +144,8 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 	now := p.reg.now().UnixNano()
 	up.budget.add(now, 1, 0)
 
-	rb, err := p.newReplay(req)
-	if err != nil {
+	var rb replay
+	if err := p.initReplay(&rb, req); err != nil {
 		up.inflight.Add(-1)
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 					up.inflight.Add(-1)
 					return nil, errBreakerOpen()
 				}
-				return p.final(rb, lastRes, lastErr)
+				return p.final(&rb, lastRes, lastErr)
 			}
 			probe = pr
 		}
@@ -179,7 +179,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 				up.inflight.Add(-1)
 				return nil, errNoHealthyTarget()
 			}
-			return p.final(rb, lastRes, lastErr)
+			return p.final(&rb, lastRes, lastErr)
 		}
 		body := req.Body
 		if attempt > 0 {
@@ -187,8 +187,8 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			if lastRes != nil {
 				drainClose(lastRes.Body)
 			}
-			body, err = rb.next()
-			if err != nil {
+			var err error
+			if body, err = rb.next(); err != nil {
 				if probe {
 					p.br.record(now, outcomeNeutral, true)
 				}
@@ -206,8 +206,8 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		res, err := p.attempt(ctx, req, p.targets[i], body, probe)
 		now = p.reg.now().UnixNano()
-		if attempt >= p.retries || !p.retryable(ctx, req, res, err, rb, now) {
-			return p.final(rb, res, err)
+		if attempt >= p.retries || !p.retryable(ctx, req, res, err, &rb, now) {
+			return p.final(&rb, res, err)
 		}
 		lastRes, lastErr = res, err
 	}
@@ -253,34 +253,76 @@ func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
 	return p.bal.pick(req, c)
 }
 
-// attemptTimer cancels an attempt whose response headers have not arrived
-// when it fires. state: 0 waiting, 1 headers arrived, 2 fired.
-type attemptTimer struct {
+// attemptState is one attempt's bookkeeping and, once headers arrived, its
+// response body wrapper (one allocation for both): closing the body ends
+// the attempt, dropping the target's (and, for the response RoundTrip
+// returns, the upstream's) in-flight count and releasing the attempt's
+// context.
+type attemptState struct {
+	io.ReadCloser // the response body
+	t             *target
+	up            *atomic.Int64 // set on the final response only
+	cancel        context.CancelFunc
+	timer         *time.Timer
+	// timer state: 0 waiting for headers, 1 headers arrived, 2 fired.
 	state  atomic.Int32
-	cancel context.CancelFunc
-	timer  *time.Timer
+	closed atomic.Bool
 }
 
-func (a *attemptTimer) fire() {
+func (a *attemptState) fire() {
 	if a.state.CompareAndSwap(0, 2) {
 		a.cancel()
 	}
 }
 
 // arrived reports whether the headers beat the timer.
-func (a *attemptTimer) arrived() bool {
+func (a *attemptState) arrived() bool {
+	if a.timer == nil {
+		return true
+	}
 	ok := a.state.CompareAndSwap(0, 1)
 	a.timer.Stop()
 	return ok
 }
 
+// end releases the attempt; it runs once.
+func (a *attemptState) end() {
+	if !a.closed.CompareAndSwap(false, true) {
+		return
+	}
+	a.t.inflight.Add(-1)
+	if a.up != nil {
+		a.up.Add(-1)
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
+}
+
+func (a *attemptState) Close() error {
+	err := a.ReadCloser.Close()
+	a.end()
+	return err
+}
+
+func (a *attemptState) setUpstream(c *atomic.Int64) { a.up = c }
+
+// attemptRWBody keeps the io.Writer of a 101 Switching Protocols body,
+// which httputil.ReverseProxy needs to splice an upgraded connection.
+type attemptRWBody struct {
+	*attemptState
+	w io.Writer
+}
+
+func (b attemptRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
 func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser, probe bool) (*http.Response, error) {
-	var at *attemptTimer
+	a := &attemptState{t: t}
 	var out *http.Request
 	if p.timeout > 0 {
-		actx, cancel := context.WithCancel(ctx)
-		at = &attemptTimer{cancel: cancel}
-		at.timer = time.AfterFunc(p.timeout, at.fire)
+		var actx context.Context
+		actx, a.cancel = context.WithCancel(ctx)
+		a.timer = time.AfterFunc(p.timeout, a.fire)
 		out = req.WithContext(actx)
 	} else {
 		out = new(http.Request)
@@ -298,7 +340,7 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 	start := time.Now()
 	res, err := p.tr.forTarget(t).RoundTrip(out)
 	elapsed := time.Since(start)
-	if at != nil && !at.arrived() {
+	if !a.arrived() {
 		if res != nil {
 			_ = res.Body.Close()
 			res = nil
@@ -323,13 +365,15 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 		p.observe(t, now, res, o, elapsed)
 	}
 	if res == nil {
-		t.inflight.Add(-1)
-		if at != nil {
-			at.cancel()
-		}
+		a.end()
 		return nil, err
 	}
-	res.Body = wrapBody(res.Body, t, at)
+	a.ReadCloser = res.Body
+	if w, ok := res.Body.(io.Writer); ok {
+		res.Body = attemptRWBody{attemptState: a, w: w}
+	} else {
+		res.Body = a
+	}
 	return res, nil
 }
 
@@ -453,50 +497,6 @@ func closeRequestBody(req *http.Request) {
 	}
 }
 
-// trackedBody ends an attempt when the caller closes the response body:
-// the target's (and, for the final response, the upstream's) in-flight
-// count drops and the attempt's context is released.
-type trackedBody struct {
-	io.ReadCloser
-	t    *target
-	at   *attemptTimer
-	up   *atomic.Int64
-	once sync.Once
-}
-
-func (b *trackedBody) setUpstream(c *atomic.Int64) { b.up = c }
-
-func (b *trackedBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.once.Do(func() {
-		b.t.inflight.Add(-1)
-		if b.up != nil {
-			b.up.Add(-1)
-		}
-		if b.at != nil {
-			b.at.cancel()
-		}
-	})
-	return err
-}
-
-// trackedRWBody keeps the io.Writer of a 101 Switching Protocols body, which
-// httputil.ReverseProxy needs to splice an upgraded connection.
-type trackedRWBody struct {
-	*trackedBody
-	w io.Writer
-}
-
-func (b trackedRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
-
-func wrapBody(rc io.ReadCloser, t *target, at *attemptTimer) io.ReadCloser {
-	tb := &trackedBody{ReadCloser: rc, t: t, at: at}
-	if w, ok := rc.(io.Writer); ok {
-		return trackedRWBody{trackedBody: tb, w: w}
-	}
-	return tb
-}
-
 // replay is how a request body is resent on a retry.
 type replay struct {
 	mode  replayMode
@@ -514,10 +514,10 @@ const (
 	replayGuarded                    // only a dial error (body unread) allows a retry
 )
 
-func (p *Pool) newReplay(req *http.Request) (*replay, error) {
-	rb := &replay{req: req}
+func (p *Pool) initReplay(rb *replay, req *http.Request) error {
+	rb.req = req
 	if p.retries == 0 || req.Body == nil || req.Body == http.NoBody {
-		return rb, nil
+		return nil
 	}
 	switch {
 	case req.GetBody != nil:
@@ -527,7 +527,7 @@ func (p *Pool) newReplay(req *http.Request) (*replay, error) {
 		_, err := io.ReadFull(req.Body, buf)
 		_ = req.Body.Close()
 		if err != nil {
-			return nil, problem.Wrap(http.StatusBadRequest, "request_body_unreadable",
+			return problem.Wrap(http.StatusBadRequest, "request_body_unreadable",
 				"the request body could not be read", err)
 		}
 		rb.mode, rb.buf = replayBuffered, buf
@@ -535,7 +535,7 @@ func (p *Pool) newReplay(req *http.Request) (*replay, error) {
 		rb.mode = replayGuarded
 		rb.guard = &guardBody{rc: req.Body, hold: true}
 	}
-	return rb, nil
+	return nil
 }
 
 func (rb *replay) first() io.ReadCloser {

@@ -431,7 +431,15 @@ func (d *decoder) field(v reflect.Value, key string, e *ast.MappingValueNode, su
 		d.unknownKey(v.Type(), key, e, sub)
 		return
 	}
-	d.pos[sub] = d.at(e.Key)
+	kp := d.at(e.Key)
+	// The same path twice from one file is a key written twice in one
+	// mapping (the parser allows that so the error can name both places).
+	// From two files it is a merged section (upstreams, routes, ...).
+	if first, ok := d.pos[sub]; ok && first.file == d.file {
+		d.errs.add(errAt(kp, sub, "duplicate key %q (first defined at %s)", key, first))
+		return
+	}
+	d.pos[sub] = kp
 	d.decode(e.Value, v.Field(idx), sub, false)
 }
 

@@ -319,8 +319,10 @@ func genSchema(t *testing.T) []byte {
 	defs := map[string]any{
 		"Duration": map[string]any{
 			"description": "A duration with units ms, s, m, h, d, w (e.g. 300ms, 1m30s, 28d), or 0.",
-			"type":        "string",
-			"pattern":     `^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+)$|\$\{`,
+			"anyOf": []any{
+				map[string]any{"type": "string", "pattern": `^(0|([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+)$|\$\{`},
+				map[string]any{"const": 0},
+			},
 		},
 		"Size": map[string]any{
 			"description": "A byte count: an integer, or a number with KiB, MiB, GiB, KB, MB or GB.",

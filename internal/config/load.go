@@ -167,7 +167,7 @@ var singletons = map[string]bool{"server": true, "admin": true, "logging": true,
 
 func (l *loader) file(name string, data []byte) {
 	l.cfg.Files = append(l.cfg.Files, name)
-	f, err := parser.ParseBytes(data, 0)
+	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
 	if err != nil {
 		l.errs.add(syntaxError(name, err))
 		return
@@ -217,6 +217,10 @@ func (l *loader) file(name string, data []byte) {
 		kp := d.at(e.Key)
 		switch {
 		case key == "version":
+			if sawVersion {
+				l.errs.add(errAt(kp, "version", "duplicate key \"version\""))
+				continue
+			}
 			sawVersion = true
 			var v int
 			d.decode(e.Value, reflect.ValueOf(&v).Elem(), "version", false)
@@ -231,7 +235,11 @@ func (l *loader) file(name string, data []byte) {
 			continue
 		case singletons[key]:
 			if first, dup := l.owner[key]; dup {
-				l.errs.add(errAt(kp, key, "defined in more than one file (first defined at %s)", first))
+				if first.file == name {
+					l.errs.add(errAt(kp, key, "duplicate key %q (first defined at %s)", key, first))
+				} else {
+					l.errs.add(errAt(kp, key, "defined in more than one file (first defined at %s)", first))
+				}
 				continue
 			}
 			l.owner[key] = kp

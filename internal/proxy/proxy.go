@@ -1,0 +1,553 @@
+// Package proxy forwards one request to one upstream: the terminal handler
+// of a plain (non-aggregated) route.
+//
+// It wraps net/http/httputil.ReverseProxy, configured with Rewrite (so the
+// client's Forwarded and X-Forwarded-* headers are dropped before we set our
+// own), a shared pool of 32 KiB copy buffers, and an ErrorHandler that
+// renders every failure through problem.FromUpstream and problem.Write.
+// Hop-by-hop headers (RFC 9110 section 7.6.1, including those named in
+// Connection), trailers, 1xx responses and protocol upgrades are left to
+// ReverseProxy, which does them once and correctly. Bodies stream both ways;
+// text/event-stream and unknown-length responses are flushed as they come
+// (ReverseProxy's own rule), other responses are written through the server's
+// buffer.
+//
+// What the handler expects of the inbound request (the gateway prepares it):
+//   - r.URL carries the cleaned path: Path decoded and RawPath escaped, as
+//     router.SetPath stores a router.CleanPath result, so that
+//     r.URL.EscapedPath() is the cleaned path with the client's escaping
+//     (a %2F stays %2F upstream).
+//   - reqctx.Info in the context, when there is one, supplies RequestID
+//     (sent upstream and returned) and Params (for rewrite templates); the
+//     handler writes the chosen backend's name into Info.Upstream.
+//   - r.RemoteAddr is the peer's address (after the PROXY protocol, if any).
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// Backend is one side of a route's (possibly weighted) split.
+type Backend struct {
+	// Name names the upstream; it is written to reqctx.Info.Upstream.
+	Name string
+	// Weight is the share of requests; with one backend it is ignored,
+	// with several, each must be positive.
+	Weight int
+	// Transport sends the request; usually the upstream's *upstream.Pool,
+	// which picks a target and rewrites scheme and host per attempt.
+	Transport http.RoundTripper
+	// Target is the upstream's first target URL. Its scheme and host start
+	// the outbound URL (a Pool overrides them); a path in it is prepended
+	// to the outbound path.
+	Target *url.URL
+	// PreserveHost sends the client's Host header instead of the target's.
+	PreserveHost bool
+}
+
+// Config is one route's proxy settings.
+type Config struct {
+	// Route is the route name, for logs.
+	Route    string
+	Backends []Backend
+	// Rewrite changes the outbound path: Path is a template with {name}
+	// (a path parameter, escaped as one segment) and {*} (the rest of a
+	// prefix route, as the client escaped it); StripPrefix removes a
+	// leading run of whole segments. At most one of them. Nil: the path is
+	// forwarded as it is.
+	Rewrite *config.Rewrite
+	// RequestHeaders are applied to the outbound request last (remove, then
+	// set), so they can override anything the proxy set.
+	RequestHeaders *config.HeaderRules
+	// ResponseHeaders are applied to every response of the route, the
+	// gateway's own errors included.
+	ResponseHeaders *config.HeaderRules
+	// Timeout bounds the whole exchange until response headers, retries
+	// included; 0 means none. When it passes the client gets 504. The body
+	// that follows is not bounded by it.
+	Timeout config.Duration
+	// MaxBodyBytes bounds the request body; 0 means no limit. A larger
+	// Content-Length is refused with 413 before the upstream is contacted;
+	// a body without one is counted while it streams and the exchange
+	// fails with 413 when it grows past the limit.
+	MaxBodyBytes config.Size
+	// TrustedProxies are the peers whose X-Forwarded-For chain (and
+	// X-Forwarded-Proto and X-Forwarded-Host) is kept. From any other peer
+	// those headers are replaced.
+	TrustedProxies []netip.Prefix
+	// WebSocket lets Upgrade requests through. When false, Upgrade and
+	// Connection are stripped and the request is proxied as a plain one:
+	// RFC 9110 section 7.8 lets a server ignore Upgrade, and the client
+	// then sees the upstream's ordinary answer instead of a 101.
+	WebSocket bool
+}
+
+// Deps are the proxy's dependencies.
+type Deps struct {
+	// Logger receives one record per failed exchange; nil discards.
+	Logger *slog.Logger
+	// BufferPool is shared by all routes (see NewBufferPool); nil gives
+	// this handler a pool of its own.
+	BufferPool httputil.BufferPool
+}
+
+// NewBufferPool returns a pool of 32 KiB copy buffers for ReverseProxy.
+// Create one per process and pass it to every New.
+func NewBufferPool() httputil.BufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any {
+		b := make([]byte, 32<<10)
+		return &b
+	}}}
+}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(s []byte) { b.p.Put(&s) }
+
+type handler struct {
+	route     string
+	backends  []*backend
+	cum       []uint64 // cumulative weights
+	total     uint64
+	rewrite   *template
+	strip     []string // decoded segments of strip_prefix
+	reqSet    []headerKV
+	reqRemove []string
+	resSet    []headerKV
+	resRemove []string
+	timeout   time.Duration
+	maxBody   int64
+	tooLarge  *problem.Error
+	trusted   []netip.Prefix
+	websocket bool
+	log       *slog.Logger
+}
+
+type backend struct {
+	name         string
+	target       *url.URL
+	basePath     string // escaped target path without trailing '/'
+	preserveHost bool
+	rp           *httputil.ReverseProxy
+}
+
+type headerKV struct {
+	k string
+	v []string
+}
+
+// Precomputed X-Forwarded-Proto values. Each slice has cap 1, so an append
+// by a later stage copies instead of writing into the shared array.
+var (
+	protoHTTP  = []string{"http"}
+	protoHTTPS = []string{"https"}
+)
+
+// New builds the proxy handler of one route.
+func New(cfg Config, deps Deps) (http.Handler, error) {
+	if len(cfg.Backends) == 0 {
+		return nil, errors.New("proxy: no backends")
+	}
+	h := &handler{
+		route:     cfg.Route,
+		timeout:   cfg.Timeout.D(),
+		maxBody:   int64(cfg.MaxBodyBytes),
+		trusted:   cfg.TrustedProxies,
+		websocket: cfg.WebSocket,
+		log:       deps.Logger,
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.maxBody < 0 || h.timeout < 0 {
+		return nil, errors.New("proxy: negative timeout or max body bytes")
+	}
+	if h.maxBody > 0 {
+		h.tooLarge = problem.New(http.StatusRequestEntityTooLarge, "body_too_large",
+			fmt.Sprintf("the request body exceeds %d bytes", h.maxBody))
+	}
+	pool := deps.BufferPool
+	if pool == nil {
+		pool = NewBufferPool()
+	}
+	errLog := slog.NewLogLogger(h.log.Handler(), slog.LevelWarn)
+	for i, b := range cfg.Backends {
+		if b.Transport == nil || b.Target == nil || b.Target.Scheme == "" || b.Target.Host == "" {
+			return nil, fmt.Errorf("proxy: backend %d (%q): transport and an absolute target URL are required", i, b.Name)
+		}
+		if len(cfg.Backends) > 1 {
+			if b.Weight <= 0 {
+				return nil, fmt.Errorf("proxy: backend %q: weight must be positive in a split", b.Name)
+			}
+			h.total += uint64(b.Weight)
+			h.cum = append(h.cum, h.total)
+		}
+		be := &backend{
+			name:         b.Name,
+			target:       b.Target,
+			basePath:     strings.TrimSuffix(b.Target.EscapedPath(), "/"),
+			preserveHost: b.PreserveHost,
+		}
+		be.rp = &httputil.ReverseProxy{
+			Rewrite:        h.rewriteRequest,
+			Transport:      b.Transport,
+			BufferPool:     pool,
+			ErrorLog:       errLog,
+			ModifyResponse: h.modifyResponse,
+			ErrorHandler:   h.handleError,
+		}
+		h.backends = append(h.backends, be)
+	}
+	if rw := cfg.Rewrite; rw != nil {
+		switch {
+		case rw.Path != "" && rw.StripPrefix != "":
+			return nil, errors.New("proxy: rewrite: path and strip_prefix are exclusive")
+		case rw.Path != "":
+			t, err := parseTemplate(rw.Path)
+			if err != nil {
+				return nil, fmt.Errorf("proxy: rewrite.path: %w", err)
+			}
+			h.rewrite = t
+		case rw.StripPrefix != "":
+			p := strings.Trim(rw.StripPrefix, "/")
+			if !strings.HasPrefix(rw.StripPrefix, "/") || p == "" {
+				return nil, fmt.Errorf("proxy: rewrite.strip_prefix %q: want a path like /api", rw.StripPrefix)
+			}
+			h.strip = strings.Split(p, "/")
+		}
+	}
+	var err error
+	if h.reqSet, h.reqRemove, err = compileRules(cfg.RequestHeaders); err != nil {
+		return nil, fmt.Errorf("proxy: request_headers: %w", err)
+	}
+	if h.resSet, h.resRemove, err = compileRules(cfg.ResponseHeaders); err != nil {
+		return nil, fmt.Errorf("proxy: response_headers: %w", err)
+	}
+	return h, nil
+}
+
+func compileRules(hr *config.HeaderRules) (set []headerKV, remove []string, err error) {
+	if hr == nil {
+		return nil, nil, nil
+	}
+	for _, k := range sortedKeys(hr.Set) {
+		if !validHeaderName(k) {
+			return nil, nil, fmt.Errorf("invalid header name %q", k)
+		}
+		v := hr.Set[k]
+		if strings.ContainsAny(v, "\r\n\x00") {
+			return nil, nil, fmt.Errorf("header %q: value has a control character", k)
+		}
+		set = append(set, headerKV{http.CanonicalHeaderKey(k), []string{v}})
+	}
+	for _, k := range hr.Remove {
+		if !validHeaderName(k) {
+			return nil, nil, fmt.Errorf("invalid header name %q", k)
+		}
+		remove = append(remove, http.CanonicalHeaderKey(k))
+	}
+	return set, remove, nil
+}
+
+// exchange is the per-request state, one allocation. It is the context of
+// the request handed to ReverseProxy, so the hooks find it from any request
+// derived from it.
+type exchange struct {
+	context.Context
+	h         *handler
+	b         *backend
+	cancel    context.CancelCauseFunc
+	timer     *time.Timer
+	timedOut  atomic.Bool
+	gatewayID bool // the gateway already set X-Request-Id on the response
+	body      limitedBody
+}
+
+type exchangeKey struct{}
+
+func (ex *exchange) Value(key any) any {
+	if key == (exchangeKey{}) {
+		return ex
+	}
+	return ex.Context.Value(key)
+}
+
+func (ex *exchange) expire() {
+	ex.timedOut.Store(true)
+	ex.cancel(errRouteTimeout)
+}
+
+var errRouteTimeout = errors.New("route timeout")
+
+func exchangeFrom(ctx context.Context) *exchange {
+	if ex, ok := ctx.(*exchange); ok {
+		return ex
+	}
+	ex, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return ex
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.maxBody > 0 && r.ContentLength > h.maxBody {
+		h.fail(w, r, nil, h.tooLarge)
+		return
+	}
+	b := h.backends[0]
+	if h.total > 0 {
+		n := rand.Uint64N(h.total)
+		for i, c := range h.cum {
+			if n < c {
+				b = h.backends[i]
+				break
+			}
+		}
+	}
+	if in := reqctx.From(r.Context()); in != nil {
+		in.Upstream = b.name
+	}
+	wh := w.Header()
+	for _, kv := range h.resSet {
+		wh[kv.k] = kv.v[:1:1]
+	}
+	for _, k := range h.resRemove {
+		delete(wh, k)
+	}
+
+	ctx, cancel := context.WithCancelCause(r.Context())
+	ex := &exchange{Context: ctx, h: h, b: b, cancel: cancel, gatewayID: len(wh["X-Request-Id"]) > 0}
+	defer cancel(nil)
+	if h.timeout > 0 {
+		ex.timer = time.AfterFunc(h.timeout, ex.expire)
+		defer ex.timer.Stop()
+	}
+	out := r.WithContext(ex)
+	if h.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+		ex.body = limitedBody{rc: r.Body, n: h.maxBody, err: h.tooLarge}
+		out.Body = &ex.body
+	}
+	b.rp.ServeHTTP(w, out)
+}
+
+// rewriteRequest builds the outbound request (ReverseProxy.Rewrite).
+func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	ex := exchangeFrom(in.Context()) // set by ServeHTTP, never nil
+	b := ex.b
+	info := reqctx.From(ex.Context)
+
+	out.URL.Scheme = b.target.Scheme
+	out.URL.Host = b.target.Host
+	setEscapedPath(out.URL, b.basePath+h.outboundPath(in.URL.EscapedPath(), info))
+	if b.preserveHost {
+		out.Host = in.Host
+	} else {
+		out.Host = ""
+	}
+
+	// X-Forwarded-*: ReverseProxy removed the client's copies from out.
+	peer := peerHost(in.RemoteAddr)
+	trusted := h.isTrusted(peer)
+	if prior := in.Header["X-Forwarded-For"]; trusted && len(prior) > 0 {
+		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer}
+	} else if peer != "" {
+		out.Header["X-Forwarded-For"] = []string{peer}
+	}
+	if v := in.Header["X-Forwarded-Proto"]; trusted && len(v) > 0 {
+		out.Header["X-Forwarded-Proto"] = v[:1:1]
+	} else if in.TLS != nil {
+		out.Header["X-Forwarded-Proto"] = protoHTTPS
+	} else {
+		out.Header["X-Forwarded-Proto"] = protoHTTP
+	}
+	if v := in.Header["X-Forwarded-Host"]; trusted && len(v) > 0 {
+		out.Header["X-Forwarded-Host"] = v[:1:1]
+	} else if in.Host != "" {
+		out.Header["X-Forwarded-Host"] = []string{in.Host}
+	}
+	if info != nil && info.RequestID != "" {
+		out.Header["X-Request-Id"] = []string{info.RequestID}
+	}
+	if !h.websocket {
+		// ReverseProxy put these back for an upgrade; refuse it by
+		// forwarding a plain request.
+		delete(out.Header, "Upgrade")
+		delete(out.Header, "Connection")
+	}
+	for _, k := range h.reqRemove {
+		delete(out.Header, k)
+	}
+	for _, kv := range h.reqSet {
+		out.Header[kv.k] = kv.v[:1:1]
+	}
+}
+
+// modifyResponse runs once response headers arrived (also for a 101).
+func (h *handler) modifyResponse(resp *http.Response) error {
+	ex := exchangeFrom(resp.Request.Context())
+	if ex == nil {
+		return nil
+	}
+	if ex.timer != nil && !ex.timer.Stop() {
+		// The route timeout fired as the headers arrived; the exchange
+		// is already cancelled, so its body would be cut short.
+		return errRouteTimeout
+	}
+	if ex.gatewayID {
+		delete(resp.Header, "X-Request-Id")
+	} else if in := reqctx.From(ex.Context); in != nil && in.RequestID != "" {
+		resp.Header["X-Request-Id"] = []string{in.RequestID}
+	}
+	for _, k := range h.resRemove {
+		delete(resp.Header, k)
+	}
+	for _, kv := range h.resSet {
+		// The value is already in the client's header map.
+		delete(resp.Header, kv.k)
+	}
+	return nil
+}
+
+// handleError renders a failed exchange (ReverseProxy.ErrorHandler).
+func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	ex := exchangeFrom(r.Context())
+	var pe *problem.Error
+	switch {
+	case ex != nil && ex.body.exceeded.Load():
+		pe = problem.Wrap(h.tooLarge.Status, h.tooLarge.Code, h.tooLarge.Detail, err)
+	case ex != nil && ex.timedOut.Load():
+		pe = problem.Wrap(http.StatusGatewayTimeout, "route_timeout",
+			"the upstream did not answer within the route timeout", err)
+	default:
+		pe = problem.FromUpstream(err)
+	}
+	h.fail(w, r, ex, pe)
+}
+
+// fail logs pe with its cause and writes it.
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, ex *exchange, pe *problem.Error) {
+	level := slog.LevelWarn
+	switch {
+	case pe.Status == problem.StatusClientClosed:
+		level = slog.LevelDebug
+	case pe.Status < 500:
+		level = slog.LevelInfo
+	}
+	if h.log.Enabled(r.Context(), level) {
+		upstream := ""
+		if ex != nil {
+			upstream = ex.b.name
+		}
+		attrs := []slog.Attr{
+			slog.String("route", h.route), slog.String("upstream", upstream),
+			slog.Int("status", pe.Status), slog.String("code", pe.Code),
+		}
+		if pe.Cause != nil {
+			attrs = append(attrs, slog.String("cause", pe.Cause.Error()))
+		}
+		if in := reqctx.From(r.Context()); in != nil {
+			attrs = append(attrs, slog.String("request_id", in.RequestID))
+		}
+		h.log.LogAttrs(r.Context(), level, "proxy exchange failed", attrs...)
+	}
+	problem.Write(w, r, pe)
+}
+
+// isTrusted reports whether the peer address is in trusted_proxies.
+func (h *handler) isTrusted(peer string) bool {
+	if len(h.trusted) == 0 || peer == "" {
+		return false
+	}
+	a, err := netip.ParseAddr(peer)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range h.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerHost returns the address part of a RemoteAddr ("1.2.3.4:5",
+// "[::1]:5") without allocating; "" when there is none.
+func peerHost(remote string) string {
+	if remote == "" {
+		return ""
+	}
+	if remote[0] == '[' {
+		if i := strings.IndexByte(remote, ']'); i > 0 {
+			return remote[1:i]
+		}
+		return ""
+	}
+	if i := strings.LastIndexByte(remote, ':'); i >= 0 && strings.IndexByte(remote[:i], ':') < 0 {
+		return remote[:i]
+	}
+	return remote
+}
+
+// setEscapedPath stores an escaped path in u so that u.EscapedPath()
+// returns it verbatim.
+func setEscapedPath(u *url.URL, esc string) {
+	if esc == "" {
+		esc = "/"
+	}
+	if strings.IndexByte(esc, '%') < 0 {
+		u.Path, u.RawPath = esc, ""
+		return
+	}
+	dec, err := url.PathUnescape(esc)
+	if err != nil {
+		// Not produced by CleanPath; send the path as net/url would.
+		u.Path, u.RawPath = esc, ""
+		return
+	}
+	u.Path, u.RawPath = dec, esc
+}
+
+// limitedBody fails the exchange once more than n bytes were read.
+type limitedBody struct {
+	rc       io.ReadCloser
+	n        int64
+	err      error
+	exceeded atomic.Bool // read by the handler, written by the transport
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	if l.exceeded.Load() {
+		return 0, l.err
+	}
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.rc.Read(p)
+	if int64(n) > l.n {
+		l.exceeded.Store(true)
+		n, l.n = int(l.n), 0
+		return n, l.err
+	}
+	l.n -= int64(n)
+	return n, err
+}
+
+func (l *limitedBody) Close() error { return l.rc.Close() }

@@ -30,7 +30,7 @@ func normaliseHealthCheck(hc *config.HealthCheck) *healthCheck {
 		ignoreAllDown: hc.AllUnhealthy == "ignore",
 	}
 	if n.path == "" {
-		n.path = "/"
+		n.path = "/healthz"
 	}
 	if n.interval <= 0 {
 		n.interval = 5 * time.Second

@@ -81,8 +81,11 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *
 	if hc := cfg.HealthCheck; hc != nil {
 		pl.ignoreAllDown = hc.AllUnhealthy == "ignore"
 	}
-	if ps := cfg.Passive; ps != nil && ps.ConsecutiveFailures > 0 {
+	if ps := cfg.Passive; ps != nil {
 		pl.ejectAfter = int64(ps.ConsecutiveFailures)
+		if pl.ejectAfter <= 0 {
+			pl.ejectAfter = 5
+		}
 		pl.ejectBase = int64(ps.Ejection.D())
 		if pl.ejectBase <= 0 {
 			pl.ejectBase = int64(30 * time.Second)

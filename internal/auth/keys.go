@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -153,19 +154,23 @@ func (ks *keySet) find(kid string, a *alg) (k *vkey, found bool) {
 }
 
 // parseKeySet converts a JWKS document (RFC 7517 section 5) into a keySet.
-// Keys that cannot verify JWS (encryption-only, private-only, unsupported
-// types, RSA shorter than 2048 bits) are skipped with a log line; a set
-// without any usable key is an error.
+// Each key is parsed on its own (jwk.Parse would refuse the whole set for
+// one bad key), so a key the gateway cannot use (encryption-only, an
+// unsupported type, RSA shorter than 2048 bits) is skipped with a log line
+// and the others still work. A set without any usable key is an error.
 func parseKeySet(b []byte, log *slog.Logger, provider string) (*keySet, error) {
-	set, err := jwk.Parse(b)
-	if err != nil {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("invalid JWKS: %w", err)
 	}
 	ks := &keySet{byKID: map[string][]*vkey{}}
 	var prints []string
-	for i := 0; i < set.Len(); i++ {
-		key, ok := set.Key(i)
-		if !ok {
+	for i, raw := range doc.Keys {
+		key, err := jwk.ParseKey(raw)
+		if err != nil {
+			log.Warn("auth: skipping JWKS key", "provider", provider, "index", i, "error", err)
 			continue
 		}
 		kid, _ := key.KeyID()

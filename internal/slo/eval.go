@@ -222,4 +222,3 @@ func fmtDuration(d time.Duration) string {
 	}
 	return d.String()
 }
-

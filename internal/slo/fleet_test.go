@@ -1,0 +1,153 @@
+package slo
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/rueidis"
+
+	"github.com/portico-gw/portico/internal/config"
+)
+
+// redisClient connects to REDIS_ADDR or skips (fails with
+// PORTICO_REQUIRE_REDIS=1).
+func redisClient(t *testing.T) rueidis.Client {
+	t.Helper()
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	unavailable := func(err error) {
+		if os.Getenv("PORTICO_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis at %s required: %v", addr, err)
+		}
+		t.Skipf("redis at %s unreachable (%v); set REDIS_ADDR or start redis-server", addr, err)
+	}
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		unavailable(err)
+	}
+	conn.Close()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true})
+	if err != nil {
+		unavailable(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func cleanKeys(t *testing.T, c rueidis.Client, prefix string) {
+	ctx := context.Background()
+	var cursor uint64
+	for {
+		e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Logf("cleanup: %v", err)
+			return
+		}
+		for _, k := range e.Elements {
+			c.Do(ctx, c.B().Del().Key(k).Build())
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return
+		}
+	}
+}
+
+// TestFleetSharesCountsAndSendsOneWebhook runs three engines (three nodes) on
+// one Redis. Node 0 takes all the errors: alone it would burn at 60x, the
+// fleet burns at 20x, and every node must see the fleet's numbers. One
+// webhook per transition arrives, from the lease holder.
+func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
+	rc := redisClient(t)
+	prefix := fmt.Sprintf("portico-test:slo:%d:", rand.Uint64())
+	defer cleanKeys(t, rc, prefix)
+	clk := newClock()
+	h := newHook()
+	defer h.srv.Close()
+	slos := []*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99,
+		Window: config.Duration(3 * 24 * time.Hour), AlertWebhook: h.srv.URL}}
+	newNode := func(i int) *Engine {
+		e := NewEngine(Deps{Now: clk.Now, Registerer: prometheus.NewRegistry(), Redis: rc,
+			NodeID: fmt.Sprintf("node-%d", i), KeyPrefix: prefix})
+		if err := e.Apply(slos); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	var engines []*Engine
+	for i := 0; i < 3; i++ {
+		e := newNode(i)
+		defer e.Close()
+		engines = append(engines, e)
+	}
+	// Good traffic split evenly; node 0 serves every error.
+	shares := [][2]float64{{1.0 / 3, 1}, {1.0 / 3, 0}, {1.0 / 3, 0}}
+	// An hour and a half of clean traffic (200/min across the fleet) covers
+	// the page windows; then 20x for 60 minutes, then clean again.
+	// (The short history lets the ticket fire too and stay firing.)
+	if tr := simulate(t, clk, engines, shares, "mobile/feed", []phase{{minutes: 90, step: 90, perMin: 190}}); len(tr) != 0 {
+		t.Fatalf("alerts during clean traffic: %v", tr)
+	}
+	tr := simulate(t, clk, engines, shares, "mobile/feed", []phase{{minutes: 50, step: 1, perMin: 190, badPerMin: 40}})
+	var fired bool
+	for _, x := range tr {
+		fired = fired || (x.severity == "page" && x.firing)
+	}
+	if !fired {
+		t.Fatalf("page did not fire: %v", tr)
+	}
+	statuses := func() []SLOStatus {
+		var out []SLOStatus
+		for _, e := range engines {
+			out = append(out, e.Snapshot()[0])
+		}
+		return out
+	}
+	st := statuses()
+	for i := 1; i < 3; i++ {
+		if !reflect.DeepEqual(st[i].BurnRates, st[0].BurnRates) || st[i].Good != st[0].Good || st[i].Bad != st[0].Bad || !reflect.DeepEqual(st[i].Alerts, st[0].Alerts) {
+			t.Errorf("node %d sees %+v, node 0 %+v", i, st[i], st[0])
+		}
+	}
+	// Fleet ratio over 5m: 40 bad out of 190 a minute, burn 21.05 (node 0
+	// alone serves 40 bad of 90: burn 44).
+	if b, want := st[0].BurnRates["5m"], round6((40.0/190)/0.01); b != want {
+		t.Errorf("fleet 5m burn = %v, want %v", b, want)
+	}
+	tr = append(tr, simulate(t, clk, engines, shares, "mobile/feed", []phase{{minutes: 60, step: 1, perMin: 190}})...)
+	got := h.wait(t, len(tr))
+	// Give a duplicate from another node a chance to arrive before counting.
+	time.Sleep(200 * time.Millisecond)
+	h.mu.Lock()
+	n := len(h.got)
+	h.mu.Unlock()
+	if n != len(tr) {
+		t.Errorf("%d webhooks for %d transitions %v: %+v", n, len(tr), tr, got)
+	}
+	for i := range got {
+		if i < len(tr) && (got[i].Severity != tr[i].severity || (got[i].State == "firing") != tr[i].firing || got[i].Node != got[0].Node) {
+			t.Errorf("webhook %d = %+v, transition %+v", i, got[i], tr[i])
+		}
+	}
+	// A restarted node reads the budget back from Redis.
+	fresh := newNode(3)
+	defer fresh.Close()
+	fresh.Evaluate(clk.Now())
+	engines[0].Evaluate(clk.Now())
+	a, b := fresh.Snapshot()[0], engines[0].Snapshot()[0]
+	if a.Good != b.Good || a.Bad != b.Bad || a.BudgetRemaining != b.BudgetRemaining || !reflect.DeepEqual(a.BurnRates, b.BurnRates) {
+		t.Errorf("restarted node sees %+v, running node %+v", a, b)
+	}
+	// Clean minutes: 190 good, 63 per node; incident minutes 50 per node.
+	if wantGood := uint64(3 * (150*63 + 50*50)); a.Bad != 50*40 || a.Good != wantGood {
+		t.Errorf("fleet counts good %d bad %d, want %d and %d", a.Good, a.Bad, wantGood, 50*40)
+	}
+}

@@ -97,6 +97,9 @@ type Config struct {
 	// RFC 9110 section 7.8 lets a server ignore Upgrade, and the client
 	// then sees the upstream's ordinary answer instead of a 101.
 	WebSocket bool
+	// StripUpstreamCORS drops the upstream's Access-Control-* response
+	// headers; set it when the route has a CORS stage, which owns them.
+	StripUpstreamCORS bool
 }
 
 // Deps are the proxy's dependencies.
@@ -138,6 +141,7 @@ type handler struct {
 	tooLarge  *problem.Error
 	trusted   []netip.Prefix
 	websocket bool
+	stripCORS bool
 	log       *slog.Logger
 }
 
@@ -161,6 +165,12 @@ var (
 	protoHTTPS = []string{"https"}
 )
 
+// corsResponseHeaders are the CORS response headers of the Fetch standard.
+var corsResponseHeaders = [...]string{
+	"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers",
+	"Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Max-Age",
+}
+
 // New builds the proxy handler of one route.
 func New(cfg Config, deps Deps) (http.Handler, error) {
 	if len(cfg.Backends) == 0 {
@@ -172,6 +182,7 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 		maxBody:   int64(cfg.MaxBodyBytes),
 		trusted:   cfg.TrustedProxies,
 		websocket: cfg.WebSocket,
+		stripCORS: cfg.StripUpstreamCORS,
 		log:       deps.Logger,
 	}
 	if h.log == nil {
@@ -414,6 +425,11 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 		delete(resp.Header, "X-Request-Id")
 	} else if in := reqctx.From(ex.Context); in != nil && in.RequestID != "" {
 		resp.Header["X-Request-Id"] = []string{in.RequestID}
+	}
+	if h.stripCORS {
+		for _, k := range corsResponseHeaders {
+			delete(resp.Header, k)
+		}
 	}
 	for _, k := range h.resRemove {
 		delete(resp.Header, k)

@@ -384,6 +384,23 @@ func TestHeaderRules(t *testing.T) {
 	}
 }
 
+func TestStripUpstreamCORS(t *testing.T) {
+	for _, strip := range []bool{false, true} {
+		t.Run(fmt.Sprint(strip), func(t *testing.T) {
+			var s seen
+			be := upstream(t, "u", s.handler(200, "", "Access-Control-Allow-Origin", "*", "Access-Control-Max-Age", "5", "X-Kept", "1"))
+			srv, _ := front(t, Config{Backends: []Backend{be}, StripUpstreamCORS: strip}, nil)
+			resp, _ := do(t, client(t), "GET", srv.URL+"/", nil)
+			if got := resp.Header.Get("Access-Control-Allow-Origin") != ""; got == strip {
+				t.Fatalf("strip=%v but Access-Control-Allow-Origin present=%v", strip, got)
+			}
+			if resp.Header.Get("X-Kept") != "1" {
+				t.Fatal("other headers lost")
+			}
+		})
+	}
+}
+
 func TestPreserveHost(t *testing.T) {
 	for _, preserve := range []bool{false, true} {
 		t.Run(fmt.Sprint(preserve), func(t *testing.T) {

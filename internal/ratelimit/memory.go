@@ -63,13 +63,12 @@ type MemoryConfig struct {
 	Clock *Clock
 }
 
-// Memory is the in-process Store: 256 shards, each a mutex, a map from a
-// 64-bit hash of (subject, policy) to an index, and a slice of fixed-size
-// states (no pointers, so the garbage collector never scans them). All checks
-// of one subject live in one shard and are decided under its lock,
-// all-or-nothing, with one map lookup per check. Hashes are seeded per
-// process (maphash), so a client cannot aim keys at one shard; a 64-bit
-// collision between two live keys is a 2^-64 event per pair.
+// Memory is the in-process Store: 256 shards, each a mutex and an
+// open-addressing table (table.go) from a 64-bit hash of (subject, policy) to
+// a fixed-size state. All checks of one subject live in one shard and are
+// decided under its lock, all-or-nothing. Hashes are seeded per process
+// (maphash), so a client cannot aim keys at one shard; a 64-bit collision
+// between two live keys is a 2^-64 event per pair.
 type Memory struct {
 	seed     maphash.Seed
 	perShard int
@@ -78,25 +77,21 @@ type Memory struct {
 }
 
 type memShard struct {
-	mu    sync.Mutex
-	index map[uint64]uint32
-	slots []slot
-	free  []uint32
-	logs  map[uint32][]int64 // sliding window log entries, by slot
-	scan  int                // eviction cursor
-	_     [32]byte           // keep neighbouring shards' locks off one cache line
+	mu   sync.Mutex
+	tab  table
+	logs map[uint64][]int64 // sliding window log entries, by key
+	scan int                // eviction cursor
+	_    [40]byte           // keep neighbouring shards' locks off one cache line
 }
 
-// slot is the fixed-size state of one key (40 bytes): its hash, algo.State
-// without the log, and the time from which it is idle (evictable); idle < 0
-// marks a free slot.
+// slot is the fixed-size state of one key (40 bytes): its hash (0: empty),
+// algo.State without the log, and the time from which it is idle
+// (evictable).
 type slot struct {
 	key     uint64
 	a, b, c int64
 	idle    int64
 }
-
-const noSlot = ^uint32(0)
 
 var _ Store = (*Memory)(nil)
 
@@ -112,8 +107,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		m.clock = NewClock(nil)
 	}
 	for i := range m.shards {
-		m.shards[i].index = make(map[uint64]uint32)
-		m.shards[i].logs = make(map[uint32][]int64)
+		m.shards[i].logs = make(map[uint64][]int64)
 	}
 	return m
 }
@@ -135,7 +129,7 @@ func (m *Memory) Len() int {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
-		n += len(sh.index)
+		n += sh.tab.n
 		sh.mu.Unlock()
 	}
 	return n
@@ -146,7 +140,7 @@ func (m *Memory) keys(subject string, checks []Check, keys []uint64) *memShard {
 	for i := range checks {
 		hp := maphash.String(m.seed, checks[i].Policy)
 		// Mix so that (subject, policy) pairs do not cancel out.
-		keys[i] = hs ^ (hp*0x9e3779b97f4a7c15 + 0x632be59bd9b4e019)
+		keys[i] = fixKey(hs ^ (hp*0x9e3779b97f4a7c15 + 0x632be59bd9b4e019))
 	}
 	return &m.shards[hs>>56]
 }
@@ -155,13 +149,12 @@ func (m *Memory) keys(subject string, checks []Check, keys []uint64) *memShard {
 // the clock once for several decisions and for deterministic tests.
 func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.Decision) error {
 	var keyBuf [maxInline]uint64
-	var idxBuf [maxInline]uint32
 	var stBuf [maxInline]algo.State
-	keys, idx, states := keyBuf[:0], idxBuf[:0], stBuf[:0]
+	keys, states := keyBuf[:0], stBuf[:0]
 	if len(checks) <= maxInline {
-		keys, idx, states = keyBuf[:len(checks)], idxBuf[:len(checks)], stBuf[:len(checks)]
+		keys, states = keyBuf[:len(checks)], stBuf[:len(checks)]
 	} else {
-		keys, idx, states = make([]uint64, len(checks)), make([]uint32, len(checks)), make([]algo.State, len(checks))
+		keys, states = make([]uint64, len(checks)), make([]algo.State, len(checks))
 	}
 	sh := m.keys(subject, checks, keys)
 	sh.mu.Lock()
@@ -171,19 +164,14 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 	for i := range checks {
 		c := &checks[i]
 		st := &states[i]
-		if j, ok := sh.index[keys[i]]; ok {
-			idx[i] = j
-			sl := &sh.slots[j]
+		if j := sh.tab.find(keys[i]); j >= 0 {
+			sl := &sh.tab.slots[j]
 			st.A, st.B, st.C = sl.a, sl.b, sl.c
 			if c.Params.Kind == algo.SlidingWindowLog {
-				st.Log = sh.logs[j]
+				st.Log = sh.logs[keys[i]]
 			}
-		} else {
-			idx[i] = noSlot
-			*st = algo.State{}
-			if c.Cost > 0 {
-				fresh++
-			}
+		} else if c.Cost > 0 {
+			fresh++
 		}
 		out[i] = algo.Step(&c.Params, st, now, c.Cost)
 		if !out[i].Allowed {
@@ -193,8 +181,8 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 	if !allowed {
 		return nil
 	}
-	if fresh > 0 && len(sh.index)+fresh > m.perShard {
-		if !sh.evict(now, len(sh.index)+fresh-m.perShard) {
+	if fresh > 0 && sh.tab.n+fresh > m.perShard {
+		if !sh.evict(now, sh.tab.n+fresh-m.perShard) {
 			for i := range out {
 				out[i] = algo.Decision{}
 			}
@@ -206,31 +194,19 @@ func (m *Memory) DecideAt(now int64, subject string, checks []Check, out []algo.
 		if c.Cost <= 0 {
 			continue
 		}
-		j := idx[i]
-		if j == noSlot {
-			j = sh.alloc(keys[i])
+		// Found again (cache-hot) rather than kept by index: an insert may
+		// grow the table and an eviction shifts slots.
+		j := sh.tab.find(keys[i])
+		if j < 0 {
+			j = sh.tab.insert(keys[i])
 		}
 		st := &states[i]
-		sh.slots[j] = slot{key: keys[i], a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, st)}
+		sh.tab.slots[j] = slot{key: keys[i], a: st.A, b: st.B, c: st.C, idle: algo.IdleAt(&c.Params, st)}
 		if c.Params.Kind == algo.SlidingWindowLog {
-			sh.logs[j] = st.Log
+			sh.logs[keys[i]] = st.Log
 		}
 	}
 	return nil
-}
-
-// alloc returns a slot for a new key and indexes it.
-func (sh *memShard) alloc(key uint64) uint32 {
-	var j uint32
-	if n := len(sh.free); n > 0 {
-		j = sh.free[n-1]
-		sh.free = sh.free[:n-1]
-	} else {
-		sh.slots = append(sh.slots, slot{})
-		j = uint32(len(sh.slots) - 1)
-	}
-	sh.index[key] = j
-	return j
 }
 
 // RefundAt is Refund at a caller-supplied time (µs).
@@ -247,47 +223,46 @@ func (m *Memory) RefundAt(now int64, subject string, checks []Check) {
 	defer sh.mu.Unlock()
 	for i := range checks {
 		c := &checks[i]
-		j, ok := sh.index[keys[i]]
-		if !ok {
+		j := sh.tab.find(keys[i])
+		if j < 0 {
 			continue
 		}
-		sl := &sh.slots[j]
+		sl := &sh.tab.slots[j]
 		st := algo.State{A: sl.a, B: sl.b, C: sl.c}
 		if c.Params.Kind == algo.SlidingWindowLog {
-			st.Log = sh.logs[j]
+			st.Log = sh.logs[keys[i]]
 		}
 		algo.Refund(&c.Params, &st, now, c.Cost)
 		sl.a, sl.b, sl.c, sl.idle = st.A, st.B, st.C, algo.IdleAt(&c.Params, &st)
 		if c.Params.Kind == algo.SlidingWindowLog {
-			sh.logs[j] = st.Log
+			sh.logs[keys[i]] = st.Log
 		}
 	}
 }
 
 // evict frees idle slots (idle time <= now: the window is over or the
 // bucket full, so forgetting the state changes no decision) until at least
-// need are free, scanning the slots at most once from where the last scan
-// stopped. It frees a batch (1/64 of the shard) at once so that a full
+// need are free, scanning the table at most about once from where the last
+// scan stopped. It frees a batch (1/64 of the shard) at once so that a full
 // shard does not scan on every insert. It reports whether enough room was
 // made; throttled state is never evicted.
 func (sh *memShard) evict(now int64, need int) bool {
-	want := max(need, len(sh.index)/64)
+	want := max(need, sh.tab.n/64)
 	freed := 0
-	n := len(sh.slots)
-	for k := 0; k < n && freed < want; k++ {
-		if sh.scan >= n {
+	size := len(sh.tab.slots)
+	// A removal shifts a later slot into the hole, so the same index is
+	// looked at again; visits bound the scan at size+freed steps.
+	for visits := 0; visits < size+want && freed < want; visits++ {
+		if sh.scan >= size {
 			sh.scan = 0
 		}
-		j := sh.scan
-		sh.scan++
-		sl := &sh.slots[j]
-		if sl.idle < 0 || sl.idle > now {
+		sl := &sh.tab.slots[sh.scan]
+		if sl.key == 0 || sl.idle > now {
+			sh.scan++
 			continue
 		}
-		delete(sh.index, sl.key)
-		delete(sh.logs, uint32(j))
-		*sl = slot{idle: -1}
-		sh.free = append(sh.free, uint32(j))
+		delete(sh.logs, sl.key)
+		sh.tab.remove(sh.scan)
 		freed++
 	}
 	return freed >= need

@@ -89,48 +89,89 @@ func hanging(t *testing.T) *httptest.Server {
 	return s
 }
 
-func TestKilledTargetMidTraffic(t *testing.T) {
-	env := newEnv(t, nil)
-	a, b := newCounting(t), newCounting(t)
-	p := env.apply(t, &config.Upstream{
-		Targets: targets(a.URL, b.URL), Retries: ptr(1), Timeout: config.Duration(2 * time.Second),
-		Passive: &config.Passive{ConsecutiveFailures: 3, Ejection: config.Duration(30 * time.Second)},
-	})
-	const total, workers = 2000, 8
-	var next, failed atomic.Int64
-	var killOnce sync.Once
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				n := next.Add(1)
-				if n > total {
-					return
-				}
-				if n == total/4 {
-					killOnce.Do(func() {
-						// Kill b hard: no new connections, open ones dropped.
-						_ = b.Listener.Close()
-						b.CloseClientConnections()
-					})
-				}
-				status, _, err := send(p, http.MethodGet, "")
-				if err != nil || status != 200 {
-					failed.Add(1)
-				}
+// modal is an upstream that turns bad on demand in one of the ways real
+// upstreams fail.
+type modal struct {
+	*httptest.Server
+	hits atomic.Int64
+	mode atomic.Value // "", "reset", "hang", "503"
+	stop chan struct{}
+}
+
+func newModal(t *testing.T) *modal {
+	t.Helper()
+	m := &modal{stop: make(chan struct{})}
+	m.mode.Store("")
+	m.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.hits.Add(1)
+		switch m.mode.Load().(string) {
+		case "reset":
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				_ = conn.Close()
 			}
-		}()
-	}
-	wg.Wait()
-	f := failed.Load()
-	t.Logf("failed %d of %d requests (a served %d, b %d)", f, total, a.hits.Load(), b.hits.Load())
-	if f*100 >= total {
-		t.Fatalf("%d of %d requests failed, want < 1%%", f, total)
-	}
-	if b.hits.Load() == 0 || a.hits.Load() < total/2 {
-		t.Fatalf("traffic not spread then moved: a=%d b=%d", a.hits.Load(), b.hits.Load())
+		case "hang":
+			select {
+			case <-m.stop:
+			case <-r.Context().Done():
+			}
+		case "503":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(func() { close(m.stop); m.Close() })
+	return m
+}
+
+// TestOneOfTwoTargetsFailsMidTraffic kills one of two targets a quarter of
+// the way into 2,000 requests from 8 workers, in each way upstreams fail:
+// fewer than 1% of the requests may fail.
+func TestOneOfTwoTargetsFailsMidTraffic(t *testing.T) {
+	for _, mode := range []string{"die", "reset", "hang", "503"} {
+		t.Run(mode, func(t *testing.T) {
+			env := newEnv(t, nil)
+			a, b := newModal(t), newModal(t)
+			p := env.apply(t, &config.Upstream{
+				Targets: targets(a.URL, b.URL), Retries: ptr(1), Timeout: config.Duration(200 * time.Millisecond),
+				Passive: &config.Passive{ConsecutiveFailures: 3, Ejection: config.Duration(30 * time.Second)},
+			})
+			const total, workers = 2000, 8
+			var next, failed atomic.Int64
+			var wg sync.WaitGroup
+			for range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						n := next.Add(1)
+						if n > total {
+							return
+						}
+						if n == total/4 {
+							if mode == "die" {
+								// No new connections, open ones dropped.
+								_ = b.Listener.Close()
+								b.CloseClientConnections()
+							} else {
+								b.mode.Store(mode)
+							}
+						}
+						status, _, err := send(p, http.MethodGet, "")
+						if err != nil || status != 200 {
+							failed.Add(1)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			f := failed.Load()
+			t.Logf("%s: failed %d of %d requests (a served %d, b %d)", mode, f, total, a.hits.Load(), b.hits.Load())
+			if f*100 >= total {
+				t.Fatalf("%d of %d requests failed, want < 1%%", f, total)
+			}
+			if b.hits.Load() == 0 || a.hits.Load() < total/2 {
+				t.Fatalf("traffic not spread then moved: a=%d b=%d", a.hits.Load(), b.hits.Load())
+			}
+		})
 	}
 }
 

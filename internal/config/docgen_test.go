@@ -518,7 +518,8 @@ with the YAML language server add ` + "`# yaml-language-server: $schema=../docs/
 
 - ` + "`${VAR}`" + ` expands from the environment inside scalar values (never keys); an unset ` + "`VAR`" + ` is an error at
   that value. ` + "`${VAR:-default}`" + ` uses the default when ` + "`VAR`" + ` is unset or empty. ` + "`$$`" + ` is a literal ` + "`$`" + `; a ` + "`$`" + `
-  before anything else stays as it is. Expanded text is never parsed as YAML.
+  before anything else stays as it is. Expanded text is never parsed as YAML. Inside a flow collection
+  (` + "`{...}`" + ` or ` + "`[...]`" + `) quote such values: ` + "`{token: \"${TOKEN}\"}`" + `, since braces end the collection.
 - **duration**: a number with a unit, ` + "`ms`, `s`, `m`, `h`, `d`" + ` (24h) or ` + "`w`" + ` (7d), combinable (` + "`1m30s`" + `), or ` + "`0`" + `. A
   bare number is an error, so a forgotten unit never means nanoseconds.
 - **size**: an integer byte count, or a number with ` + "`KiB`, `MiB`, `GiB`" + ` (binary) or ` + "`KB`, `MB`, `GB`" + ` (decimal).

@@ -36,6 +36,11 @@ func LoadBytes(name string, data []byte) (*Config, error) {
 }
 
 func load(paths []string, lookup func(string) (string, bool)) (*Config, error) {
+	return loadCached(paths, lookup, nil)
+}
+
+// loadCached is load with an optional cache of parsed files.
+func loadCached(paths []string, lookup func(string) (string, bool), cache *astCache) (*Config, error) {
 	errs := &Errors{}
 	if len(paths) == 0 {
 		errs.add(Error{Msg: "no configuration file given"})
@@ -59,6 +64,7 @@ func load(paths []string, lookup func(string) (string, bool)) (*Config, error) {
 	}
 	l := newLoader(lookup, total)
 	l.errs = errs
+	l.cache = cache
 	for i, f := range files {
 		if datas[i] != nil {
 			l.file(f, datas[i])
@@ -145,6 +151,22 @@ type loader struct {
 
 	// owner records where each singleton section was first defined.
 	owner map[string]pos
+
+	cache *astCache // nil: parse every file
+}
+
+// parse parses one file, through the cache when there is one.
+func (l *loader) parse(name string, data []byte) (*ast.File, error) {
+	if l.cache != nil {
+		if f, ok := l.cache.get(name, data); ok {
+			return f, nil
+		}
+	}
+	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
+	if err == nil && l.cache != nil {
+		l.cache.put(name, data, f)
+	}
+	return f, err
 }
 
 // newLoader returns a loader for about size bytes of YAML.
@@ -167,7 +189,7 @@ var singletons = map[string]bool{"server": true, "admin": true, "logging": true,
 
 func (l *loader) file(name string, data []byte) {
 	l.cfg.Files = append(l.cfg.Files, name)
-	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
+	f, err := l.parse(name, data)
 	if err != nil {
 		l.errs.add(syntaxError(name, err))
 		return

@@ -1,0 +1,97 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+func TestLoaderReusesUnchangedFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.yaml", "version: 1\n"+minimalRoute)
+	write("b.yaml", "version: 1\nlogging:\n  level: ${LEVEL}\n")
+	env := map[string]string{"LEVEL": "warn"}
+	l := &Loader{LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }}
+
+	first, err := l.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.cache.hits != 0 || len(l.cache.files) != 2 {
+		t.Fatalf("first load: %d hits, %d cached", l.cache.hits, len(l.cache.files))
+	}
+
+	// Unchanged files: both trees reused, same result, fresh env.
+	env["LEVEL"] = "error"
+	second, err := l.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.cache.hits != 2 {
+		t.Errorf("second load: %d hits, want 2", l.cache.hits)
+	}
+	if second.Logging.Level != "error" {
+		t.Errorf("level = %q: the environment must be read on every load", second.Logging.Level)
+	}
+	second.Logging.Level = first.Logging.Level
+	if !reflect.DeepEqual(first, second) {
+		t.Errorf("reload from cached trees differs:\n%+v\n%+v", first, second)
+	}
+	if second.Where("routes[0].name") != filepath.Join(dir, "a.yaml")+":6:5" {
+		t.Errorf("Where after reload = %q", second.Where("routes[0].name"))
+	}
+
+	// One file changed: only it is parsed again; a broken edit is reported
+	// and the next good one loads.
+	write("b.yaml", "version: 1\nlogging: {level: [\n")
+	if _, err := l.Load(dir); err == nil {
+		t.Fatal("broken file loaded")
+	}
+	if l.cache.hits != 3 {
+		t.Errorf("after changing b.yaml: %d hits, want 3", l.cache.hits)
+	}
+	write("b.yaml", "version: 1\nlogging: {level: debug}\n")
+	c, err := l.Load(dir)
+	if err != nil || c.Logging.Level != "debug" {
+		t.Fatalf("level %v, err %v", c, err)
+	}
+
+	// A removed file leaves the cache.
+	if err := os.Remove(filepath.Join(dir, "b.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.cache.files) != 1 {
+		t.Errorf("%d files cached after removing one, want 1", len(l.cache.files))
+	}
+}
+
+// BenchmarkReload1000Routes is a reload through a Loader of an unchanged
+// 1,000-route file: decode, defaults and validation without the YAML parse.
+func BenchmarkReload1000Routes(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "big.yaml")
+	if err := os.WriteFile(path, bigConfig(1000, true), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	l := &Loader{}
+	if _, err := l.Load(path); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	start := cpuTime()
+	for b.Loop() {
+		if _, err := l.Load(path); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((cpuTime()-start).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+}

@@ -186,3 +186,62 @@ func TestRegistrySharesCollectorsAndCloses(t *testing.T) {
 	}
 	// goleak in TestMain checks that the checker goroutines are gone.
 }
+
+func TestConsistentHashThroughPool(t *testing.T) {
+	env := newEnv(t, nil)
+	servers := []*counting{newCounting(t), newCounting(t), newCounting(t)}
+	var urls []string
+	for _, s := range servers {
+		urls = append(urls, s.URL)
+	}
+	p := env.apply(t, &config.Upstream{Targets: targets(urls...), Balance: "consistent_hash", HashKey: "header:X-User-Id"})
+	whoServed := func(user string) string {
+		req, _ := http.NewRequest(http.MethodGet, "http://upstream.invalid/", nil)
+		req.Header.Set("X-User-Id", user)
+		res, err := p.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return string(b)
+	}
+	first := map[string]string{}
+	for i := range 60 {
+		user := "user-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		first[user] = whoServed(user)
+		for range 2 {
+			if got := whoServed(user); got != first[user] {
+				t.Fatalf("%s went to %s, then %s", user, first[user], got)
+			}
+		}
+	}
+	// Take the first target out: only its users move.
+	down := "from " + strings.TrimPrefix(urls[0], "http://")
+	p.targets[0].healthy.Store(false)
+	defer p.targets[0].healthy.Store(true)
+	moved := 0
+	for user, was := range first {
+		got := whoServed(user)
+		switch {
+		case got == down:
+			t.Fatalf("%s still sent to the unhealthy target", user)
+		case was == down:
+			moved++
+		case got != was:
+			t.Fatalf("%s moved from %s to %s though its target is up", user, was, got)
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no user was on the first target; the test proves nothing")
+	}
+}
+
+func TestHealthCheckTimeoutMarksDown(t *testing.T) {
+	env := newEnv(t, nil)
+	h := hanging(t)
+	env.apply(t, &config.Upstream{Targets: targets(h.URL), HealthCheck: &config.HealthCheck{
+		Path: "/healthz", Interval: config.Duration(30 * time.Millisecond), Timeout: config.Duration(10 * time.Millisecond),
+		UnhealthyThreshold: 1}})
+	eventually(t, "hanging target marked down", func() bool { return !statusOf(t, env.reg, "u").Targets[0].Healthy })
+}

@@ -14,7 +14,7 @@ func TestTableMatchesMap(t *testing.T) {
 	var tab table
 	ref := map[uint64]int64{}
 	var live []uint64
-	for step := range 200_000 {
+	for step := range 20_000 {
 		switch op := rng.IntN(10); {
 		case op < 6 || len(live) == 0:
 			k := fixKey(rng.Uint64()&0xff<<56 | rng.Uint64N(64))
@@ -37,7 +37,7 @@ func TestTableMatchesMap(t *testing.T) {
 			tab.remove(i)
 			delete(ref, k)
 		}
-		if step%1000 == 0 {
+		if step%2000 == 0 {
 			if tab.n != len(ref) {
 				t.Fatalf("step %d: table holds %d, map %d", step, tab.n, len(ref))
 			}

@@ -1,0 +1,251 @@
+// Package admin serves the admin listener: health and readiness probes, the
+// Prometheus metrics, the JSON admin API (routes, upstreams, live stats,
+// SLOs, reload) and the embedded live dashboard.
+//
+// The handler knows nothing about the gateway's types: every view is a
+// function in Deps returning a JSON-ready value, so the gateway decides what
+// to show and this package only serves, authenticates and renders it.
+package admin
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	_ "embed"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/portico-gw/portico/internal/problem"
+)
+
+// Deps are what the admin API shows and does. A nil view function answers
+// 503 (not available in this process); Ready nil means always ready.
+type Deps struct {
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on
+	// /admin/* and /dashboard/ (the dashboard page also accepts ?token=,
+	// since a browser cannot add the header to a navigation). /healthz,
+	// /readyz and /metrics never need it: probes and scrapers.
+	Token string
+	// Metrics serves GET /metrics.
+	Metrics http.Handler
+	// Ready reports whether the gateway serves traffic (false while
+	// draining).
+	Ready func() bool
+	// Reload applies the configuration again. An error wrapping a
+	// *problem.Error answers with that error's status; any other error is
+	// taken as a rejected configuration (400) and its text, one problem per
+	// line, is returned in the problem's "errors" member.
+	Reload func() error
+	// Views for GET /admin/routes, /admin/upstreams, /admin/stats and
+	// /admin/slo.
+	Routes, Upstreams, Stats, SLO func() any
+	// Logger records reloads requested here; nil discards.
+	Logger *slog.Logger
+}
+
+//go:embed dashboard.html
+var dashboardHTML []byte
+
+type server struct {
+	deps      Deps
+	tokenHash [32]byte
+	csp       string
+}
+
+// New returns the admin listener's handler.
+func New(deps Deps) http.Handler {
+	s := &server{deps: deps}
+	if s.deps.Logger == nil {
+		s.deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Token != "" {
+		s.tokenHash = sha256.Sum256([]byte(deps.Token))
+	}
+	s.csp = dashboardCSP(dashboardHTML)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /metrics", s.metrics)
+	mux.Handle("GET /admin/routes", s.auth(s.view(func() func() any { return s.deps.Routes })))
+	mux.Handle("GET /admin/upstreams", s.auth(s.view(func() func() any { return s.deps.Upstreams })))
+	mux.Handle("GET /admin/stats", s.auth(s.view(func() func() any { return s.deps.Stats })))
+	mux.Handle("GET /admin/slo", s.auth(s.view(func() func() any { return s.deps.SLO })))
+	mux.Handle("POST /admin/reload", s.auth(http.HandlerFunc(s.reload)))
+	mux.Handle("GET /dashboard/{$}", s.authOrQuery(http.HandlerFunc(s.dashboard)))
+	mux.HandleFunc("GET /dashboard", func(w http.ResponseWriter, r *http.Request) {
+		u := "/dashboard/"
+		if r.URL.RawQuery != "" {
+			u += "?" + r.URL.RawQuery
+		}
+		http.Redirect(w, r, u, http.StatusMovedPermanently)
+	})
+	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/admin/reload" { // the one POST-only endpoint
+			w.Header().Set("Allow", http.MethodPost)
+			problem.WriteStatus(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
+			return
+		}
+		problem.WriteStatus(w, r, http.StatusNotFound, "not_found", "no such admin endpoint")
+	})
+	return mux
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Ready != nil && !s.deps.Ready() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Metrics == nil {
+		problem.WriteStatus(w, r, http.StatusServiceUnavailable, "unavailable", "metrics are not available")
+		return
+	}
+	s.deps.Metrics.ServeHTTP(w, r)
+}
+
+// view serves the JSON of a view function; get reads the field late so a
+// Deps built in steps still works.
+func (s *server) view(get func() func() any) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f := get()
+		if f == nil {
+			problem.WriteStatus(w, r, http.StatusServiceUnavailable, "unavailable", "this view is not available")
+			return
+		}
+		writeJSON(w, http.StatusOK, f())
+	})
+}
+
+func (s *server) reload(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Reload == nil {
+		problem.WriteStatus(w, r, http.StatusServiceUnavailable, "unavailable", "reload is not available")
+		return
+	}
+	start := time.Now()
+	err := s.deps.Reload()
+	if err == nil {
+		s.deps.Logger.Info("admin: config reloaded", "remote", r.RemoteAddr)
+		writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "duration_ms": float64(time.Since(start).Microseconds()) / 1e3})
+		return
+	}
+	s.deps.Logger.Warn("admin: reload failed", "remote", r.RemoteAddr, "err", err)
+	var pe *problem.Error
+	if errors.As(err, &pe) {
+		problem.Write(w, r, pe)
+		return
+	}
+	var lines []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	problem.Write(w, r, &problem.Error{Status: http.StatusBadRequest, Code: "invalid_config",
+		Detail: "the configuration was rejected; the running one stays in force", Cause: err,
+		Extra: map[string]any{"errors": lines}})
+}
+
+func (s *server) tokenOK(got string) bool {
+	h := sha256.Sum256([]byte(got))
+	// Comparing digests keeps the comparison constant-time in the length too.
+	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+}
+
+func bearer(r *http.Request) (string, bool) {
+	a := r.Header.Get("Authorization")
+	if len(a) > 7 && strings.EqualFold(a[:7], "bearer ") {
+		return strings.TrimSpace(a[7:]), true
+	}
+	return "", false
+}
+
+func (s *server) unauthorized(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="portico-admin"`)
+	problem.WriteStatus(w, r, http.StatusUnauthorized, "unauthorized", "a valid admin bearer token is required")
+}
+
+func (s *server) auth(next http.Handler) http.Handler {
+	if s.deps.Token == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tok, ok := bearer(r); !ok || !s.tokenOK(tok) {
+			s.unauthorized(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) authOrQuery(next http.Handler) http.Handler {
+	if s.deps.Token == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := bearer(r)
+		if !ok {
+			tok, ok = r.URL.Query().Get("token"), r.URL.Query().Has("token")
+		}
+		if !ok || !s.tokenOK(tok) {
+			s.unauthorized(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) dashboard(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", s.csp)
+	// The token may be in this URL: keep it out of Referer headers.
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	_, _ = w.Write(dashboardHTML)
+}
+
+// dashboardCSP allows exactly the page's own inline script (by hash) and
+// fetches to this origin; nothing else loads. Styles may be inline because the
+// page sets style attributes (bar widths) and CSS cannot run code.
+func dashboardCSP(page []byte) string {
+	hashOf := func(open, close string) string {
+		i := bytes.Index(page, []byte(open))
+		if i < 0 {
+			return ""
+		}
+		rest := page[i+len(open):]
+		j := bytes.Index(rest, []byte(close))
+		if j < 0 {
+			return ""
+		}
+		sum := sha256.Sum256(rest[:j])
+		return " 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"
+	}
+	return "default-src 'none'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none';" +
+		" script-src" + hashOf("<script>", "</script>") + "; style-src 'unsafe-inline'"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":"encoding the view failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+	_, _ = w.Write([]byte("\n"))
+}

@@ -486,3 +486,28 @@ func BenchmarkStep(b *testing.B) {
 		})
 	}
 }
+
+// TestLogStepKeepsOldSlice: an admitted log step must not change the
+// entries visible through the slice it was given, so a store deciding
+// several checks all-or-nothing can still drop the step when another check
+// rejects.
+func TestLogStepKeepsOldSlice(t *testing.T) {
+	p := Params{Kind: SlidingWindowLog, Limit: 4, Window: 1000}
+	s := State{Log: make([]int64, 0, 8)}
+	for i := range 3 {
+		Step(&p, &s, t0+int64(i)*400, 1) // entries at 0, 400, 800
+	}
+	old := s.Log
+	snapshot := slices.Clone(old)
+	// At 1200 the entry at 0 has expired; admit 2 more.
+	c := State{Log: old}
+	if d := Step(&p, &c, t0+1200, 2); !d.Allowed {
+		t.Fatalf("not admitted: %+v", d)
+	}
+	if !slices.Equal(old, snapshot) {
+		t.Fatalf("old slice changed: %v -> %v", snapshot, old)
+	}
+	if want := []int64{t0 + 400, t0 + 800, t0 + 1200, t0 + 1200}; !slices.Equal(c.Log, want) {
+		t.Fatalf("new log %v, want %v", c.Log, want)
+	}
+}

@@ -57,6 +57,7 @@ func loadCached(paths []string, lookup func(string) (string, bool), cache *astCa
 		data, err := os.ReadFile(f)
 		if err != nil {
 			errs.add(Error{File: f, Msg: readError(err)})
+			datas[i] = nil
 			continue
 		}
 		datas[i] = data
@@ -65,6 +66,7 @@ func loadCached(paths []string, lookup func(string) (string, bool), cache *astCa
 	l := newLoader(lookup, total)
 	l.errs = errs
 	l.cache = cache
+	l.broken = len(errs.List) > 0 // a path or file could not be read
 	for i, f := range files {
 		if datas[i] != nil {
 			l.file(f, datas[i])
@@ -153,6 +155,9 @@ type loader struct {
 	owner map[string]pos
 
 	cache *astCache // nil: parse every file
+
+	// broken is set when a file could not be read or parsed.
+	broken bool
 }
 
 // parse parses one file, through the cache when there is one.
@@ -192,6 +197,7 @@ func (l *loader) file(name string, data []byte) {
 	f, err := l.parse(name, data)
 	if err != nil {
 		l.errs.add(syntaxError(name, err))
+		l.broken = true
 		return
 	}
 	d := &decoder{
@@ -227,6 +233,7 @@ func (l *loader) file(name string, data []byte) {
 	root, ok := d.resolve(docs[0].Body).(*ast.MappingNode)
 	if !ok {
 		d.errorf(docs[0].Body, "", "the file must be a mapping (version: 1, server: ..., routes: ...)")
+		l.broken = true
 		return
 	}
 	rv := reflect.ValueOf(l.cfg).Elem()
@@ -343,7 +350,10 @@ func syntaxError(file string, err error) Error {
 
 // finish applies defaults, validates and returns the merged config.
 func (l *loader) finish() (*Config, error) {
-	if len(l.errs.List) > 0 && l.cfg.Version == 0 && len(l.pos) == 0 {
+	if l.broken {
+		// A file that could not be read or parsed would make every name it
+		// defines look undefined elsewhere: report what was found so far
+		// and validate once every file parses.
 		return nil, l.errs.orNil()
 	}
 	applyDefaults(l.cfg)

@@ -32,16 +32,11 @@ type parsedToken struct {
 	hasIAT       bool
 }
 
-type jwsHeader struct {
-	Alg  string          `json:"alg"`
-	Kid  string          `json:"kid"`
-	Crit json.RawMessage `json:"crit"`
-}
-
 // parseToken splits and decodes a compact JWT (RFC 7519 section 7.2) and
 // checks everything that needs no key: three base64url parts, a JSON object
-// header whose alg is in allowed (never "none"), no "crit" extensions (RFC
-// 7515 section 4.1.11: we understand none, so we must reject them), a JSON
+// header with a string alg that is in allowed (never "none") and a string
+// kid if any, no "crit" (RFC 7515 section 4.1.11: we understand no
+// extensions, so we must reject a token that requires one), a JSON
 // object payload with a numeric exp and numeric nbf/iat when present.
 // A disallowed or unknown alg is reasonBadSignature: the token is not
 // signed in a way this provider accepts.
@@ -66,11 +61,21 @@ func parseToken(tok string, allowed algSet) (parsedToken, reason) {
 	if err != nil {
 		return pt, reasonMalformed
 	}
-	var hdr jwsHeader
-	if err := json.Unmarshal(hdrJSON, &hdr); err != nil || len(hdrJSON) == 0 || hdrJSON[0] != '{' {
+	// A map, not a struct: encoding/json matches struct fields
+	// case-insensitively, but JOSE header names are case-sensitive ("Alg"
+	// is not "alg").
+	var hdr map[string]json.RawMessage
+	if err := json.Unmarshal(hdrJSON, &hdr); err != nil || hdr == nil {
 		return pt, reasonMalformed
 	}
-	if len(hdr.Crit) > 0 && string(hdr.Crit) != "null" {
+	if _, crit := hdr["crit"]; crit {
+		return pt, reasonMalformed
+	}
+	var algName, kid string
+	if raw, ok := hdr["alg"]; !ok || json.Unmarshal(raw, &algName) != nil {
+		return pt, reasonMalformed
+	}
+	if raw, ok := hdr["kid"]; ok && json.Unmarshal(raw, &kid) != nil {
 		return pt, reasonMalformed
 	}
 	payload, err := b64.DecodeString(tok[d1+1 : d2])
@@ -81,7 +86,7 @@ func parseToken(tok string, allowed algSet) (parsedToken, reason) {
 	if err != nil || len(sig) == 0 {
 		return pt, reasonMalformed
 	}
-	a, ok := algByName(hdr.Alg)
+	a, ok := algByName(algName)
 	if !ok || !allowed.has(a.id) {
 		return pt, reasonBadSignature
 	}
@@ -101,7 +106,7 @@ func parseToken(tok string, allowed algSet) (parsedToken, reason) {
 	if _, present := claims["iat"]; present && !pt.hasIAT {
 		return pt, reasonMalformed
 	}
-	pt.alg, pt.kid, pt.sig, pt.claims, pt.exp = a, hdr.Kid, sig, claims, exp
+	pt.alg, pt.kid, pt.sig, pt.claims, pt.exp = a, kid, sig, claims, exp
 	pt.signingInput = tok[:d2]
 	return pt, reasonNone
 }

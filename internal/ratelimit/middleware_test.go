@@ -768,6 +768,52 @@ func TestBreakerTiming(t *testing.T) {
 	}
 }
 
+// hangingStore never answers: each call lasts until its context ends, as a
+// blackholed Redis does.
+type hangingStore struct{ calls atomic.Int64 }
+
+func (h *hangingStore) Decide(ctx context.Context, _ string, _ []Check, _ []algo.Decision) error {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (h *hangingStore) Refund(ctx context.Context, _ string, _ []Check) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestStoreTimeoutSwitch: a blackholed store costs each request at most the
+// store timeout (20ms) until the breaker opens after three, then nothing.
+func TestStoreTimeoutSwitch(t *testing.T) {
+	hs := &hangingStore{}
+	e := newEnv(t, envOpt{store: hs, policies: map[string]*config.Policy{"p": pol("fixed_window", 100, time.Minute, "ip")}, route: []string{"p"}})
+	var total time.Duration
+	for i := range 3 {
+		start := time.Now()
+		if r := e.do(); r.code != 200 {
+			t.Fatalf("request %d: %d (local fallback should admit)", i, r.code)
+		}
+		d := time.Since(start)
+		total += d
+		if d < 20*time.Millisecond {
+			t.Fatalf("request %d answered in %v, before the store timeout", i, d)
+		}
+	}
+	// Generous bound for a loaded machine; the design figure is 3 x 20ms.
+	if total > time.Second {
+		t.Fatalf("three timeouts took %v", total)
+	}
+	start := time.Now()
+	e.do()
+	if hs.calls.Load() != 3 {
+		t.Fatalf("store called %d times, want 3 (breaker open)", hs.calls.Load())
+	}
+	if d := time.Since(start); d > 10*time.Millisecond {
+		t.Logf("open breaker request took %v (machine load)", d)
+	}
+}
+
 func TestHerdThroughMiddleware(t *testing.T) {
 	e := newEnv(t, envOpt{policies: map[string]*config.Policy{"p": pol("sliding_window_log", 100, time.Minute, "global")}, route: []string{"p"}})
 	srv := httptest.NewServer(e.handler)

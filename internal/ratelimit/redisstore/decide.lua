@@ -9,11 +9,14 @@
 -- ARGV[2]    now in µs, or '' to read Redis TIME (tests pass a clock)
 -- ARGV[3]    n, the number of policies
 -- ARGV[4]    active nodes (lease size clamp)
--- then per policy 8 values:
---            name, kind, limit, window, max_delay, cost, lease_want, lease_ttl
+-- then per policy 10 values:
+--            name, kind, limit, window, max_delay, cost, lease_want,
+--            lease_ttl, lease_back (units of a lapsed lease given back),
+--            lease_back_window (the window start that lease was taken in)
 --
 -- Reply: {now, all_allowed, then per policy: allowed, remaining,
---         retry_after, reset_after, delay, granted, lease_expires_after}
+--         retry_after, reset_after, delay, granted, lease_expires_after,
+--         lease_window}
 --
 -- Numbers are integer µs in Lua doubles, exact below 2^53 (algo.Validate
 -- keeps every value there). They are written with string.format('%d'),
@@ -70,7 +73,7 @@ local P = {}
 local fields = {}
 local logi = 1
 for i = 1, n do
-  local o = 4 + (i - 1) * 8
+  local o = 4 + (i - 1) * 10
   local p = {
     name = ARGV[o + 1],
     kind = tonumber(ARGV[o + 2]),
@@ -80,6 +83,8 @@ for i = 1, n do
     cost = nonneg(tonumber(ARGV[o + 6])),
     want = tonumber(ARGV[o + 7]),
     ttl = tonumber(ARGV[o + 8]),
+    back = tonumber(ARGV[o + 9]),
+    backwin = tonumber(ARGV[o + 10]),
     allowed = false, remaining = 0, retry = 0, reset = 0, delay = 0,
     granted = 0, expires = 0, write = false,
   }
@@ -344,6 +349,18 @@ for i = 1, n do
     refund(p)
     p.allowed = true
   elseif op == 'l' then
+    -- Units a node could not spend before its lease lapsed go back first,
+    -- into the window they were taken from only (a window that has rolled
+    -- has no use for them; a bucket takes them back down to full).
+    if p.back > 0 then
+      if p.kind == FIXED or p.kind == COUNTER then
+        if raw[i] and p.a == p.backwin then p.b = nonneg(p.b - p.back) end
+      else
+        local tat = p.a - p.back * p.window
+        if tat < now then tat = now end
+        if tat < p.a then p.a = tat end
+      end
+    end
     -- Grant g = min(max(k, cost), room) with k = clamp(want, 1,
     -- room / (4 * nodes)): batches shrink to single units as the quota
     -- runs out, and never exceed what an exact decision would admit.
@@ -409,8 +426,9 @@ for i = 1, n do
   local p = P[i]
   local ok = 0
   if p.allowed then ok = 1 end
-  local granted, expires = p.granted, p.expires
+  local granted, expires, win = p.granted, p.expires, 0
   if not all then granted, expires = 0, 0 end
+  if p.kind == FIXED or p.kind == COUNTER then win = p.a end
   out[#out + 1] = ok
   out[#out + 1] = p.remaining
   out[#out + 1] = p.retry
@@ -418,5 +436,6 @@ for i = 1, n do
   out[#out + 1] = p.delay
   out[#out + 1] = granted
   out[#out + 1] = expires
+  out[#out + 1] = win
 end
 return out

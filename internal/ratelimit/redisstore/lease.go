@@ -66,6 +66,8 @@ type lease struct {
 	params   algo.Params
 	gen      uint64 // bumped at each grant, so a give-back never reaches a newer lease
 	tokens   int64
+	back     int64 // unspent units to give back with the next grant call
+	window   int64 // the window start the current lease belongs to
 	expires  int64 // local µs
 	localAt  int64 // local µs when the granting call was sent
 	redisAt  int64 // the script's now for that call
@@ -238,6 +240,9 @@ func (ls *lease) take(p algo.Params, cost, now int64) (int, uint64, chan struct{
 	if ls.fetching != nil {
 		return takeWait, 0, ls.fetching
 	}
+	// What is left (lapsed, or too little for cost) goes back with the
+	// next grant's call.
+	ls.back, ls.tokens = ls.tokens, 0
 	ls.fetching = make(chan struct{})
 	return takeFetch, 0, nil
 }
@@ -262,13 +267,11 @@ func (ls *lease) want(cost, ttl, now int64) int64 {
 	if ls.grantAt == 0 {
 		return cost
 	}
+	// Half the units the recent rate would spend in a lease life: a lease
+	// is then normally used up at mid-life, so few units lapse when the
+	// rate dips, for twice the calls of a full-life batch.
 	elapsed := max(now-ls.grantAt, 1)
-	w := used * ttl / elapsed
-	if w < used && elapsed < ttl {
-		// used up before its life ended: at least as much again
-		w = used
-	}
-	return max(w, cost)
+	return max(used*ttl/elapsed/2, cost)
 }
 
 // decision is the local view: the quota left at the grant plus what this
@@ -455,12 +458,16 @@ func (l *LeaseStore) fetch(ctx context.Context, subject string, checks []ratelim
 	for j, i := range idx {
 		sub[j] = checks[i]
 		ttl := leaseTTL(&checks[i].Params)
-		reqs[j] = leaseReq{want: leases[i].want(checks[i].Cost, ttl, sent), ttl: ttl}
+		ls := leases[i]
+		ls.mu.Lock()
+		back, backWin := ls.back, ls.window
+		ls.back = 0
+		ls.mu.Unlock()
+		reqs[j] = leaseReq{want: ls.want(checks[i].Cost, ttl, sent), ttl: ttl, back: back, backWin: backWin}
 	}
 	dec := make([]algo.Decision, len(idx))
 	grants := make([]grant, len(idx))
 	at, err := l.s.execNodes(ctx, opLease, subject, sub, reqs, dec, grants, noNow, nodes)
-	arrived := l.clock()
 	if err != nil {
 		l.endFetch(leases, idx)
 		return false, 0, err
@@ -479,7 +486,13 @@ func (l *LeaseStore) fetch(ctx context.Context, subject string, checks []ratelim
 				ls := leases[i]
 				ls.mu.Lock()
 				if dec[j].RetryAfter > 0 {
-					ls.deniedUntil = arrived + dec[j].RetryAfter
+					// Counted from when the call left, not when the reply
+					// came: Redis's now lies between the two, so this ends
+					// no later than the true retry instant and rejects
+					// nothing an exact decision would admit because of the
+					// round trip. (The cache only rejects; whatever it lets
+					// through, Redis decides.)
+					ls.deniedUntil = sent + dec[j].RetryAfter
 					ls.deniedCost = checks[i].Cost
 					ls.deniedDec = dec[j]
 					ls.redisAt, ls.localAt = at, sent
@@ -496,6 +509,7 @@ func (l *LeaseStore) fetch(ctx context.Context, subject string, checks []ratelim
 		gens[i] = ls.gen
 		ls.tokens = grants[j].granted - checks[i].Cost
 		ls.expires = sent + grants[j].expires
+		ls.window = grants[j].window
 		ls.localAt, ls.redisAt = sent, at
 		ls.last = dec[j]
 		ls.used, ls.grantAt = checks[i].Cost, sent

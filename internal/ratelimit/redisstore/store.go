@@ -226,18 +226,21 @@ const (
 const noNow = int64(-1)
 
 // Fields per policy in the script's reply.
-const replyPerPolicy = 7
+const replyPerPolicy = 8
 
 // leaseReq is the per-check input of a lease call.
 type leaseReq struct {
-	want int64 // units the node would like (before the script's clamp)
-	ttl  int64 // µs a lease may live
+	want    int64 // units the node would like (before the script's clamp)
+	ttl     int64 // µs a lease may live
+	back    int64 // unspent units of the previous lease, given back
+	backWin int64 // the window start that lease was taken in
 }
 
 // grant is the per-check lease result.
 type grant struct {
 	granted int64 // units granted (0 when rejected)
 	expires int64 // µs after the script's now when the lease lapses
+	window  int64 // window start the grant belongs to (windowed kinds)
 }
 
 // paramStrings caches a policy's numbers as script arguments.
@@ -287,7 +290,7 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 	base := subjectKey(subject)
 	keys := make([]string, 1, 1+len(checks))
 	keys[0] = base
-	args := make([]string, 0, 4+8*len(checks))
+	args := make([]string, 0, 4+10*len(checks))
 	nowArg := ""
 	if now != noNow {
 		nowArg = strconv.FormatInt(now, 10)
@@ -299,13 +302,15 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 			keys = append(keys, base+":log:"+c.Policy)
 		}
 		ps := s.paramArgs(c.Params)
-		want, ttl := "0", "0"
+		want, ttl, back, backWin := "0", "0", "0", "0"
 		if leases != nil {
 			want = strconv.FormatInt(leases[i].want, 10)
 			ttl = strconv.FormatInt(leases[i].ttl, 10)
+			back = strconv.FormatInt(leases[i].back, 10)
+			backWin = strconv.FormatInt(leases[i].backWin, 10)
 		}
 		args = append(args, c.Policy, ps.kind, ps.limit, ps.window, ps.maxDelay,
-			strconv.FormatInt(c.Cost, 10), want, ttl)
+			strconv.FormatInt(c.Cost, 10), want, ttl, back, backWin)
 	}
 
 	// WithTimeout keeps an earlier deadline of the caller's.
@@ -333,7 +338,7 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 			out[i] = algo.Decision{Allowed: v[0] == 1, Remaining: v[1], RetryAfter: v[2], ResetAfter: v[3], Delay: v[4]}
 		}
 		if grants != nil {
-			grants[i] = grant{granted: v[5], expires: v[6]}
+			grants[i] = grant{granted: v[5], expires: v[6], window: v[7]}
 		}
 	}
 	return used, nil

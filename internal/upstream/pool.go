@@ -164,7 +164,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 			ok, pr := p.br.allow(now)
 			if !ok {
 				if attempt == 0 {
-					rb.finish()
+					rb.abort()
 					up.inflight.Add(-1)
 					return nil, errBreakerOpen()
 				}
@@ -178,7 +178,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 				p.br.record(now, outcomeNeutral, true)
 			}
 			if attempt == 0 {
-				rb.finish()
+				rb.abort()
 				up.inflight.Add(-1)
 				return nil, errNoHealthyTarget()
 			}
@@ -207,7 +207,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		if i < 64 {
 			tried |= 1 << uint(i)
 		}
-		res, err := p.attempt(ctx, req, p.targets[i], body, probe)
+		res, err := p.attempt(ctx, req, p.targets[i], body, rb.getBody, probe)
 		now = p.reg.now().UnixNano()
 		if attempt >= p.retries || !p.retryable(ctx, req, res, err, &rb, now) {
 			return p.final(&rb, res, err)
@@ -319,7 +319,8 @@ type attemptRWBody struct {
 
 func (b attemptRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
-func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser, probe bool) (*http.Response, error) {
+func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser,
+	getBody func() (io.ReadCloser, error), probe bool) (*http.Response, error) {
 	a := &attemptState{t: t}
 	var out *http.Request
 	if p.timeout > 0 {
@@ -338,6 +339,9 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 		out.Host = t.host
 	}
 	out.Body = body
+	if getBody != nil {
+		out.GetBody = getBody
+	}
 
 	t.inflight.Add(1)
 	start := time.Now()
@@ -502,10 +506,11 @@ func closeRequestBody(req *http.Request) {
 
 // replay is how a request body is resent on a retry.
 type replay struct {
-	mode  replayMode
-	req   *http.Request
-	buf   []byte
-	guard *guardBody
+	mode    replayMode
+	req     *http.Request
+	buf     []byte
+	getBody func() (io.ReadCloser, error) // for replayBuffered
+	guard   *guardBody
 }
 
 type replayMode int8
@@ -534,6 +539,9 @@ func (p *Pool) initReplay(rb *replay, req *http.Request) error {
 				"the request body could not be read", err)
 		}
 		rb.mode, rb.buf = replayBuffered, buf
+		// http.Transport resends a request on a kept-alive connection that
+		// the server closed before reading it, but only with GetBody.
+		rb.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
 	default:
 		rb.mode = replayGuarded
 		rb.guard = &guardBody{rc: req.Body, hold: true}
@@ -570,6 +578,15 @@ func (rb *replay) next() (io.ReadCloser, error) {
 		return rb.guard, nil
 	}
 	return rb.req.Body, nil
+}
+
+// abort closes a body no attempt took: a RoundTripper closes the request
+// body whatever happens.
+func (rb *replay) abort() {
+	rb.finish()
+	if rb.mode != replayBuffered { // a buffered body was closed when read
+		closeRequestBody(rb.req)
+	}
 }
 
 // finish lets the transport's close of a guarded body through.

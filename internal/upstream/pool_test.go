@@ -456,3 +456,32 @@ func TestPreserveHost(t *testing.T) {
 		}
 	}
 }
+
+// closeTracker records whether a request body was closed.
+type closeTracker struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (c *closeTracker) Close() error { c.closed.Store(true); return nil }
+
+func TestRequestBodyClosedWhenNoAttemptIsMade(t *testing.T) {
+	clock := newFakeClock()
+	env := newEnv(t, clock)
+	s := newCounting(t)
+	s.status.Store(500)
+	p := env.apply(t, &config.Upstream{Targets: targets(s.URL), Retries: ptr(1), MaxInflight: 10,
+		CircuitBreaker: &config.CircuitBreaker{FailureRatio: 0.5, MinRequests: 1, OpenFor: config.Duration(time.Minute)}})
+	send(p, http.MethodGet, "") // opens the breaker
+	for _, method := range []string{http.MethodPost, http.MethodPut} {
+		body := &closeTracker{Reader: strings.NewReader("x")}
+		req, _ := http.NewRequest(method, "http://upstream.invalid/", nil)
+		req.Body, req.ContentLength = body, 1
+		if _, err := p.RoundTrip(req); problemCode(err) != "breaker_open" {
+			t.Fatalf("err %v", err)
+		}
+		if !body.closed.Load() {
+			t.Fatalf("%s: request body left open after breaker_open", method)
+		}
+	}
+}

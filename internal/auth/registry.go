@@ -217,6 +217,7 @@ func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthP
 			errs = append(errs, fmt.Errorf("auth.%s: type %q is not jwt or api_key", name, pc.Type))
 		}
 	}
+	errs = append(errs, checkIdentityHeaders(set.providers)...)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -372,4 +373,49 @@ func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map
 	// starts a fresh verified-token cache.
 	p.fingerprint = fmt.Sprintf("%s|%v|%s|%q|%d|%v", srcKey, algs, pc.Issuer, pc.Audiences, pc.Leeway, p.claimHeaders)
 	return p, src, isNew, nil
+}
+
+// reservedHeaders may not be identity headers: every identity header is
+// deleted from every inbound request, which would break framing or routing
+// for these.
+var reservedHeaders = map[string]bool{
+	"Host": true, "Connection": true, "Content-Length": true, "Transfer-Encoding": true,
+	"Cookie": true, "Upgrade": true, "Te": true, "Trailer": true,
+}
+
+// checkIdentityHeaders refuses an identity header (forward_claims,
+// forward_id) that is also where some provider reads a credential: it is
+// stripped from every request before auth runs, so that provider could
+// never see its credential.
+func checkIdentityHeaders(providers map[string]provider) []error {
+	cred := map[string]string{}
+	for name, p := range providers {
+		var from credSource
+		switch q := p.(type) {
+		case *jwtProvider:
+			from = q.from
+		case *apiKeyProvider:
+			from = q.from
+		}
+		if from.kind == fromHeader {
+			cred[from.name] = name
+		}
+	}
+	names := make([]string, 0, len(providers))
+	for name := range providers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, name := range names {
+		for _, h := range providers[name].identityHeaders() {
+			if other, ok := cred[h]; ok {
+				errs = append(errs, fmt.Errorf("auth.%s: identity header %s is where provider %s reads its credential", name, h, other))
+			}
+			if reservedHeaders[h] {
+				errs = append(errs, fmt.Errorf("auth.%s: %s cannot be an identity header", name, h))
+			}
+		}
+	}
+	return errs
 }

@@ -108,6 +108,9 @@ func TestApplyErrors(t *testing.T) {
 		{"api key duplicate", &config.AuthProvider{Type: "api_key", Header: "X-K", Keys: []config.APIKey{
 			{ID: "a", SHA256: authtest.KeyHash("k")}, {ID: "b", SHA256: authtest.KeyHash("k")}}}, "twice"},
 		{"api key no header or query", &config.AuthProvider{Type: "api_key"}, "header or query"},
+		{"identity header is a credential header", &config.AuthProvider{Type: "api_key", Header: "X-Key", ForwardID: "x-key"}, "reads its credential"},
+		{"claim into Authorization", &config.AuthProvider{Type: "jwt", Secret: string(hsSecret), ForwardClaims: map[string]string{"sub": "authorization"}}, "reads its credential"},
+		{"reserved identity header", &config.AuthProvider{Type: "api_key", Header: "X-Key", ForwardID: "Host"}, "cannot be an identity header"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

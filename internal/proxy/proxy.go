@@ -114,16 +114,22 @@ type Deps struct {
 // NewBufferPool returns a pool of 32 KiB copy buffers for ReverseProxy.
 // Create one per process and pass it to every New.
 func NewBufferPool() httputil.BufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any {
-		b := make([]byte, 32<<10)
-		return &b
-	}}}
+	return &bufferPool{p: sync.Pool{New: func() any { return new([bufferSize]byte) }}}
 }
 
+const bufferSize = 32 << 10
+
+// bufferPool stores array pointers: converting the slice back to one on Put
+// allocates nothing, where storing a *[]byte would allocate a slice header.
 type bufferPool struct{ p sync.Pool }
 
-func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
-func (b *bufferPool) Put(s []byte) { b.p.Put(&s) }
+func (b *bufferPool) Get() []byte { return b.p.Get().(*[bufferSize]byte)[:] }
+
+func (b *bufferPool) Put(s []byte) {
+	if cap(s) >= bufferSize {
+		b.p.Put((*[bufferSize]byte)(s[:bufferSize]))
+	}
+}
 
 type handler struct {
 	route     string
@@ -290,6 +296,23 @@ type exchange struct {
 	timedOut  atomic.Bool
 	gatewayID bool // the gateway already set X-Request-Id on the response
 	body      limitedBody
+	// vals backs the per-request header values the proxy sets, so they
+	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
+	vals [4]string
+}
+
+// Indexes into exchange.vals.
+const (
+	valXFF = iota
+	valXFHost
+	valReqID
+	valRespID
+)
+
+// val stores v in slot i and returns it as a one-element header value.
+func (ex *exchange) val(i int, v string) []string {
+	ex.vals[i] = v
+	return ex.vals[i : i+1 : i+1]
 }
 
 type exchangeKey struct{}
@@ -342,10 +365,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(wh, k)
 	}
 
-	ctx, cancel := context.WithCancelCause(r.Context())
-	ex := &exchange{Context: ctx, h: h, b: b, cancel: cancel, gatewayID: len(wh["X-Request-Id"]) > 0}
-	defer cancel(nil)
+	ex := &exchange{Context: r.Context(), h: h, b: b, gatewayID: len(wh["X-Request-Id"]) > 0}
 	if h.timeout > 0 {
+		// A deadline would also cut the body short; the timer is stopped
+		// once the response headers arrived (modifyResponse).
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		ex.Context, ex.cancel = ctx, cancel
 		ex.timer = time.AfterFunc(h.timeout, ex.expire)
 		defer ex.timer.Stop()
 	}
@@ -379,7 +405,7 @@ func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
 	if prior := in.Header["X-Forwarded-For"]; trusted && len(prior) > 0 {
 		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer}
 	} else if peer != "" {
-		out.Header["X-Forwarded-For"] = []string{peer}
+		out.Header["X-Forwarded-For"] = ex.val(valXFF, peer)
 	}
 	if v := in.Header["X-Forwarded-Proto"]; trusted && len(v) > 0 {
 		out.Header["X-Forwarded-Proto"] = v[:1:1]
@@ -391,10 +417,10 @@ func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
 	if v := in.Header["X-Forwarded-Host"]; trusted && len(v) > 0 {
 		out.Header["X-Forwarded-Host"] = v[:1:1]
 	} else if in.Host != "" {
-		out.Header["X-Forwarded-Host"] = []string{in.Host}
+		out.Header["X-Forwarded-Host"] = ex.val(valXFHost, in.Host)
 	}
 	if info != nil && info.RequestID != "" {
-		out.Header["X-Request-Id"] = []string{info.RequestID}
+		out.Header["X-Request-Id"] = ex.val(valReqID, info.RequestID)
 	}
 	if !h.websocket {
 		// ReverseProxy put these back for an upgrade; refuse it by
@@ -424,7 +450,7 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	if ex.gatewayID {
 		delete(resp.Header, "X-Request-Id")
 	} else if in := reqctx.From(ex.Context); in != nil && in.RequestID != "" {
-		resp.Header["X-Request-Id"] = []string{in.RequestID}
+		resp.Header["X-Request-Id"] = ex.val(valRespID, in.RequestID)
 	}
 	if h.stripCORS {
 		for _, k := range corsResponseHeaders {

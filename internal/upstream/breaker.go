@@ -27,8 +27,10 @@ package upstream
 // move the state again.
 
 import (
+	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -72,10 +74,11 @@ type breaker struct {
 	probing   bool
 	win       *rolling // a: requests, b: failures
 	gauge     prometheus.Gauge
+	log       *slog.Logger // with the upstream's name
 }
 
-func newBreaker(cfg breakerConfig, gauge prometheus.Gauge) *breaker {
-	b := &breaker{cfg: cfg, win: newRolling(breakerBuckets, breakerBucketWidth), gauge: gauge}
+func newBreaker(cfg breakerConfig, gauge prometheus.Gauge, log *slog.Logger) *breaker {
+	b := &breaker{cfg: cfg, win: newRolling(breakerBuckets, breakerBucketWidth), gauge: gauge, log: log}
 	gauge.Set(0)
 	return b
 }
@@ -130,8 +133,11 @@ func (b *breaker) record(now int64, o outcome, probe bool) {
 			b.state.Store(int32(stateClosed))
 			b.win.reset()
 			b.gauge.Set(0)
+			b.log.Info("upstream circuit breaker closed", "reason", "probe succeeded")
 		case outcomeFailure:
 			b.openLocked(now)
+			b.log.Warn("upstream circuit breaker opened", "reason", "probe failed",
+				"for", time.Duration(b.cfg.openFor))
 		}
 		b.mu.Unlock()
 		return
@@ -151,6 +157,8 @@ func (b *breaker) record(now int64, o outcome, probe bool) {
 	if breakerState(b.state.Load()) == stateClosed && total >= b.cfg.minReq &&
 		float64(failures) >= b.cfg.ratio*float64(total) {
 		b.openLocked(now)
+		b.log.Warn("upstream circuit breaker opened", "requests", total, "failures", failures,
+			"for", time.Duration(b.cfg.openFor))
 	}
 	b.mu.Unlock()
 }

@@ -353,7 +353,7 @@ func (r *Registry) applyOne(p *preparedUpstream) *Pool {
 			bc.openFor = int64(10 * time.Second)
 		}
 		if u.breaker == nil {
-			u.breaker = newBreaker(bc, r.m.breakerOpen.WithLabelValues(p.name))
+			u.breaker = newBreaker(bc, r.m.breakerOpen.WithLabelValues(p.name), r.log.With("upstream", p.name))
 		} else {
 			u.breaker.setConfig(bc)
 		}

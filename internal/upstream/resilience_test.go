@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -73,7 +74,7 @@ func TestBreakerOpensFailsFastHalfOpensAndCloses(t *testing.T) {
 }
 
 func TestBreakerHalfOpenAdmitsOneProbe(t *testing.T) {
-	b := newBreaker(breakerConfig{ratio: 0.5, minReq: 2, openFor: 100}, testGauge())
+	b := newBreaker(breakerConfig{ratio: 0.5, minReq: 2, openFor: 100}, testGauge(), slog.New(slog.DiscardHandler))
 	b.record(0, outcomeFailure, false)
 	b.record(0, outcomeFailure, false)
 	if ok, _ := b.allow(50); ok {
@@ -105,7 +106,7 @@ func TestBreakerIgnoresBelowMinRequestsAndRatio(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := newBreaker(breakerConfig{ratio: 0.5, minReq: 10, openFor: 100}, testGauge())
+			b := newBreaker(breakerConfig{ratio: 0.5, minReq: 10, openFor: 100}, testGauge(), slog.New(slog.DiscardHandler))
 			for range tc.succes {
 				b.record(1, outcomeSuccess, false)
 			}
@@ -118,7 +119,7 @@ func TestBreakerIgnoresBelowMinRequestsAndRatio(t *testing.T) {
 		})
 	}
 	t.Run("old failures age out", func(t *testing.T) {
-		b := newBreaker(breakerConfig{ratio: 0.5, minReq: 10, openFor: 100}, testGauge())
+		b := newBreaker(breakerConfig{ratio: 0.5, minReq: 10, openFor: 100}, testGauge(), slog.New(slog.DiscardHandler))
 		for range 9 {
 			b.record(0, outcomeFailure, false)
 		}

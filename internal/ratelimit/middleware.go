@@ -138,6 +138,7 @@ type reqState struct {
 	buf     []byte
 	pending []pendingGroup
 	checks  []Check
+	pols    []*policy // the policy of each check
 	out     []algo.Decision
 	decided []decidedGroup
 	hdr     []byte
@@ -174,6 +175,8 @@ func (st *reqState) reset() {
 	clear(st.pending) // drop pointers into the old runtime
 	st.pending = st.pending[:0]
 	st.checks = st.checks[:0]
+	clear(st.pols)
+	st.pols = st.pols[:0]
 	st.out = st.out[:0]
 	st.decided = st.decided[:0]
 	st.hdr = st.hdr[:0]
@@ -303,10 +306,8 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.next.ServeHTTP(w, r)
 }
 
-// policyOf returns the policy of check j (Check.Policy is its name).
-func (l *limiter) policyOf(st *reqState, j int) *policy {
-	return l.rt.policies[st.checks[j].Policy]
-}
+// policyOf returns the policy of check j.
+func (l *limiter) policyOf(st *reqState, j int) *policy { return st.pols[j] }
 
 // decideGroup decides g's enforcing policies for subject and folds the
 // result into v. It reports whether the request is settled (rejected,
@@ -321,6 +322,7 @@ func (l *limiter) decideGroup(ctx context.Context, st *reqState, g *group, subje
 			}
 		}
 		st.checks = append(st.checks, Check{Policy: p.name, Params: params, Cost: p.cost})
+		st.pols = append(st.pols, p)
 		st.out = append(st.out, algo.Decision{})
 	}
 	hi := len(st.checks)
@@ -580,6 +582,7 @@ func (l *limiter) decideShadow(ctx context.Context, r *http.Request, st *reqStat
 				params = op
 			}
 			st.checks = append(st.checks, Check{Policy: p.name, Params: params, Cost: p.cost})
+			st.pols = append(st.pols, p)
 			st.out = append(st.out, algo.Decision{})
 		}
 		checks, out := st.checks[lo:], st.out[lo:]

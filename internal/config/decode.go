@@ -278,6 +278,7 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 			d.pos[sub] = kp
 			elem := reflect.New(v.Type().Elem()).Elem()
 			d.decode(e.Value, elem, sub, true)
+			allocated(elem)
 			v.SetMapIndex(reflect.ValueOf(key), elem)
 		}
 	case reflect.Slice:
@@ -292,6 +293,7 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 			d.pos[sub] = d.at(d.resolveOr(item))
 			elem := reflect.New(v.Type().Elem()).Elem()
 			d.decode(item, elem, sub, true)
+			allocated(elem)
 			v.Set(reflect.Append(v, elem))
 		}
 	case reflect.String:
@@ -401,6 +403,15 @@ func adjacentPair(n ast.Node) (string, bool) {
 		return "", false
 	}
 	return k.Value + ":" + vt.Value, true
+}
+
+// allocated makes sure a map value or list item is never a nil pointer, even
+// when its decoding failed early (an unknown alias, say): later stages may
+// then range over routes and upstreams without nil checks.
+func allocated(v reflect.Value) {
+	if v.Kind() == reflect.Pointer && v.IsNil() {
+		v.Set(reflect.New(v.Type().Elem()))
+	}
 }
 
 // resolveOr is resolve that keeps the original node when resolution fails,

@@ -382,3 +382,19 @@ func TestAliasBomb(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestFailedEntriesAreNotNil checks that entries whose decoding failed early
+// still exist as empty values, so validation never meets a nil pointer.
+func TestFailedEntriesAreNotNil(t *testing.T) {
+	for _, in := range []string{
+		"version: 1\nupstreams: {a: *nope}\n",
+		"version: 1\nroutes: [*nope]\n",
+		"version: 1\nbffs: {b: {public: true, prefix: /b, endpoints: [*x, {name: e, path: /e, backends: [*y]}]}}\n",
+		"version: 1\nauth: {a: *x}\nrate_limits: {policies: {p: *x, q: {overrides: {o: *x}}}}\nslos: [*x]\n",
+	} {
+		_, err := LoadBytes("nil.yaml", []byte(in))
+		if err == nil || !strings.Contains(err.Error(), "unknown or circular alias") {
+			t.Errorf("%q: err = %v", in, err)
+		}
+	}
+}

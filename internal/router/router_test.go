@@ -294,3 +294,47 @@ func TestMatchAppendsToCallerSlice(t *testing.T) {
 		t.Fatalf("Match allocates %v times per call", allocs)
 	}
 }
+
+// TestDocExamples keeps the example table of docs/routing.md true.
+func TestDocExamples(t *testing.T) {
+	rt := mustRouter(t, []Entry[string]{
+		e("users-me", "", "/api/v1/users/me"),
+		{Spec: Spec{Path: "/api/v1/users/{id}", Headers: map[string]string{"X-Version": "2"}}, Value: "user-v2"},
+		e("user", "", "/api/v1/users/{id}", "GET", "PUT"),
+		e("any-v1", "", "/api/v1/{kind}/{id}"),
+		e("v1-rest", "", "/api/v1/*"),
+		e("api-rest", "", "/api/*"),
+		e("tenant-api", "*.example.com", "/api/*"),
+		e("admin-api", "admin.example.com", "/api/*"),
+	})
+	tests := []struct {
+		method, target string
+		hdr            []string
+		want           string
+		params         []reqctx.Param
+	}{
+		{"GET", "gw.test/api/v1/users/me", nil, "users-me", nil},
+		{"GET", "gw.test/api/v1/users/42", nil, "user", ps("id", "42")},
+		{"GET", "gw.test/api/v1/users/42", []string{"X-Version", "2"}, "user-v2", ps("id", "42")},
+		{"DELETE", "gw.test/api/v1/users/42", nil, "any-v1", ps("kind", "users", "id", "42")},
+		{"POST", "gw.test/api/v1/users/me", nil, "users-me", nil},
+		{"GET", "gw.test/api/v1/posts/7", nil, "any-v1", ps("kind", "posts", "id", "7")},
+		{"GET", "gw.test/api/v1/users/42/avatar", nil, "v1-rest", ps("*", "users/42/avatar")},
+		{"GET", "gw.test/api", nil, "api-rest", ps("*", "")},
+		{"GET", "gw.test/api/", nil, "api-rest", ps("*", "")},
+		{"GET", "gw.test/apix", nil, "", nil},
+		{"GET", "t1.example.com/api/x", nil, "tenant-api", ps("*", "x")},
+		{"GET", "a.b.example.com/api/x", nil, "tenant-api", ps("*", "x")},
+		{"GET", "example.com/api/x", nil, "api-rest", ps("*", "x")},
+		{"GET", "ADMIN.example.com:8443/api/x", nil, "admin-api", ps("*", "x")},
+		{"GET", "gw.test/api/v1/users/a%2Fb", nil, "user", ps("id", "a/b")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+" "+tc.target+fmt.Sprint(tc.hdr), func(t *testing.T) {
+			got, params, res := match(t, rt, tc.method, tc.target, tc.hdr...)
+			if got != tc.want || !slices.Equal(params, tc.params) {
+				t.Fatalf("got %q %v (%v), want %q %v", got, params, res.Status, tc.want, tc.params)
+			}
+		})
+	}
+}

@@ -112,13 +112,11 @@ func (k *Key) PublicPEM() []byte {
 
 // JWKS returns the JSON key set of keys.
 func JWKS(keys ...*Key) []byte {
-	set := map[string]any{"keys": []any{}}
 	list := make([]any, 0, len(keys))
 	for _, k := range keys {
 		list = append(list, k.JWK())
 	}
-	set["keys"] = list
-	b, _ := json.Marshal(set)
+	b, _ := json.Marshal(map[string]any{"keys": list})
 	return b
 }
 

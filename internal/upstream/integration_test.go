@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,4 +245,35 @@ func TestHealthCheckTimeoutMarksDown(t *testing.T) {
 		Path: "/healthz", Interval: config.Duration(30 * time.Millisecond), Timeout: config.Duration(10 * time.Millisecond),
 		UnhealthyThreshold: 1}})
 	eventually(t, "hanging target marked down", func() bool { return !statusOf(t, env.reg, "u").Targets[0].Healthy })
+}
+
+// TestReloadConnectionReuse checks connections, not just pointers: an
+// unchanged upstream keeps its warm connection across Apply; a changed
+// connect_timeout closes the old transport's idle connection.
+func TestReloadConnectionReuse(t *testing.T) {
+	env := newEnv(t, nil)
+	var newConns, closedConns atomic.Int64
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			newConns.Add(1)
+		case http.StateClosed:
+			closedConns.Add(1)
+		}
+	}
+	s.Start()
+	defer s.Close()
+	mk := func(ct time.Duration) *config.Upstream {
+		return &config.Upstream{Targets: targets(s.URL), ConnectTimeout: config.Duration(ct)}
+	}
+	p := env.apply(t, mk(time.Second))
+	send(p, http.MethodGet, "")
+	p = env.apply(t, mk(time.Second))
+	send(p, http.MethodGet, "")
+	if newConns.Load() != 1 {
+		t.Fatalf("%d connections for two requests around an unchanged reload, want 1", newConns.Load())
+	}
+	env.apply(t, mk(2*time.Second))
+	eventually(t, "old idle connection closed", func() bool { return closedConns.Load() == 1 })
 }

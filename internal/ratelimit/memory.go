@@ -138,7 +138,10 @@ func (m *Memory) Len() int {
 func (m *Memory) keys(subject string, checks []Check, keys []uint64) *memShard {
 	hs := maphash.String(m.seed, subject)
 	for i := range checks {
-		hp := maphash.String(m.seed, checks[i].Policy)
+		// The algorithm is part of the key: a reload that changes a
+		// policy's algorithm starts it from empty state rather than
+		// reading one algorithm's state as another's.
+		hp := maphash.String(m.seed, checks[i].Policy) + uint64(checks[i].Params.Kind)
 		// Mix so that (subject, policy) pairs do not cancel out.
 		keys[i] = fixKey(hs ^ (hp*0x9e3779b97f4a7c15 + 0x632be59bd9b4e019))
 	}

@@ -196,11 +196,13 @@ func timerWait(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Apply installs the policies of a new config. Limits, windows and
-// algorithms may change; counters are kept by policy name and subject (a
-// changed algorithm reinterprets old state conservatively, see package
-// algo). It fails without changing anything when a policy does not compile;
-// the error names every bad policy.
+// Apply installs the policies of a new config. Limits and windows may
+// change; counters are kept by policy name and subject, and the new numbers
+// apply to them (no reset: see package algo). A policy whose algorithm
+// changed starts from empty state in the memory stores. It fails without
+// changing anything when a policy does not compile; the error names every
+// bad policy. Middlewares built before Apply keep the policies they were
+// built with; the gateway rebuilds them after Apply.
 func (s *Service) Apply(policies map[string]*config.Policy, defaults config.RateLimits) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -341,9 +340,9 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 		e.release(res)
 		return nil, err
 	}
-	ct := resp.Header.Get("Content-Type")
-	res.text = len(body) > 0 && !isJSON(ct)
-	val, err := f.shape(s, ct, body, (*res.valueBuf)[:0])
+	isJS := isJSON(resp.Header.Get("Content-Type"))
+	res.text = len(body) > 0 && !isJS
+	val, err := f.shape(s, resp.Header.Get("Content-Type"), isJS, body, (*res.valueBuf)[:0])
 	*res.valueBuf = val
 	res.Value = val
 	if err != nil {
@@ -354,11 +353,11 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 }
 
 // shape turns a body into the value placed in the response.
-func (f *fetcher) shape(s *scanner, contentType string, body, dst []byte) ([]byte, error) {
+func (f *fetcher) shape(s *scanner, contentType string, isJS bool, body, dst []byte) ([]byte, error) {
 	if len(body) == 0 {
 		return append(dst, "null"...), nil
 	}
-	if !isJSON(contentType) {
+	if !isJS {
 		if !f.b.shaper.none {
 			return dst, fmt.Errorf("content type %q is not JSON, but fields, drop, rename or pick need JSON", contentType)
 		}
@@ -374,16 +373,18 @@ func (f *fetcher) shape(s *scanner, contentType string, body, dst []byte) ([]byt
 	return out, nil
 }
 
-// isJSON accepts application/json, any +json type and a missing type.
+// isJSON accepts application/json, any +json type and a missing type. It
+// reads the media type by hand: mime.ParseMediaType allocates a parameter
+// map per call, twice per backend on the hot path.
 func isJSON(ct string) bool {
 	if ct == "" {
 		return true
 	}
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil {
-		return false
-	}
-	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.TrimSpace(mt)
+	const suffix = "+json"
+	return strings.EqualFold(mt, "application/json") ||
+		len(mt) > len(suffix) && strings.EqualFold(mt[len(mt)-len(suffix):], suffix) && strings.IndexByte(mt, '/') > 0
 }
 
 func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
@@ -468,6 +469,7 @@ func outboundHeader(in *Input) http.Header {
 	for _, vv := range src {
 		n += len(vv)
 	}
+	// One backing array for every value, including the three set below.
 	vals := make([]string, 0, n+3)
 	h := make(http.Header, len(src)+3)
 outer:
@@ -492,11 +494,12 @@ outer:
 		rid = src.Get("X-Request-Id")
 	}
 	if rid != "" {
-		h["X-Request-Id"] = append(vals, rid)[len(vals):]
-		vals = vals[:len(vals)+1]
+		vals = append(vals, rid)
+		h["X-Request-Id"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
-	h["Accept-Encoding"] = []string{"gzip"}
-	h["Accept"] = []string{"application/json"}
+	vals = append(vals, "gzip", "application/json")
+	h["Accept-Encoding"] = vals[len(vals)-2 : len(vals)-1 : len(vals)-1]
+	h["Accept"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	return h
 }
 

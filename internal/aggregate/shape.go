@@ -490,6 +490,13 @@ func (s *scanner) skipString() (bool, error) {
 	s.pos++
 	esc := false
 	for s.pos < len(s.in) {
+		// Fast path over the bytes that need no attention.
+		for s.pos < len(s.in) && plain[s.in[s.pos]] {
+			s.pos++
+		}
+		if s.pos >= len(s.in) {
+			break
+		}
 		c := s.in[s.pos]
 		switch {
 		case c == '"':
@@ -519,6 +526,15 @@ func (s *scanner) skipString() (bool, error) {
 	}
 	return esc, s.fail("unterminated string")
 }
+
+// plain marks the string bytes that end nothing and start no escape: not
+// '"', not '\\' and not a control character. A read-only table.
+var plain = func() (t [256]bool) {
+	for i := range t {
+		t[i] = i >= 0x20 && i != '"' && i != '\\'
+	}
+	return t
+}()
 
 func isHex4(b []byte) bool {
 	for _, c := range b {

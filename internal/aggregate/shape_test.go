@@ -203,3 +203,16 @@ func TestLookupScalar(t *testing.T) {
 		})
 	}
 }
+
+func TestIsJSON(t *testing.T) {
+	t.Parallel()
+	for ct, want := range map[string]bool{
+		"": true, "application/json": true, "Application/JSON; charset=utf-8": true,
+		"application/problem+json": true, "application/vnd.api+json ; x=1": true,
+		"text/plain": false, "text/html; charset=utf-8": false, "+json": false, "application/jsonp": false,
+	} {
+		if got := isJSON(ct); got != want {
+			t.Errorf("isJSON(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}

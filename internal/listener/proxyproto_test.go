@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portico-gw/portico/internal/config"
 )
 
 // servePP starts an HTTP server behind ProxyProtocol that answers with the
@@ -177,4 +180,51 @@ func FuzzParseProxyHeader(f *testing.F) {
 			t.Fatalf("mapped address not unmapped: %v", src)
 		}
 	})
+}
+
+// TestProxyProtocolUnderTLS composes the listener as the gateway does: the
+// PROXY header comes first in cleartext, then the TLS handshake.
+func TestProxyProtocolUnderTLS(t *testing.T) {
+	ca := newTestCA(t)
+	c := ca.issue(t, t.TempDir(), "gw", "gw.example.test")
+	_, tc, err := TLSConfig(&config.ServerTLS{Cert: c.Cert, Key: c.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.RemoteAddr+" "+r.Proto)
+	}), Protocols: Protocols(true, false), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(tls.NewListener(ProxyProtocol(ln, nil), tc)) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+
+	tr := &http.Transport{
+		ForceAttemptHTTP2: true,
+		TLSClientConfig:   &tls.Config{RootCAs: ca.pool, ServerName: "gw.example.test"},
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			_, err = io.WriteString(conn, "PROXY TCP6 2001:db8::7 2001:db8::1 4242 443\r\n")
+			return conn, err
+		},
+	}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if string(b) != "[2001:db8::7]:4242 HTTP/2.0" {
+		t.Fatalf("server saw %q", b)
+	}
 }

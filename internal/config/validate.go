@@ -491,8 +491,13 @@ func (v *validator) policy(f, name string, p *Policy) {
 	if err := checkKeyExpr(p.Key); err != nil {
 		v.errf(f+".key", "%s", err.Error())
 	}
-	v.enum(f+".mode", p.Mode, modes...)
-	v.enum(f+".on_store_error", p.OnStoreError, storeErrModes...)
+	// An inherited bad value is reported once, at rate_limits.
+	if rl := &v.cfg.RateLimits; p.Mode != rl.Mode {
+		v.enum(f+".mode", p.Mode, modes...)
+	}
+	if rl := &v.cfg.RateLimits; p.OnStoreError != rl.OnStoreError {
+		v.enum(f+".on_store_error", p.OnStoreError, storeErrModes...)
+	}
 	v.enum(f+".on_missing_key", p.OnMissingKey, "deny", "skip", "shared")
 	if p.Cost < 1 {
 		v.errf(f+".cost", "must be at least 1")
@@ -908,15 +913,16 @@ func (v *validator) conflicts() {
 	}
 }
 
-// overlapMethod returns a method both lists accept (nil accepts every method).
+// overlapMethod returns a method both lists accept (an empty list accepts
+// every method).
 func overlapMethod(a, b []string) (string, bool) {
 	switch {
-	case a == nil && b == nil:
+	case len(a) == 0 && len(b) == 0:
 		return "any", true
-	case a == nil:
-		return b[0], len(b) > 0
-	case b == nil:
-		return a[0], len(a) > 0
+	case len(a) == 0:
+		return b[0], true
+	case len(b) == 0:
+		return a[0], true
 	}
 	for _, m := range a {
 		if slices.Contains(b, m) {

@@ -44,6 +44,7 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 	}
 	clean := true    // no cleaning or encoding needed
 	percent := false // decoding needed
+	dotEsc := false  // a %2e, which may spell a dot segment
 	for i := 0; i < len(escaped); i++ {
 		c := escaped[i]
 		switch {
@@ -53,8 +54,11 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 			if i+2 >= len(escaped) || !isHex(escaped[i+1]) || !isHex(escaped[i+2]) {
 				return "", "", invalidPath("the request path has an invalid percent-encoding")
 			}
-			if escaped[i+1] == '0' && escaped[i+2] == '0' {
+			switch escaped[i+1 : i+3] {
+			case "00":
 				return "", "", invalidPath("the request path contains a NUL byte")
+			case "2e", "2E":
+				dotEsc = true
 			}
 			percent = true
 			i += 2
@@ -63,21 +67,30 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 				clean = false
 			}
 		case c == '.':
-			// A dot segment starts right after a '/'; a cheap over-approximation
-			// sends such paths to the slow path, which decides exactly.
+			// "." or ".." as a whole segment, or a dot segment with
+			// parameters ("..;x"), goes to the slow path.
 			if escaped[i-1] == '/' {
-				clean = false
+				j := i + 1
+				if j < len(escaped) && escaped[j] == '.' {
+					j++
+				}
+				if j == len(escaped) || escaped[j] == '/' || escaped[j] == ';' {
+					clean = false
+				}
 			}
 		case !validPathByte(c):
 			clean = false
 		}
 	}
-	if percent {
-		// %2e can spell a dot segment; let the slow path decide.
-		clean = false
-	}
-	if clean {
-		return escaped, escaped, nil
+	if clean && !dotEsc {
+		if !percent {
+			return escaped, escaped, nil
+		}
+		decoded, err = url.PathUnescape(escaped)
+		if err != nil {
+			return "", "", invalidPath("the request path has an invalid percent-encoding")
+		}
+		return decoded, escaped, nil
 	}
 
 	var b strings.Builder

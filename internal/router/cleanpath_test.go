@@ -136,3 +136,20 @@ func FuzzCleanPath(f *testing.F) {
 	}
 	f.Fuzz(checkCleanInvariants)
 }
+
+func TestCleanPathAllocations(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		max  float64
+	}{
+		{"/api/v1/users/42/posts", 0},
+		{"/.well-known/openid-configuration", 0},
+		{"/a/.hidden/..x/...", 0},
+		{"/caf%C3%A9/a%2Fb", 1}, // the decoded copy only
+	} {
+		allocs := testing.AllocsPerRun(100, func() { _, _, _ = CleanPath(tc.path) })
+		if allocs > tc.max {
+			t.Errorf("CleanPath(%q) allocates %v times, want at most %v", tc.path, allocs, tc.max)
+		}
+	}
+}

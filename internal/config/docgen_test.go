@@ -71,7 +71,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Upstream.hash_key":        {desc: "For consistent_hash (and only then, where it is required): ip, header:NAME or claim:NAME."},
 	"Upstream.timeout":         {desc: "Per attempt, until response headers.", def: "15s"},
 	"Upstream.connect_timeout": {desc: "TCP (and TLS) connect timeout.", def: "2s"},
-	"Upstream.retries":         {desc: "Retries of idempotent requests on connect error, 502, 503, 504 (any method when no byte was sent). 0 disables.", def: "1"},
+	"Upstream.retries":         {desc: "Retries of idempotent requests on connect error, 502, 503, 504 (any method when no byte was sent); 0 to 10, 0 disables.", def: "1"},
 	"Upstream.retry_budget":    {desc: "Retries never exceed this share of requests (0 to 1).", def: "0.2"},
 	"Upstream.max_inflight":    {desc: "Concurrent requests to this upstream; beyond it, 503 at once. 0 means the default.", def: "1000"},
 	"Upstream.preserve_host":   {desc: "Send the client's Host instead of the target's.", def: "false"},
@@ -536,6 +536,12 @@ FILE:LINE:COL: FIELD: message
 mobile.yaml:12:9: bffs.mobile.endpoints[0].backends[1].upstream: unknown upstream "post"
 platform.yaml:3:5: routes[0].name: duplicate route "x" (first defined at team.yaml:7:5)
 ` + "```" + `
+
+## Reload
+
+SIGHUP or ` + "`POST /admin/reload`" + ` loads the files again; a configuration with errors is refused and the running
+one stays. Everything applies on reload except ` + "`server.listen`" + `, listener changes of ` + "`server.tls`" + ` that need a
+new socket, ` + "`admin.listen`" + ` and ` + "`rate_limits.store`" + `, which need a restart (certificates themselves reload).
 
 FIELD paths below use ` + "`[]`" + ` for list items and ` + "`<name>`" + ` for map keys; error messages show the index or key.
 `)

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -193,11 +194,18 @@ func BenchmarkPick(b *testing.B) {
 			req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
 			req.Header.Set("X-User-Id", "user-12345")
 			c := pickCtx{targets: ts, now: 1}
-			b.ResetTimer()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			cpu0, ok := threadCPU()
+			n := 0
 			for b.Loop() {
 				if bal.pick(req, c) < 0 {
 					b.Fatal("no pick")
 				}
+				n++
+			}
+			if cpu1, ok1 := threadCPU(); ok && ok1 && n > 0 {
+				b.ReportMetric(float64(cpu1-cpu0)/float64(n), "cpu-ns/op")
 			}
 		})
 	}

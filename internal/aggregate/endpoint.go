@@ -598,8 +598,14 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if f := st.fatal.Load(); f >= 0 {
 		perr := st.errs[f]
+		// A backend's 4xx is usually the client's doing (an unknown id);
+		// only gateway-side failures deserve a warning.
+		level := slog.LevelWarn
+		if perr.Status < 500 {
+			level = slog.LevelDebug
+		}
 		if perr.Status != problem.StatusClientClosed {
-			e.log.LogAttrs(r.Context(), slog.LevelWarn, "required backend failed",
+			e.log.LogAttrs(r.Context(), level, "required backend failed",
 				slog.String("bff", e.bff), slog.String("endpoint", e.name),
 				slog.String("backend", e.backends[f].name), slog.Any("error", perr))
 		}

@@ -160,6 +160,12 @@ func TestFailureReasons(t *testing.T) {
 			if s.calls != 0 {
 				t.Fatal("the protected handler ran")
 			}
+			if !contains(e.logs.String(), "reason="+tc.reason) {
+				t.Fatalf("no debug log with reason=%s", tc.reason)
+			}
+			if authz := tc.req.Header.Get("Authorization"); len(authz) > 20 && contains(e.logs.String(), authz[7:]) {
+				t.Fatal("the token was logged")
+			}
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strconv"
@@ -237,6 +238,7 @@ func (s *Set) Middleware(route string, providers []string, scopes []string) (fun
 		}
 	}
 	ra.identityHeaders = s.identityHeaders
+	ra.log = s.reg.log
 	for r := reasonMissing; r < numReasons; r++ {
 		ra.fails[r] = s.reg.failures.WithLabelValues(route, r.String())
 	}
@@ -262,6 +264,7 @@ type routeAuth struct {
 	challenges      []string // distinct plain challenges, in provider order
 	identityHeaders []string
 	fails           [numReasons]prometheus.Counter
+	log             *slog.Logger
 }
 
 type authHandler struct {
@@ -324,6 +327,21 @@ func hasScopes(id *identity.Identity, want []string) bool {
 // reject answers a request no provider accepted (see Middleware).
 func (ra *routeAuth) reject(w http.ResponseWriter, r *http.Request, failAt int, fail failure, forbidAt int) {
 	h := w.Header()
+	if ra.log.Enabled(r.Context(), slog.LevelDebug) {
+		// Never the credential itself: only why it was refused.
+		rsn := reasonMissing
+		switch {
+		case forbidAt >= 0:
+			rsn = reasonForbidden
+		case failAt >= 0:
+			rsn = fail.reason
+		}
+		var id string
+		if in := reqctx.From(r.Context()); in != nil {
+			id = in.RequestID
+		}
+		ra.log.Debug("auth: request refused", "route", ra.route, "reason", rsn.String(), "request_id", id)
+	}
 	switch {
 	case forbidAt >= 0:
 		ra.fails[reasonForbidden].Inc()

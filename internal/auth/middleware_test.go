@@ -193,6 +193,13 @@ func TestAPIKeys(t *testing.T) {
 			}
 		})
 	}
+	t.Run("keys never logged", func(t *testing.T) {
+		for _, k := range []string{"key-acme", "key-initech", "key-globex", "nope"} {
+			if contains(e.logs.String(), k) {
+				t.Fatalf("log mentions %q: %s", k, e.logs.String())
+			}
+		}
+	})
 	t.Run("challenges", func(t *testing.T) {
 		rec := do(mustMW(t, set, "partners", []string{"partners", "by-query"}, nil)(http.NotFoundHandler()),
 			httptest.NewRequest(http.MethodGet, "/x", nil))

@@ -277,3 +277,18 @@ func TestReloadConnectionReuse(t *testing.T) {
 	env.apply(t, mk(2*time.Second))
 	eventually(t, "old idle connection closed", func() bool { return closedConns.Load() == 1 })
 }
+
+func TestRouteDeadlineCountsAgainstTheUpstream(t *testing.T) {
+	env := newEnv(t, nil)
+	h := hanging(t)
+	p := env.apply(t, &config.Upstream{Targets: targets(h.URL), Retries: ptr(1), Timeout: config.Duration(10 * time.Second)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, _, err := sendCtx(ctx, p, http.MethodGet, ""); err == nil {
+		t.Fatal("want the deadline's error")
+	}
+	s := statusOf(t, env.reg, "u")
+	if s.Targets[0].Requests != 1 || s.Targets[0].ErrorRate != 1 || s.RetriesRecent != 0 {
+		t.Fatalf("a timed-out attempt must count as one failure and not be retried: %+v", s)
+	}
+}

@@ -360,7 +360,10 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 	now := p.reg.now().UnixNano()
 	o := outcomeSuccess
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && errors.Is(ctx.Err(), context.Canceled):
+		// The client went away: no verdict on the upstream. A passed
+		// deadline (the route's timeout) is the upstream's slowness and
+		// counts as a failure below.
 		o = outcomeNeutral
 	case err != nil, res.StatusCode >= 500:
 		o = outcomeFailure

@@ -96,3 +96,28 @@ upstreams:
 		t.Errorf("routes = %d, want 1 (an expanded value injected structure)", len(l.cfg.Routes))
 	}
 }
+
+// FuzzExpand checks that expansion never panics, leaves $-free text alone,
+// and that escaping any text with $$ gives it back unchanged.
+func FuzzExpand(f *testing.F) {
+	for _, s := range []string{"", "plain", "${A}", "${A:-b}", "$$", "$${A}", "${", "${A", "$", "a$b${C:-}d"} {
+		f.Add(s)
+	}
+	lookup := func(k string) (string, bool) {
+		if k == "A" {
+			return "value-of-a", true
+		}
+		return "", false
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out, err := expand(s, lookup)
+		if !strings.Contains(s, "$") && (err != nil || out != s) {
+			t.Fatalf("expand(%q) = %q, %v; want it unchanged", s, out, err)
+		}
+		escaped := strings.ReplaceAll(s, "$", "$$")
+		back, err := expand(escaped, lookup)
+		if err != nil || back != s {
+			t.Fatalf("expand(%q) = %q, %v; want %q", escaped, back, err, s)
+		}
+	})
+}

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+func TestForwardedProtoHTTPS(t *testing.T) {
+	var s seen
+	be := upstream(t, "u", s.handler(200, ""))
+	h, err := New(Config{Backends: []Backend{be}}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(h)
+	defer srv.Close()
+	c := srv.Client()
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	r, _ := s.get()
+	if got := r.Header.Get("X-Forwarded-Proto"); got != "https" {
+		t.Fatalf("X-Forwarded-Proto %q, want https", got)
+	}
+}
+
+func TestTrailersPassThrough(t *testing.T) {
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Checksum")
+		_, _ = io.WriteString(w, "body")
+		w.Header().Set("X-Checksum", "abc")
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}}, nil)
+	resp, err := client(t).Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "body" || resp.Trailer.Get("X-Checksum") != "abc" {
+		t.Fatalf("body %q trailer %v", b, resp.Trailer)
+	}
+}
+
+func TestWithoutRequestInfo(t *testing.T) {
+	// Outside the gateway (no reqctx.Info) the proxy still works and
+	// leaves the client's X-Request-Id alone.
+	var s seen
+	be := upstream(t, "u", s.handler(200, "ok"))
+	h, err := New(Config{Backends: []Backend{be}}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, body := do(t, client(t), "GET", srv.URL+"/x", nil, "X-Request-Id", "abc")
+	r, _ := s.get()
+	if resp.StatusCode != 200 || body != "ok" || r.Header.Get("X-Request-Id") != "abc" {
+		t.Fatalf("%d %q, upstream id %q", resp.StatusCode, body, r.Header.Get("X-Request-Id"))
+	}
+}
+
+func FuzzRewrite(f *testing.F) {
+	f.Add("/v1/{id}/{*}", "/api/a%2Fb/c", "a/b", "c/d%2F")
+	f.Add("/{", "/", "", "")
+	f.Add("/x/{a}}", "//", "%zz", "")
+	f.Fuzz(func(t *testing.T, tmpl, path, param, rest string) {
+		info := &reqctx.Info{Params: []reqctx.Param{{Key: "id", Value: param}, {Key: "*", Value: rest}}}
+		if tp, err := parseTemplate(tmpl); err == nil {
+			out := tp.expand(info)
+			if !strings.HasPrefix(out, "/") {
+				t.Fatalf("template %q expanded to %q", tmpl, out)
+			}
+			if strings.Count(out, "/") < strings.Count(tmpl, "/")-strings.Count(tmpl, "{*}") {
+				t.Fatalf("a parameter removed separators: %q -> %q", tmpl, out)
+			}
+		}
+		if strings.HasPrefix(path, "/") {
+			got := stripPrefix(path, []string{"api"})
+			if !strings.HasPrefix(got, "/") || !strings.HasSuffix(path, strings.TrimPrefix(got, "/")) {
+				t.Fatalf("stripPrefix(%q) = %q", path, got)
+			}
+		}
+	})
+}
+
+func TestFailureIsLoggedWithCause(t *testing.T) {
+	var buf strings.Builder
+	var mu sync.Mutex
+	logger := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), nil))
+	be := backendFor(t, "dead", "http://"+closedAddr(t))
+	h, err := New(Config{Route: "posts-api", Backends: []Backend{be}}, Deps{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/", nil)
+	h.ServeHTTP(rec, r.WithContext(reqctx.With(r.Context(), &reqctx.Info{RequestID: "rid-9"})))
+	mu.Lock()
+	line := buf.String()
+	mu.Unlock()
+	for _, want := range []string{`"route":"posts-api"`, `"upstream":"dead"`, `"status":502`, `"code":"upstream_unreachable"`, `"request_id":"rid-9"`, `connection refused`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log line %s lacks %s", line, want)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

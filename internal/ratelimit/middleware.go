@@ -272,6 +272,7 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
+	l.setPolicyHeader(h, overrideKey)
 	if v.unavailable {
 		l.refund(ctx, st)
 		h[hdrRetryAfter] = []string{"1"}
@@ -279,7 +280,6 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"the rate-limit store is unavailable and this route's policy fails closed"))
 		return
 	}
-	l.setPolicyHeader(h, overrideKey)
 	if v.rejected {
 		l.refund(ctx, st)
 		l.reject(w, r, st, &v)

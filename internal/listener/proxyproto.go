@@ -102,7 +102,23 @@ func (c *ppConn) Read(b []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
-	return c.r.Read(b)
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(b)
+		}
+		c.r = nil // what followed the header is consumed: read directly
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite half-closes the connection when the underlying one can, so
+// http.Server can flush a final response before closing (it looks for this
+// method on the connection it was given).
+func (c *ppConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 func (c *ppConn) RemoteAddr() net.Addr {

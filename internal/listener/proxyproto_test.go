@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -227,4 +228,46 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	if string(b) != "[2001:db8::7]:4242 HTTP/2.0" {
 		t.Fatalf("server saw %q", b)
 	}
+}
+
+func TestProxyProtocolLargeBodyAfterHeader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, r.RemoteAddr+" "+strconv.FormatInt(n, 10))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ProxyProtocol(ln, nil)) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}()
+	const size = 1 << 20
+	body := strings.Repeat("x", size)
+	got := exchangeRaw(t, ln.Addr().String(), "PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n"+
+		"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(size)+"\r\n\r\n"+body)
+	if got != "203.0.113.7:4242 "+strconv.Itoa(size) {
+		t.Fatalf("server saw %q", got)
+	}
+}
+
+func exchangeRaw(t *testing.T, addr, msg string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() { _, _ = io.WriteString(c, msg) }()
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"math"
 	"sync"
 	"time"
 
@@ -81,7 +82,11 @@ type memShard struct {
 	tab  table
 	logs map[uint64][]int64 // sliding window log entries, by key
 	scan int                // eviction cursor
-	_    [40]byte           // keep neighbouring shards' locks off one cache line
+	// noIdleBefore: a full eviction scan found nothing idle before this
+	// time (µs), so a key spray against a shard full of throttled keys is
+	// refused without rescanning it on every request.
+	noIdleBefore int64
+	_            [32]byte // keep neighbouring shards' locks off one cache line
 }
 
 // slot is the fixed-size state of one key (40 bytes): its hash (0: empty),
@@ -250,9 +255,13 @@ func (m *Memory) RefundAt(now int64, subject string, checks []Check) {
 // shard does not scan on every insert. It reports whether enough room was
 // made; throttled state is never evicted.
 func (sh *memShard) evict(now int64, need int) bool {
+	if now < sh.noIdleBefore {
+		return false
+	}
 	want := max(need, sh.tab.n/64)
 	freed := 0
 	size := len(sh.tab.slots)
+	minIdle := int64(math.MaxInt64)
 	// A removal shifts a later slot into the hole, so the same index is
 	// looked at again; visits bound the scan at size+freed steps.
 	for visits := 0; visits < size+want && freed < want; visits++ {
@@ -261,6 +270,9 @@ func (sh *memShard) evict(now int64, need int) bool {
 		}
 		sl := &sh.tab.slots[sh.scan]
 		if sl.key == 0 || sl.idle > now {
+			if sl.key != 0 {
+				minIdle = min(minIdle, sl.idle)
+			}
 			sh.scan++
 			continue
 		}
@@ -268,5 +280,13 @@ func (sh *memShard) evict(now int64, need int) bool {
 		sh.tab.remove(sh.scan)
 		freed++
 	}
-	return freed >= need
+	if freed < need {
+		// Everything left is throttled until at least minIdle (a refund
+		// could free a slot earlier; the new key is then refused a little
+		// longer than necessary, never wrongly admitted).
+		sh.noIdleBefore = minIdle
+		return false
+	}
+	sh.noIdleBefore = 0
+	return true
 }

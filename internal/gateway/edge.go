@@ -1,0 +1,138 @@
+package gateway
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/reqctx"
+)
+
+// requestIDs makes X-Request-Id values: a random per-process prefix and a
+// counter. Ids must be unique, not secret, so one random read at start is
+// enough and the hot path costs an atomic add and a small format.
+type requestIDs struct {
+	prefix string
+	seq    atomic.Uint64
+}
+
+func newRequestIDs() *requestIDs {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return &requestIDs{prefix: hex.EncodeToString(b[:]) + "-"}
+}
+
+func (g *requestIDs) next() string {
+	var buf [32]byte
+	out := append(buf[:0], g.prefix...)
+	out = strconv.AppendUint(out, g.seq.Add(1), 36)
+	return string(out)
+}
+
+// validRequestID reports whether a client-sent X-Request-Id may be kept:
+// 1-128 characters of [A-Za-z0-9._-] (DESIGN.md "Routing precedence").
+func validRequestID(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// clientIP returns the address the request came from: the peer, or, when the
+// peer is a trusted proxy, the rightmost X-Forwarded-For address that is not
+// itself trusted (so a client cannot choose its own address by prepending).
+func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
+	peer := peerAddr(r.RemoteAddr)
+	if len(trusted) == 0 || !inPrefixes(peer, trusted) {
+		return peer
+	}
+	values := r.Header.Values("X-Forwarded-For")
+	for i := len(values) - 1; i >= 0; i-- {
+		list := values[i]
+		for list != "" {
+			var part string
+			if j := strings.LastIndexByte(list, ','); j >= 0 {
+				part, list = list[j+1:], list[:j]
+			} else {
+				part, list = list, ""
+			}
+			a, err := netip.ParseAddr(strings.TrimSpace(part))
+			if err != nil {
+				// A malformed hop: stop trusting the chain here.
+				return peer
+			}
+			a = a.Unmap()
+			if !inPrefixes(a, trusted) {
+				return a
+			}
+			peer = a
+		}
+	}
+	return peer
+}
+
+func peerAddr(remote string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return ap.Addr().Unmap()
+	}
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
+}
+
+func inPrefixes(a netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// recoverer turns a panic in a handler into a 500 problem (or, when the
+// response had started, an aborted connection so the client never takes a
+// truncated body for a whole one). http.ErrAbortHandler passes through.
+func recoverer(logger *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				v := recover()
+				if v == nil {
+					return
+				}
+				if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+					panic(v)
+				}
+				route := ""
+				if in := reqctx.From(r.Context()); in != nil {
+					route = in.Route
+				}
+				logger.Error("handler panic", "route", route, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				if started, ok := w.(interface{ Started() bool }); ok && started.Started() {
+					panic(http.ErrAbortHandler)
+				}
+				problem.Write(w, r, problem.New(http.StatusInternalServerError, "internal_error", "the gateway failed to handle the request"))
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
+}

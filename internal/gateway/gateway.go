@@ -1,0 +1,347 @@
+// Package gateway turns a configuration into a running gateway: it compiles
+// a config into an immutable runtime (a router whose entries are fully built
+// handler chains), swaps runtimes atomically on reload, serves the public and
+// admin listeners and drains them on shutdown.
+//
+// State that must survive a reload (upstream health and breakers, JWKS caches,
+// rate-limit counters, SLO buckets, metrics) lives in long-lived registries
+// owned by the Gateway, outside the compiled runtime; a runtime only refers
+// to them.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portico-gw/portico/internal/auth"
+	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/listener"
+	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/proxy"
+	"github.com/portico-gw/portico/internal/ratelimit"
+	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/router"
+	"github.com/portico-gw/portico/internal/slo"
+	"github.com/portico-gw/portico/internal/telemetry"
+	"github.com/portico-gw/portico/internal/upstream"
+)
+
+// Options configure a Gateway beyond its config.
+type Options struct {
+	// Paths are the config files or directories; Reload reads them again.
+	Paths []string
+	// Logger receives the process log; nil discards.
+	Logger *slog.Logger
+	// AccessLog receives access-log lines; nil means stdout.
+	AccessLog io.Writer
+	// Version is reported by portico_build_info.
+	Version string
+	// NodeID names this node in shared state (rate-limit heartbeats, SLO
+	// leases); empty means hostname-pid.
+	NodeID string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Gateway is one running Portico process.
+type Gateway struct {
+	opts Options
+	log  *slog.Logger
+	now  func() time.Time
+
+	tel   *telemetry.Telemetry
+	ups   *upstream.Registry
+	auths *auth.Registry
+	rl    *ratelimit.Service
+	slo   *slo.Engine
+	store *storeSet
+
+	certs    *listener.CertStore // nil without TLS
+	tlsCfg   *tls.Config
+	ids      *requestIDs
+	buffers  httputil.BufferPool // shared by every route's proxy
+	current  atomic.Pointer[runtime]
+	reloadMu sync.Mutex
+	draining atomic.Bool
+}
+
+// runtime is one compiled config. It is immutable once built: requests read
+// it concurrently without locks, and a reload replaces it as a whole.
+type runtime struct {
+	cfg       *config.Config
+	router    *router.Router[http.Handler]
+	notFound  http.Handler
+	trusted   []netip.Prefix
+	routes    []RouteInfo
+	maxParams int
+}
+
+// RouteInfo describes one compiled route for /admin/routes.
+type RouteInfo struct {
+	Name      string   `json:"name"`
+	Kind      string   `json:"kind"` // route | bff
+	Host      string   `json:"host,omitempty"`
+	Path      string   `json:"path"`
+	Methods   []string `json:"methods,omitempty"`
+	Upstreams []string `json:"upstreams,omitempty"`
+	Auth      []string `json:"auth,omitempty"`
+	Public    bool     `json:"public,omitempty"`
+	RateLimit []string `json:"rate_limit,omitempty"`
+	Owner     string   `json:"owner,omitempty"`
+}
+
+// New builds a gateway from a loaded config. It creates the long-lived
+// registries and compiles the first runtime; it does not listen yet.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	if opts.NodeID == "" {
+		opts.NodeID = defaultNodeID()
+	}
+	g := &Gateway{opts: opts, log: logger, now: now, ids: newRequestIDs(), buffers: proxy.NewBufferPool()}
+
+	g.tel = telemetry.New(telemetry.Deps{
+		Logger:         logger,
+		AccessLog:      opts.AccessLog,
+		Now:            opts.Now,
+		Version:        opts.Version,
+		LatencyBuckets: sloThresholds(cfg),
+	})
+	reg := g.tel.Registerer()
+	store, err := newStoreSet(cfg.RateLimits, opts.NodeID, logger)
+	if err != nil {
+		g.tel.Close()
+		return nil, err
+	}
+	g.store = store
+	g.ups = upstream.NewRegistry(upstream.Deps{Logger: logger, Registerer: reg, Now: opts.Now})
+	g.auths = auth.NewRegistry(auth.Deps{Logger: logger, Registerer: reg, Now: opts.Now})
+	g.rl, err = ratelimit.NewService(cfg.RateLimits, ratelimit.Deps{
+		Logger:     logger,
+		Registerer: reg,
+		Now:        opts.Now,
+		Store:      store.exact,
+		LeaseStore: store.lease,
+		Nodes:      store.nodes,
+	})
+	if err != nil {
+		g.closeRegistries()
+		return nil, err
+	}
+	g.slo = slo.NewEngine(slo.Deps{
+		Logger:     logger,
+		Registerer: reg,
+		Now:        opts.Now,
+		Redis:      store.redisClient(),
+		NodeID:     opts.NodeID,
+	})
+	g.tel.SetSLO(g.slo)
+
+	if cfg.Server.TLS != nil {
+		g.certs, g.tlsCfg, err = listener.TLSConfig(cfg.Server.TLS)
+		if err != nil {
+			g.closeRegistries()
+			return nil, fmt.Errorf("%s: server.tls: %w", cfg.Where("server.tls"), err)
+		}
+	}
+	rt, err := g.compile(cfg)
+	if err != nil {
+		g.closeRegistries()
+		return nil, err
+	}
+	g.current.Store(rt)
+	return g, nil
+}
+
+func (g *Gateway) closeRegistries() {
+	if g.slo != nil {
+		g.slo.Close()
+	}
+	if g.auths != nil {
+		_ = g.auths.Close()
+	}
+	if g.ups != nil {
+		g.ups.Close()
+	}
+	if g.store != nil {
+		g.store.close()
+	}
+	if g.tel != nil {
+		_ = g.tel.Close()
+	}
+}
+
+// Close releases every registry (health checkers, JWKS refreshers, Redis
+// clients, the access-log writer). Call it after the listeners are closed.
+func (g *Gateway) Close() { g.closeRegistries() }
+
+// Config returns the running config.
+func (g *Gateway) Config() *config.Config { return g.current.Load().cfg }
+
+// Routes lists the compiled routes of the running config.
+func (g *Gateway) Routes() []RouteInfo { return g.current.Load().routes }
+
+// Reload reads the config paths again and applies them. A config that fails
+// to load, validate or compile leaves the running one in force; the error
+// lists every problem. Changes that need a new socket or store are refused.
+func (g *Gateway) Reload() error {
+	cfg, err := config.Load(g.opts.Paths...)
+	if err != nil {
+		g.tel.ConfigReload(false)
+		g.log.Error("config reload failed; keeping the running config", "err", err.Error())
+		return err
+	}
+	return g.Apply(cfg)
+}
+
+// ErrRestartRequired marks a reload refused because it changes settings
+// that only a restart can apply.
+var ErrRestartRequired = errors.New("restart required")
+
+// Apply compiles cfg and, when it compiles, makes it the running config.
+// In-flight requests finish on the runtime they started with.
+func (g *Gateway) Apply(cfg *config.Config) error {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	old := g.current.Load()
+	if err := restartNeeded(old.cfg, cfg); err != nil {
+		g.tel.ConfigReload(false)
+		g.log.Error("config reload refused; keeping the running config", "err", err.Error())
+		return err
+	}
+	rt, err := g.compile(cfg)
+	if err == nil && g.certs != nil {
+		// Certificates reload with the config; a bad file keeps the old ones.
+		err = g.certs.Reload(cfg.Server.TLS)
+	}
+	if err != nil {
+		g.tel.ConfigReload(false)
+		g.log.Error("config reload failed; keeping the running config", "err", err.Error())
+		return err
+	}
+	g.current.Store(rt)
+	g.tel.ConfigReload(true)
+	g.log.Info("config reloaded", "routes", len(rt.routes), "files", cfg.Files)
+	return nil
+}
+
+// restartNeeded refuses reloads that change what a running process cannot
+// change in place (DESIGN.md section 4, "Signals").
+func restartNeeded(old, next *config.Config) error {
+	var changed []string
+	if old.Server.Listen != next.Server.Listen {
+		changed = append(changed, "server.listen")
+	}
+	if (old.Server.TLS == nil) != (next.Server.TLS == nil) {
+		changed = append(changed, "server.tls (enabling or disabling TLS)")
+	}
+	if old.Server.H2C != next.Server.H2C {
+		changed = append(changed, "server.h2c")
+	}
+	if old.Server.HTTPRedirectListen != next.Server.HTTPRedirectListen {
+		changed = append(changed, "server.http_redirect_listen")
+	}
+	if old.Server.ProxyProtocol != next.Server.ProxyProtocol {
+		changed = append(changed, "server.proxy_protocol")
+	}
+	if old.Admin.Listen != next.Admin.Listen {
+		changed = append(changed, "admin.listen")
+	}
+	if !sameStore(old.RateLimits.Store, next.RateLimits.Store) {
+		changed = append(changed, "rate_limits.store")
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the reload changes %v; restart the process to apply them", ErrRestartRequired, changed)
+}
+
+func sameStore(a, b config.Store) bool {
+	if a.Type != b.Type || a.URL != b.URL || a.Username != b.Username || a.Password != b.Password ||
+		a.Timeout != b.Timeout || len(a.Cluster) != len(b.Cluster) || (a.TLS == nil) != (b.TLS == nil) {
+		return false
+	}
+	for i := range a.Cluster {
+		if a.Cluster[i] != b.Cluster[i] {
+			return false
+		}
+	}
+	return a.TLS == nil || *a.TLS == *b.TLS
+}
+
+// ServeHTTP is the public entry point: it stamps the request (id, client IP,
+// start time), cleans the path, matches a route and runs its chain.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := g.current.Load()
+	info := &reqctx.Info{Start: g.now()}
+	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
+		info.RequestID = id
+	} else {
+		info.RequestID = g.ids.next()
+		r.Header.Set("X-Request-Id", info.RequestID)
+	}
+	w.Header().Set("X-Request-Id", info.RequestID)
+	if g.draining.Load() {
+		// Tell HTTP/1.1 clients to reconnect elsewhere while draining;
+		// HTTP/2 clients get GOAWAY from Shutdown.
+		w.Header().Set("Connection", "close")
+	}
+	info.ClientIP = clientIP(r, rt.trusted)
+	r = r.WithContext(reqctx.With(r.Context(), info))
+
+	decoded, escaped, err := router.CleanPath(r.URL.EscapedPath())
+	if err != nil {
+		info.Route = "unmatched"
+		rt.notFound.ServeHTTP(w, withProblem(r, problem.FromUpstream(err)))
+		return
+	}
+	router.SetPath(r.URL, decoded, escaped)
+	h, params, res := rt.router.Match(r, escaped, make([]reqctx.Param, 0, rt.maxParams))
+	switch res.Status {
+	case router.Found:
+		info.Params = params
+		h.ServeHTTP(w, r)
+	case router.MethodNotAllowed:
+		info.Route = "unmatched"
+		w.Header().Set("Allow", res.Allow)
+		rt.notFound.ServeHTTP(w, withProblem(r, problem.New(http.StatusMethodNotAllowed, "method_not_allowed",
+			"the route does not accept "+r.Method+"; allowed: "+res.Allow)))
+	default:
+		info.Route = "unmatched"
+		rt.notFound.ServeHTTP(w, r)
+	}
+}
+
+type problemKey struct{}
+
+// withProblem hands an error to the unmatched chain, which renders it after
+// telemetry has seen the request.
+func withProblem(r *http.Request, e *problem.Error) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), problemKey{}, e))
+}
+
+func unmatchedHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e, ok := r.Context().Value(problemKey{}).(*problem.Error); ok {
+			problem.Write(w, r, e)
+			return
+		}
+		problem.Write(w, r, problem.New(http.StatusNotFound, "route_not_found", "no route matches "+r.Method+" "+r.URL.Path))
+	})
+}

@@ -1,0 +1,180 @@
+package gateway
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// selfSigned writes a certificate for 127.0.0.1 and returns its paths and pool.
+func selfSigned(t *testing.T) (certPath, keyPath string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	dir := t.TempDir()
+	certPath, keyPath = filepath.Join(dir, "gw.crt"), filepath.Join(dir, "gw.key")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certPath, keyPath, pool
+}
+
+func TestTLSNegotiatesHTTP2(t *testing.T) {
+	up := echoUpstream(t, "a")
+	certPath, keyPath, pool := selfSigned(t)
+	cfg := strings.Replace(fmt.Sprintf(baseConfig, up.URL), `server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}`,
+		fmt.Sprintf(`server: {listen: "127.0.0.1:0", shutdown_timeout: 5s, tls: {cert: %q, key: %q}}`, certPath, keyPath), 1)
+	h := start(t, cfg)
+	base := strings.Replace(h.base, "http://", "https://", 1)
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(base + "/api/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || !strings.Contains(string(body), `"upstream":"a"`) {
+		t.Fatalf("TLS: %d %s %s", resp.StatusCode, resp.Proto, body)
+	}
+
+	// curl --http2 as docs/operations.md shows it.
+	if curl, err := exec.LookPath("curl"); err == nil {
+		out, err := exec.Command(curl, "--http2", "-s", "--cacert", certPath, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", base+"/api/x").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "2 200" {
+			t.Errorf("curl --http2: %v %q", err, out)
+		}
+	}
+}
+
+func TestH2CPriorKnowledge(t *testing.T) {
+	up := echoUpstream(t, "a")
+	cfg := strings.Replace(fmt.Sprintf(baseConfig, up.URL), `shutdown_timeout: 5s}`, `shutdown_timeout: 5s, h2c: true}`, 1)
+	h := start(t, cfg)
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: protocols}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get(h.base + "/api/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("h2c: %d %s", resp.StatusCode, resp.Proto)
+	}
+}
+
+// wsEcho answers a WebSocket upgrade with 101 and then echoes raw bytes:
+// enough to show that the gateway passes the upgrade and both directions.
+func wsEcho(t *testing.T) *httptest.Server {
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "upgrade required", http.StatusUpgradeRequired)
+			return
+		}
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: test\r\n\r\n")
+		rw.Flush()
+		buf := make([]byte, 1024)
+		for {
+			n, err := rw.Read(buf)
+			if n > 0 {
+				conn.Write(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestWebSocketPassThrough(t *testing.T) {
+	up := wsEcho(t)
+	h := start(t, fmt.Sprintf(`version: 1
+server: {listen: "127.0.0.1:0", shutdown_timeout: 2s}
+admin: {listen: "127.0.0.1:0"}
+logging: {access_log: false}
+upstreams:
+  ws: {targets: [{url: "%s"}]}
+routes:
+  - name: ws
+    match: {path: "/ws"}
+    upstream: ws
+    public: true
+    websocket: true
+`, up.URL))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %d", resp.StatusCode)
+	}
+	for _, msg := range []string{"hello", "through the gateway"} {
+		if _, err := conn.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo: %q %v", buf, err)
+		}
+	}
+	// The connection counts in the metrics while open.
+	m, _ := http.Get(h.admin + "/metrics")
+	mb, _ := io.ReadAll(m.Body)
+	m.Body.Close()
+	if !strings.Contains(string(mb), `portico_websocket_connections{route="ws"} 1`) {
+		t.Errorf("open WebSocket not counted:\n%s", grepLines(string(mb), "websocket"))
+	}
+}

@@ -249,6 +249,11 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 				return nil, fmt.Errorf("proxy: rewrite.strip_prefix %q: want a path like /api", rw.StripPrefix)
 			}
 			h.strip = strings.Split(p, "/")
+			for _, seg := range h.strip {
+				if seg == "" || seg == "." || seg == ".." {
+					return nil, fmt.Errorf("proxy: rewrite.strip_prefix %q: empty or dot segment", rw.StripPrefix)
+				}
+			}
 		}
 	}
 	var err error
@@ -289,7 +294,6 @@ func compileRules(hr *config.HeaderRules) (set []headerKV, remove []string, err 
 // derived from it.
 type exchange struct {
 	context.Context
-	h         *handler
 	b         *backend
 	cancel    context.CancelCauseFunc
 	timer     *time.Timer
@@ -365,7 +369,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(wh, k)
 	}
 
-	ex := &exchange{Context: r.Context(), h: h, b: b, gatewayID: len(wh["X-Request-Id"]) > 0}
+	ex := &exchange{Context: r.Context(), b: b, gatewayID: len(wh["X-Request-Id"]) > 0}
 	if h.timeout > 0 {
 		// A deadline would also cut the body short; the timer is stopped
 		// once the response headers arrived (modifyResponse).

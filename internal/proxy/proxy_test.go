@@ -770,6 +770,7 @@ func TestNewRejects(t *testing.T) {
 		"bad template":      {Backends: []Backend{ok}, Rewrite: &config.Rewrite{Path: "/a/{id"}},
 		"relative template": {Backends: []Backend{ok}, Rewrite: &config.Rewrite{Path: "a/{id}"}},
 		"bad strip":         {Backends: []Backend{ok}, Rewrite: &config.Rewrite{StripPrefix: "/"}},
+		"strip with dots":   {Backends: []Backend{ok}, Rewrite: &config.Rewrite{StripPrefix: "/a/../b"}},
 		"bad header name":   {Backends: []Backend{ok}, RequestHeaders: &config.HeaderRules{Set: map[string]string{"a b": "x"}}},
 		"header injection":  {Backends: []Backend{ok}, ResponseHeaders: &config.HeaderRules{Set: map[string]string{"X": "a\r\nB: c"}}},
 		"negative timeout":  {Backends: []Backend{ok}, Timeout: -1},

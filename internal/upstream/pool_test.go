@@ -485,3 +485,18 @@ func TestRequestBodyClosedWhenNoAttemptIsMade(t *testing.T) {
 		}
 	}
 }
+
+func TestSingleTargetRetriesItself(t *testing.T) {
+	env := newEnv(t, nil)
+	var n atomic.Int64
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	}))
+	defer s.Close()
+	p := env.apply(t, &config.Upstream{Targets: targets(s.URL), Retries: ptr(2)})
+	if status, _, err := send(p, http.MethodGet, ""); err != nil || status != 200 || n.Load() != 2 {
+		t.Fatalf("status %d err %v after %d attempts; want 200 on the second", status, err, n.Load())
+	}
+}

@@ -72,15 +72,18 @@ func (rt *Router[T]) Match(r *http.Request, path string, params []reqctx.Param) 
 		for i := 0; i < m.nc; i++ {
 			t := m.cands[i].t
 			if !t.accepts(method, bit) && (preMethod == "" || !t.accepts(preMethod, preBit)) {
+				// The path matched under other methods: remember them for
+				// a 405, should no other candidate match.
 				if denied == nil {
-					denied, deniedMask, deniedOther = t, t.mask, t.other
-				} else if t.mask|deniedMask != deniedMask || !containsAll(deniedOther, t.other) {
+					denied = t
+				} else {
 					deniedMany = true
-					deniedMask |= t.mask
-					for _, o := range t.other {
-						if !slices.Contains(deniedOther, o) {
-							deniedOther = append(slices.Clip(deniedOther), o)
-						}
+				}
+				deniedMask |= t.mask
+				for _, o := range t.other {
+					if !slices.Contains(deniedOther, o) {
+						// Clip: never append into a terminal's own slice.
+						deniedOther = append(slices.Clip(deniedOther), o)
 					}
 				}
 				continue
@@ -120,7 +123,8 @@ func (rt *Router[T]) Match(r *http.Request, path string, params []reqctx.Param) 
 		}
 		allow := denied.allow
 		if deniedMany {
-			allow = allowString(deniedMask, deniedOther)
+			// Several paths matched (rare): the union, built now.
+			allow = allowString(deniedMask, slices.Sorted(slices.Values(deniedOther)))
 		}
 		return value, out, Result{Status: MethodNotAllowed, Allow: allow}
 	}
@@ -345,13 +349,4 @@ func restAfter(path string, n int) string {
 		}
 	}
 	return ""
-}
-
-func containsAll(have, want []string) bool {
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			return false
-		}
-	}
-	return true
 }

@@ -2,10 +2,12 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -147,5 +149,65 @@ func TestRegistryLifecycle(t *testing.T) {
 	}
 	if _, err := r1.Apply(context.Background(), nil); err == nil {
 		t.Fatal("Apply after Close succeeded")
+	}
+}
+
+func TestJWKSFileReload(t *testing.T) {
+	e := newEnv(t)
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	write := func(keys ...*authtest.Key) {
+		if err := os.WriteFile(path, authtest.JWKS(keys...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := func() map[string]*config.AuthProvider {
+		return map[string]*config.AuthProvider{"file": jwtProviderCfg("", func(p *config.AuthProvider) { p.JWKSFile = path })}
+	}
+	write(rsaKey1)
+	s1 := e.apply(cfg())
+	tok := authtest.Sign(t, rsaKey1, e.claims(nil))
+	if _, f := s1.providers["file"].(*jwtProvider).authenticate(t.Context(), tok); f.reason != reasonNone {
+		t.Fatal(f.reason)
+	}
+	// Same file: same source. New content: new keys, and the token of the
+	// removed key is no longer accepted (no stale cache entry).
+	if s2 := e.apply(cfg()); s2.providers["file"].(*jwtProvider).src != s1.providers["file"].(*jwtProvider).src {
+		t.Fatal("unchanged file got a new source")
+	}
+	write(rsaKey2)
+	s3 := e.apply(cfg())
+	if _, f := s3.providers["file"].(*jwtProvider).authenticate(t.Context(), tok); f.reason != reasonUnknownKey {
+		t.Fatalf("token of a removed key: %v", f.reason)
+	}
+	if _, f := s3.providers["file"].(*jwtProvider).authenticate(t.Context(), authtest.Sign(t, rsaKey2, e.claims(nil))); f.reason != reasonNone {
+		t.Fatalf("token of the new key: %v", f.reason)
+	}
+}
+
+// TestTwoIdentityProviders: on a route accepting two JWT providers, a token
+// of the second is refused by the first on its issuer, before any key
+// lookup, so it never makes the first provider refetch its key set.
+func TestTwoIdentityProviders(t *testing.T) {
+	e := newEnv(t)
+	idpA := authtest.NewJWKSServer(t, rsaKey1)
+	idpB := authtest.NewJWKSServer(t, ecKey1)
+	set := e.apply(map[string]*config.AuthProvider{
+		"a": jwtProviderCfg(idpA.URL(), func(p *config.AuthProvider) { p.Issuer = "https://a.example.com" }),
+		"b": jwtProviderCfg(idpB.URL(), func(p *config.AuthProvider) { p.Issuer = "https://b.example.com" }),
+	})
+	var s seen
+	h := e.chain(set, "two", []string{"a", "b"}, nil, s.handler())
+	e.clk.Advance(refetchInterval + time.Second)
+	for i := 0; i < 20; i++ {
+		tok := authtest.Sign(t, ecKey1, e.claims(map[string]any{"iss": "https://b.example.com", "sub": fmt.Sprint("u", i)}))
+		if rec := do(h, bearer(tok)); rec.Code != 200 {
+			t.Fatalf("status %d", rec.Code)
+		}
+		if s.id.Provider != "b" {
+			t.Fatalf("provider %q", s.id.Provider)
+		}
+	}
+	if idpA.Requests() != 1 || idpB.Requests() != 1 {
+		t.Fatalf("fetches A=%d B=%d, want 1 each (startup only)", idpA.Requests(), idpB.Requests())
 	}
 }

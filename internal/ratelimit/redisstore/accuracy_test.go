@@ -31,7 +31,8 @@ type accCase struct {
 	offered float64 // offered load as a multiple of the limit's rate
 	dur     time.Duration
 	nodes   int
-	workers int // concurrent requesters per node
+	workers int    // concurrent requesters per node
+	subject string // default: a fresh one
 }
 
 func (c accCase) String() string {
@@ -95,7 +96,10 @@ func runAccuracy(t *testing.T, cfg config.Store, c accCase, during func()) ([]ev
 			nodes[i].lease = NewLeaseStore(s, func() int { return c.nodes })
 		}
 	}
-	subject := uniqueSubject(t, "acc")
+	subject := c.subject
+	if subject == "" {
+		subject = uniqueSubject(t, "acc")
+	}
 	check := ratelimit.Check{Policy: "hot", Params: c.params, Cost: 1}
 
 	// Open loop: each worker owns an evenly spaced share of the offered
@@ -143,6 +147,9 @@ func runAccuracy(t *testing.T, cfg config.Store, c accCase, during func()) ([]ev
 						at, err = node.store.exec(context.Background(), opDecide, subject, checks, nil, out, nil, noNow)
 					}
 					if err != nil {
+						if strings.Contains(err.Error(), "CROSSSLOT") {
+							t.Errorf("CROSSSLOT: %v", err)
+						}
 						nerr++
 						if ferr == nil {
 							ferr = err
@@ -164,9 +171,11 @@ func runAccuracy(t *testing.T, cfg config.Store, c accCase, during func()) ([]ev
 	wg.Wait()
 	side.Wait()
 	if errs > 0 {
-		// This machine is shared and often overloaded: a few timeouts are
-		// the environment, not the store. Many are a failure.
-		if errs*100 > int64(total) {
+		// This machine is shared and often overloaded (load averages of 20
+		// on two cores): a few timeouts are the environment, not the
+		// store; above 5% they are a failure. The oracle still checks
+		// counts, allowing one hidden admission per failed call.
+		if errs*20 > int64(total) {
 			t.Errorf("%v: %d of %d decisions failed; first: %v", c, errs, total, first)
 		} else {
 			t.Logf("%v: %d of %d decisions failed (tolerated); first: %v", c, errs, total, first)

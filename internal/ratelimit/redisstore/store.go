@@ -347,8 +347,8 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 // call runs the script. EVALSHA falls back to EVAL on NOSCRIPT (rueidis's
 // Lua helper), and MOVED and ASK are followed by the cluster client. A
 // TRYAGAIN (a slot mid-migration holding some of the subject's keys on each
-// side) or CLUSTERDOWN (a failover in progress) is retried here while the
-// deadline allows: rueidis retries those only for commands marked
+// side) or CLUSTERDOWN (a failover in progress) is retried here until the
+// deadline: rueidis retries those only for commands marked
 // retryable, and marking the script so would also re-run it after a
 // connection error, when the first run may already have counted.
 func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisMessage, error) {
@@ -358,10 +358,12 @@ func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisM
 			return res, nil
 		}
 		re, ok := rueidis.IsRedisErr(err)
-		if !ok || !(re.IsTryAgain() || re.IsClusterDown()) || attempt >= 20 {
+		if !ok || !(re.IsTryAgain() || re.IsClusterDown()) {
 			return nil, err
 		}
-		t := time.NewTimer(time.Duration(attempt+1) * 200 * time.Microsecond)
+		// Until the decision's deadline: a migration step or a failover
+		// takes milliseconds.
+		t := time.NewTimer(min(time.Duration(attempt+1)*200*time.Microsecond, 2*time.Millisecond))
 		select {
 		case <-ctx.Done():
 			t.Stop()

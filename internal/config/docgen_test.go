@@ -159,7 +159,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Policy.on_store_error": {desc: "Overrides rate_limits.on_store_error.", def: "rate_limits.on_store_error", enum: []string{"local", "fail_open", "fail_closed"}},
 	"Policy.shadow":         {desc: "Count and log, never block.", def: "false"},
 	"Policy.cost":           {desc: "Units one request takes.", def: "1"},
-	"Policy.on_missing_key": {desc: "A request without the key's part: deny (429), skip (unlimited) or shared (one shared bucket).", def: "deny", enum: []string{"deny", "skip", "shared"}},
+	"Policy.on_missing_key": {desc: "A request without the key's part: deny (429), skip (unlimited) or shared (one shared bucket). A deny policy keyed on a claim or consumer cannot be used without auth.", def: "deny", enum: []string{"deny", "skip", "shared"}},
 	"Policy.overrides":      {desc: "Per consumer (API key id) or claim value: other numbers, e.g. plans."},
 
 	"PolicyOverride.limit":  {desc: "Window algorithms: replaces limit."},
@@ -238,7 +238,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Backend.pick":     {desc: "Field path whose value replaces the whole body; after rename."},
 	"Backend.after":    {desc: "Name of a backend of the same endpoint this one waits for (no cycles)."},
 	"Backend.optional": {desc: "A failure leaves the key out and adds the name to Portico-Partial instead of failing the endpoint.", def: "false"},
-	"Backend.timeout":  {desc: "Per call.", def: "the endpoint's remaining time less a small reserve"},
+	"Backend.timeout":  {desc: "Per call; at most the endpoint timeout.", def: "the endpoint's remaining time less a small reserve"},
 
 	"SLO.name":          {desc: "Unique SLO name; the metrics label."},
 	"SLO.route":         {desc: "A route name or BFF/ENDPOINT."},

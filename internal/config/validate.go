@@ -543,10 +543,28 @@ func (v *validator) access(f string, auth []string, public bool, scopes, limits 
 		v.errf(f+".scopes", "scopes need auth")
 	}
 	for i, p := range limits {
-		if _, ok := v.cfg.RateLimits.Policies[p]; !ok {
+		pol, ok := v.cfg.RateLimits.Policies[p]
+		switch {
+		case !ok:
 			v.errf(idx(f+".rate_limit", i), "unknown rate-limit policy %q", p)
+		case len(auth) == 0 && pol.OnMissingKey == "deny" && needsIdentity(pol.Key):
+			// Without auth there is no claim and no consumer, so a deny
+			// policy would answer 429 to every request.
+			v.errf(idx(f+".rate_limit", i), "policy %q keys on %q, which a request without auth never has: every request would be denied (add auth, or set on_missing_key: skip or shared)", p, pol.Key)
 		}
 	}
+}
+
+// needsIdentity reports whether a rate-limit key reads the authenticated
+// identity (a claim or the API key consumer).
+func needsIdentity(key string) bool {
+	for part := range strings.SplitSeq(key, "+") {
+		part = strings.TrimSpace(part)
+		if part == "consumer" || strings.HasPrefix(part, "claim:") {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *validator) compression(f string, list []string) {
@@ -800,6 +818,9 @@ func (v *validator) endpoint(f string, e *Endpoint) {
 			v.errf(bf+".path", "must start with /")
 		case pathOK:
 			v.template(bf+".path", b, params)
+		}
+		if e.Timeout > 0 && b.Timeout > e.Timeout {
+			v.errf(bf+".timeout", "%s exceeds the endpoint timeout %s", b.Timeout, e.Timeout)
 		}
 		if b.Into != "" && !isKeyName(b.Into) {
 			v.errf(bf+".into", "invalid key %q (one JSON key, no dots or brackets)", b.Into)

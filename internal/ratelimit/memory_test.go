@@ -300,9 +300,8 @@ func (c cpuMeter) report(b *testing.B) {
 	}
 }
 
-// TestAllocationBudget pins the hot paths' allocations: none for a memory
-// decision, two per admitted request through the middleware (the RateLimit
-// field value and its header slice).
+// TestAllocationBudget pins the memory store's hot path: no allocation per
+// decision (TestMiddlewareAllocs pins the middleware's one).
 func TestAllocationBudget(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation budgets are not meaningful under the race detector")

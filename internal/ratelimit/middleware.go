@@ -535,12 +535,49 @@ func (l *limiter) writeStatus(h http.Header, st *reqState, v *verdict) {
 	b = append(b, ";t="...)
 	b = strconv.AppendInt(b, t, 10)
 	st.hdr = b
-	h[hdrRateLimit] = []string{string(b)}
+	hb := newHeaderBlock(len(b))
+	h[hdrRateLimit] = hb.set(0, b)
 	if l.rt.headers == headersLegacy {
-		h[hdrXLimit] = []string{strconv.FormatInt(v.bestParams.Limit, 10)}
-		h[hdrXRemaining] = []string{strconv.FormatInt(d.Remaining, 10)}
-		h[hdrXReset] = []string{strconv.FormatInt(t, 10)}
+		h[hdrXLimit] = hb.set(1, strconv.AppendInt(st.hdr[:0], v.bestParams.Limit, 10))
+		h[hdrXRemaining] = hb.set(2, strconv.AppendInt(st.hdr[:0], d.Remaining, 10))
+		h[hdrXReset] = hb.set(3, strconv.AppendInt(st.hdr[:0], t, 10))
 	}
+}
+
+// headerBlock holds the per-response header values in one allocation: the
+// value slices and the bytes their strings point into. The block lives as
+// long as the response's header map refers to it and is never written
+// after set returns, so the strings stay immutable.
+type headerBlock struct {
+	vals [4][1]string
+	buf  []byte
+	used int
+}
+
+// headerBlockInline is the value bytes kept inside the block itself.
+const headerBlockInline = 96
+
+type inlineBlock struct {
+	headerBlock
+	bytes [headerBlockInline]byte
+}
+
+func newHeaderBlock(first int) *headerBlock {
+	ib := new(inlineBlock)
+	ib.buf = ib.bytes[:]
+	if first+3*20 > headerBlockInline {
+		// A very long policy name: one more allocation.
+		ib.buf = make([]byte, first+3*20)
+	}
+	return &ib.headerBlock
+}
+
+// set copies v into the block and returns the header value slice i.
+func (hb *headerBlock) set(i int, v []byte) []string {
+	n := copy(hb.buf[hb.used:], v)
+	hb.vals[i][0] = unsafe.String(unsafe.SliceData(hb.buf[hb.used:]), n)
+	hb.used += n
+	return hb.vals[i][:]
 }
 
 // remainingOf reads the r parameter of a RateLimit field value we wrote.

@@ -194,6 +194,9 @@ var singletons = map[string]bool{"server": true, "admin": true, "logging": true,
 
 func (l *loader) file(name string, data []byte) {
 	l.cfg.Files = append(l.cfg.Files, name)
+	// Editors on Windows may start a UTF-8 file with a byte order mark,
+	// which the YAML parser would take as part of the first key.
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	f, err := l.parse(name, data)
 	if err != nil {
 		l.errs.add(syntaxError(name, err))

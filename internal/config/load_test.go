@@ -398,3 +398,27 @@ func TestFailedEntriesAreNotNil(t *testing.T) {
 		}
 	}
 }
+
+// TestFileEncodings checks CRLF line ends, a UTF-8 byte order mark and
+// document markers.
+func TestFileEncodings(t *testing.T) {
+	base := "version: 1\n" + minimalRoute
+	for name, in := range map[string]string{
+		"crlf":    strings.ReplaceAll(base, "\n", "\r\n"),
+		"bom":     "\ufeff" + base,
+		"markers": "---\n" + base + "...\n",
+	} {
+		c, err := LoadBytes(name+".yaml", []byte(in))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		want := name + ".yaml:6:5"
+		if name == "markers" {
+			want = name + ".yaml:7:5"
+		}
+		if got := c.Where("routes[0].name"); got != want {
+			t.Errorf("%s: Where = %q, want %q", name, got, want)
+		}
+	}
+}

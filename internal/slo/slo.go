@@ -283,9 +283,10 @@ func (e *Engine) forRoute(route string) *[]*sloState {
 }
 
 // Observer returns the hook the telemetry middleware calls for every finished
-// request of route. The hook stays valid across reloads (it follows the SLOs
-// applied later) and does not allocate.
-func (e *Engine) Observer(route string) func(status int, d time.Duration) {
+// request of route, with its status, duration and end time (the caller has
+// read the clock already, so the hook does not). The hook stays valid across
+// reloads (it follows the SLOs applied later) and does not allocate.
+func (e *Engine) Observer(route string) func(status int, d time.Duration, end time.Time) {
 	e.mu.Lock()
 	rt := e.routes[route]
 	if rt == nil {
@@ -294,14 +295,13 @@ func (e *Engine) Observer(route string) func(status int, d time.Duration) {
 		e.routes[route] = rt
 	}
 	e.mu.Unlock()
-	return func(status int, d time.Duration) {
+	return func(status int, d time.Duration, end time.Time) {
 		p := rt.slos.Load()
 		if p == nil {
 			return
 		}
-		now := e.now()
 		for _, st := range *p {
-			st.observe(now, status, d)
+			st.observe(end, status, d)
 		}
 	}
 }

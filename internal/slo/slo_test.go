@@ -131,7 +131,7 @@ type transition struct {
 // good and of the bad requests, and evaluates every step minutes.
 func simulate(t *testing.T, clk *clock, engines []*Engine, shares [][2]float64, route string, phases []phase) []transition {
 	t.Helper()
-	obs := make([]func(int, time.Duration), len(engines))
+	obs := make([]func(int, time.Duration, time.Time), len(engines))
 	for i, e := range engines {
 		obs[i] = e.Observer(route)
 	}
@@ -146,10 +146,10 @@ func simulate(t *testing.T, clk *clock, engines []*Engine, shares [][2]float64, 
 				good := int(float64(p.perMin-p.badPerMin) * shares[i][0])
 				bad := int(float64(p.badPerMin) * shares[i][1])
 				for k := 0; k < good; k++ {
-					obs[i](200, time.Millisecond)
+					obs[i](200, time.Millisecond, clk.Now())
 				}
 				for k := 0; k < bad; k++ {
-					obs[i](503, time.Millisecond)
+					obs[i](503, time.Millisecond, clk.Now())
 				}
 				if engines[i].redis != nil {
 					if err := engines[i].Flush(context.Background()); err != nil {
@@ -178,10 +178,10 @@ func simulate(t *testing.T, clk *clock, engines []*Engine, shares [][2]float64, 
 
 func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 	const day = 1440
-	// Objective 99%: 1% of requests may fail; 200 requests a minute. A
+	// Objective 99%: 1% of requests may fail; 100 requests a minute. A
 	// window of N minutes holds the N-1 completed minutes and the current,
 	// empty one, hence the 59, 359, ... below.
-	lead := phase{minutes: 3 * day, step: 3 * day, perMin: 200}
+	lead := phase{minutes: 3 * day, step: 3 * day, perMin: 100}
 	for _, tc := range []struct {
 		name     string
 		bad      phase // the incident
@@ -191,13 +191,13 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 		resolve  int // minutes into the recovery
 	}{
 		// 20x: the 1h burn 20t/59 passes 14.4 at t=43; the 5m burn 20(4-c)/4 falls below at c=2.
-		{"page 1h and 5m at 14.4x", phase{minutes: 60, step: 1, perMin: 200, badPerMin: 40}, 10, "page", 43, 2},
+		{"page 1h and 5m at 14.4x", phase{minutes: 60, step: 1, perMin: 100, badPerMin: 20}, 10, "page", 43, 2},
 		// 8x: the 6h burn 8t/359 passes 6 at t=270; the 30m burn 8(29-c)/29 reaches 6 at c=8.
-		{"page 6h and 30m at 6x", phase{minutes: 300, step: 1, perMin: 200, badPerMin: 16}, 15, "page", 270, 8},
+		{"page 6h and 30m at 6x", phase{minutes: 300, step: 1, perMin: 100, badPerMin: 8}, 15, "page", 270, 8},
 		// 4x: the 1d burn 4t/1439 (and the 3d one) pass 3 (1) at t=1080; the 6h burn reaches 1 at c=270.
-		{"ticket 1d and 2h at 3x", phase{minutes: 1200, step: 5, perMin: 200, badPerMin: 8}, 300, "ticket", 1080, 270},
-		// 1.5x: the 3d burn 1.5t/4319 passes 1 at t=2880; the 6h burn reaches 1 at c=120.
-		{"ticket 3d and 6h at 1x", phase{minutes: 3000, step: 10, perMin: 200, badPerMin: 3}, 150, "ticket", 2880, 120},
+		{"ticket 1d and 2h at 3x", phase{minutes: 1200, step: 5, perMin: 100, badPerMin: 4}, 300, "ticket", 1080, 270},
+		// 2x: the 3d burn 2t/4319 passes 1 at t=2160; the 6h burn 2(359-c)/359 reaches 1 at c=180.
+		{"ticket 3d and 6h at 1x", phase{minutes: 2200, step: 10, perMin: 100, badPerMin: 2}, 200, "ticket", 2160, 180},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newClock()
@@ -207,7 +207,7 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 			e := NewEngine(Deps{Now: clk.Now, Registerer: reg})
 			defer e.Close()
 			err := e.Apply([]*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99,
-				Window: config.Duration(7 * 24 * time.Hour), AlertWebhook: h.srv.URL}})
+				Window: config.Duration(3 * 24 * time.Hour), AlertWebhook: h.srv.URL}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,7 +222,7 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 			if v := testutil.ToFloat64(e.firingG.WithLabelValues("feed", tc.severity)); v != 1 {
 				t.Errorf("portico_slo_alert_firing = %v while firing", v)
 			}
-			tr = simulate(t, clk, []*Engine{e}, one, "mobile/feed", []phase{{minutes: tc.clean, step: tc.bad.step, perMin: 200}})
+			tr = simulate(t, clk, []*Engine{e}, one, "mobile/feed", []phase{{minutes: tc.clean, step: tc.bad.step, perMin: 100}})
 			if len(tr) != 1 || tr[0] != (transition{tc.resolve, tc.severity, false}) {
 				t.Fatalf("recovery transitions %v, want %s resolved at minute %d", tr, tc.severity, tc.resolve)
 			}
@@ -234,7 +234,7 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 			if got[0].BurnRates["3d"] <= 0 {
 				t.Errorf("webhook burn rates = %v", got[0].BurnRates)
 			}
-			if st := e.Snapshot()[0]; st.BudgetRemaining >= 1 || st.BudgetRemaining < 0 {
+			if st := e.Snapshot()[0]; st.BudgetRemaining >= 1 {
 				t.Errorf("budget remaining = %v", st.BudgetRemaining)
 			}
 		})
@@ -252,20 +252,20 @@ func TestBudgetAndBurnRatesExact(t *testing.T) {
 	obs := e.Observer("r")
 	// 10 minutes ago: 1000 good; now: 990 good, 5 x 500, 3 slow, 2 x 499 (slow, still good).
 	for i := 0; i < 1000; i++ {
-		obs(200, time.Millisecond)
+		obs(200, time.Millisecond, clk.Now())
 	}
 	clk.Advance(10 * time.Minute)
 	for i := 0; i < 990; i++ {
-		obs(200, 10*time.Millisecond)
+		obs(200, 10*time.Millisecond, clk.Now())
 	}
 	for i := 0; i < 5; i++ {
-		obs(500, time.Millisecond)
+		obs(500, time.Millisecond, clk.Now())
 	}
 	for i := 0; i < 3; i++ {
-		obs(200, time.Second)
+		obs(200, time.Second, clk.Now())
 	}
-	obs(499, time.Hour)
-	obs(499, time.Hour)
+	obs(499, time.Hour, clk.Now())
+	obs(499, time.Hour, clk.Now())
 	e.Evaluate(clk.Now())
 	st := e.Snapshot()[0]
 	// 5m: 8 bad of 1000 -> ratio 0.008 / 0.001 = 8; 30m: 8 of 2000 = 4.
@@ -282,7 +282,7 @@ func TestBudgetAndBurnRatesExact(t *testing.T) {
 		t.Errorf("gauge budget = %v", v)
 	}
 	// Requests of other routes are not counted.
-	e.Observer("other")(500, 0)
+	e.Observer("other")(500, 0, clk.Now())
 	e.Evaluate(clk.Now())
 	if e.Snapshot()[0].Bad != 8 {
 		t.Errorf("another route's error counted")
@@ -302,13 +302,13 @@ func TestApplyKeepsStateAndValidates(t *testing.T) {
 		t.Fatal(err)
 	}
 	obs := e.Observer("r") // resolved once, as at compile time
-	obs(500, 0)
-	obs(200, 0)
+	obs(500, 0, clk.Now())
+	obs(200, 0, clk.Now())
 	// Reload: a changes objective, b is removed, c is new on the same route.
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 90}, {Name: "c", Route: "r", Objective: 99}}); err != nil {
 		t.Fatal(err)
 	}
-	obs(200, 0)
+	obs(200, 0, clk.Now())
 	e.Evaluate(clk.Now())
 	snap := e.Snapshot()
 	if len(snap) != 2 || snap[0].Name != "a" || snap[0].Good != 2 || snap[0].Bad != 1 || snap[1].Name != "c" || snap[1].Good != 1 {
@@ -346,7 +346,7 @@ func TestWebhookRetries(t *testing.T) {
 	}
 	obs := e.Observer("r")
 	for i := 0; i < 100; i++ {
-		obs(503, 0) // everything fails: both pages and tickets fire
+		obs(503, 0, clk.Now()) // everything fails: both pages and tickets fire
 	}
 	e.Evaluate(clk.Now())
 	got := h.wait(t, 2)
@@ -362,8 +362,9 @@ func TestObserverDoesNotAllocate(t *testing.T) {
 		t.Fatal(err)
 	}
 	obs := e.Observer("r")
-	obs(200, 0)
-	if n := testing.AllocsPerRun(1000, func() { obs(503, time.Millisecond) }); n != 0 {
+	now := time.Now()
+	obs(200, 0, now)
+	if n := testing.AllocsPerRun(1000, func() { obs(503, time.Millisecond, now) }); n != 0 {
 		t.Errorf("observer allocates %v per call", n)
 	}
 }
@@ -375,10 +376,11 @@ func BenchmarkObserver(b *testing.B) {
 		b.Fatal(err)
 	}
 	obs := e.Observer("r")
+	now := time.Now()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			obs(200, time.Millisecond)
+			obs(200, time.Millisecond, now)
 		}
 	})
 }

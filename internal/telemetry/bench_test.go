@@ -23,7 +23,9 @@ func (d *discardWriter) WriteHeader(int)             {}
 // its own observer).
 type nopSLO struct{}
 
-func (nopSLO) Observer(string) func(int, time.Duration) { return func(int, time.Duration) {} }
+func (nopSLO) Observer(string) func(int, time.Duration, time.Time) {
+	return func(int, time.Duration, time.Time) {}
+}
 
 func BenchmarkMiddleware(b *testing.B) {
 	body := []byte("ok")

@@ -74,7 +74,7 @@ func (t *Telemetry) finish(rs *routeState, sw *statusWriter, r *http.Request, in
 	rs.hist.Observe(d.Seconds())
 	rs.stats.record(end, status, d)
 	if f := rs.slo.Load(); f != nil {
-		(*f)(status, d)
+		(*f)(status, d, end)
 	}
 	if span != nil {
 		endSpan(span, status)

@@ -52,7 +52,7 @@ type Deps struct {
 // SLOObserver is what the middleware needs from the SLO engine: a hook per
 // route, called once per finished request, that stays valid across reloads.
 type SLOObserver interface {
-	Observer(route string) func(status int, d time.Duration)
+	Observer(route string) func(status int, d time.Duration, end time.Time)
 }
 
 // DefaultBuckets are the standard upper bounds (seconds) of
@@ -143,7 +143,7 @@ type routeState struct {
 	ws        prometheus.Gauge
 	hist      prometheus.Observer
 	counters  [numMethods][numCodes]atomic.Pointer[prometheus.Counter]
-	slo       atomic.Pointer[func(int, time.Duration)]
+	slo       atomic.Pointer[func(int, time.Duration, time.Time)]
 	stats     routeStats
 }
 

@@ -1,10 +1,15 @@
 package ratelimit
 
 import (
+	"context"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,4 +146,98 @@ func FuzzParseKey(f *testing.F) {
 			t.Fatalf("%q -> %q -> %v %v", expr, k.Text, k2, err)
 		}
 	})
+}
+
+// TestRetryAfterProperty: for every algorithm, on random traffic, each 429
+// carries Retry-After >= t of its RateLimit field, RateLimit-Policy and
+// RateLimit parse as RFC 9651 lists with r >= 0, and a retry after
+// Retry-After seconds is admitted.
+func TestRetryAfterProperty(t *testing.T) {
+	policies := map[string]*config.Policy{
+		"fixed_window":           pol("fixed_window", 5, 10*time.Second, "ip"),
+		"sliding_window_counter": pol("sliding_window_counter", 5, 10*time.Second, "ip"),
+		"sliding_window_log":     pol("sliding_window_log", 5, 10*time.Second, "ip"),
+		"token_bucket":           {Algorithm: "token_bucket", Rate: 1, Per: config.Duration(2 * time.Second), Burst: 5, Key: "ip", Cost: 1},
+		"leaky_bucket": {Algorithm: "leaky_bucket", Rate: 2, Per: config.Duration(time.Second), Burst: 2,
+			MaxDelay: config.Duration(time.Second), Key: "ip", Cost: 1},
+	}
+	for name, p := range policies {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOpt{policies: map[string]*config.Policy{name: p}, route: []string{name},
+				wait: func(context.Context, time.Duration) error { return nil }})
+			rng := rand.New(rand.NewPCG(5, uint64(len(name))))
+			limited := 0
+			for i := range 400 {
+				e.clock.Advance(time.Duration(rng.Int64N(int64(700 * time.Millisecond))))
+				r := e.do()
+				items, err := parseSFList(r.header.Get("RateLimit-Policy"))
+				if err != nil || len(items) != 1 || items[0].params["q"] < 1 || items[0].params["w"] < 1 {
+					t.Fatalf("request %d: RateLimit-Policy %q: %v", i, r.header.Get("RateLimit-Policy"), err)
+				}
+				_, _, tsec := rateLimitOf(t, r.header)
+				if r.code == 200 {
+					continue
+				}
+				if r.code != 429 {
+					t.Fatalf("request %d: status %d", i, r.code)
+				}
+				limited++
+				ra, err := strconv.ParseInt(r.header.Get("Retry-After"), 10, 64)
+				if err != nil || ra < 1 || ra < tsec {
+					t.Fatalf("request %d: Retry-After %q, t=%d", i, r.header.Get("Retry-After"), tsec)
+				}
+				e.clock.Advance(time.Duration(ra) * time.Second)
+				if r := e.do(); r.code != 200 {
+					t.Fatalf("request %d: still %d after Retry-After %ds", i, r.code, ra)
+				}
+			}
+			if limited == 0 {
+				t.Fatal("traffic never hit the limit; the test tests nothing")
+			}
+		})
+	}
+}
+
+// TestStaleClockUnderContention: decisions with times jumping back and
+// forth inside a 100ms span, from 8 goroutines, never admit more than the
+// burst plus what 100ms earns (golang/go#71360 admitted 5000x).
+func TestStaleClockUnderContention(t *testing.T) {
+	m := NewMemory(MemoryConfig{})
+	params := map[string]algo.Params{
+		"token":   {Kind: algo.TokenBucket, Limit: 100, Window: 10_000},
+		"fixed":   {Kind: algo.FixedWindow, Limit: 100, Window: 60 * sec},
+		"counter": {Kind: algo.SlidingWindowCounter, Limit: 100, Window: 60 * sec},
+		"log":     {Kind: algo.SlidingWindowLog, Limit: 100, Window: 60 * sec},
+	}
+	for name, p := range params {
+		t.Run(name, func(t *testing.T) {
+			checks := []Check{{Policy: name, Params: p, Cost: 1}}
+			var admitted atomic.Int64
+			var wg sync.WaitGroup
+			for g := range 8 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(g), 99))
+					out := make([]algo.Decision, 1)
+					for range 2000 {
+						now := t0 + rng.Int64N(100_000)
+						if err := m.DecideAt(now, "hot", checks, out); err != nil {
+							t.Error(err)
+							return
+						}
+						if out[0].Allowed {
+							admitted.Add(1)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			limit := int64(100)
+			if p.Kind == algo.TokenBucket {
+				limit += 100_000 / p.Window // what the 100ms span earns
+			}
+			if n := admitted.Load(); n > limit || n < 100 {
+				t.Fatalf("admitted %d, want 100..%d", n, limit)
+			}
+		})
+	}
 }

@@ -234,7 +234,7 @@ func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthP
 			defer wg.Done()
 			// A failure is logged by fetch and is not fatal: the
 			// refresher keeps trying and unknown kids get 503 meanwhile.
-			_ = s.fetch(ctx)
+			_ = s.fetchIf(ctx, 0, true)
 		}()
 	}
 	wg.Wait()

@@ -87,14 +87,19 @@ func (s *keySource) refetchUnknown(ctx context.Context) {
 	if s.url == "" {
 		return
 	}
-	_ = s.fetchIf(ctx, refetchInterval)
+	_ = s.fetchIf(ctx, refetchInterval, false)
 }
 
 // fetch fetches now (or joins a fetch under way).
-func (s *keySource) fetch(ctx context.Context) error { return s.fetchIf(ctx, 0) }
+func (s *keySource) fetch(ctx context.Context) error { return s.fetchIf(ctx, 0, false) }
 
 // fetchIf fetches unless the last attempt started less than minGap ago.
-func (s *keySource) fetchIf(ctx context.Context, minGap time.Duration) error {
+// With bound, a download this call starts also ends with ctx: for the
+// startup fetch, whose caller (Apply) is the only one waiting. Otherwise
+// the download does not use ctx: followers share it, and one caller going
+// away must not fail it for the others. The registry's context (cancelled
+// by Close) and fetchTimeout bound it either way.
+func (s *keySource) fetchIf(ctx context.Context, minGap time.Duration, bound bool) error {
 	s.mu.Lock()
 	if ch := s.inflight; ch != nil {
 		s.mu.Unlock()
@@ -121,10 +126,13 @@ func (s *keySource) fetchIf(ctx context.Context, minGap time.Duration) error {
 	wasOK := s.ok
 	s.mu.Unlock()
 
-	// The download does not use ctx: followers share it, and one caller
-	// going away must not fail it for the others. The registry's context
-	// (cancelled by Close) and fetchTimeout bound it.
-	ks, maxAge, err := s.download()
+	dctx, cancel := context.WithTimeout(s.reg.baseCtx, fetchTimeout)
+	if bound {
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
+	}
+	ks, maxAge, err := s.download(dctx)
+	cancel()
 
 	changed := false
 	s.mu.Lock()
@@ -169,9 +177,7 @@ func (s *keySource) fetchIf(ctx context.Context, minGap time.Duration) error {
 }
 
 // download performs one GET of the JWKS document.
-func (s *keySource) download() (*keySet, time.Duration, error) {
-	ctx, cancel := context.WithTimeout(s.reg.baseCtx, fetchTimeout)
-	defer cancel()
+func (s *keySource) download(ctx context.Context) (*keySet, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
 		return nil, 0, err

@@ -1,7 +1,9 @@
 package auth
 
 import (
+	"context"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -117,5 +119,36 @@ func TestNextWait(t *testing.T) {
 	s.failures = 12
 	if d := s.nextWait(t0); d != minRefresh {
 		t.Fatalf("backoff above the refresh interval: %v", d)
+	}
+}
+
+// TestStartupFetchHonoursApplyContext: a JWKS endpoint that hangs delays
+// Apply only as long as its context allows; the provider then answers 503
+// until the keys arrive.
+func TestStartupFetchHonoursApplyContext(t *testing.T) {
+	e := newEnv(t)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) })
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	set, err := e.reg.Apply(ctx, map[string]*config.AuthProvider{"users": jwtProviderCfg(hang.URL, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d >= fetchTimeout {
+		t.Fatalf("Apply took %v; the context allowed 200ms", d)
+	}
+	var s seen
+	h := e.chain(set, "hang", []string{"users"}, nil, s.handler())
+	if rec := do(h, bearer(authtest.Sign(t, rsaKey1, e.claims(nil)))); rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", rec.Code)
 	}
 }

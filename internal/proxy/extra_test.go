@@ -1,6 +1,14 @@
 package proxy
 
 import (
+	"context"
+	"fmt"
+	"net/http/httptrace"
+	"net/textproto"
+	"sync/atomic"
+	"time"
+
+	"github.com/portico-gw/portico/internal/config"
 	"io"
 	"log/slog"
 	"net/http"
@@ -123,3 +131,78 @@ func TestFailureIsLoggedWithCause(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func TestContentLengthKept(t *testing.T) {
+	var gotLen atomic.Int64
+	var gotTE atomic.Value
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		gotLen.Store(r.ContentLength)
+		gotTE.Store(strings.Join(r.TransferEncoding, ","))
+		_, _ = io.Copy(io.Discard, r.Body)
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}, MaxBodyBytes: 1 << 20}, nil)
+	resp, _ := do(t, client(t), "POST", srv.URL+"/", strings.NewReader(strings.Repeat("z", 5000)))
+	if resp.StatusCode != 200 || gotLen.Load() != 5000 || gotTE.Load() != "" {
+		t.Fatalf("status %d, upstream Content-Length %d, Transfer-Encoding %q", resp.StatusCode, gotLen.Load(), gotTE.Load())
+	}
+}
+
+func TestEarlyHintsPassThrough(t *testing.T) {
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		_, _ = io.WriteString(w, "done")
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}}, nil)
+	var hints []string
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, fmt.Sprint(code, " ", h.Get("Link")))
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", srv.URL+"/", nil)
+	resp, err := client(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "done" || len(hints) != 1 || hints[0] != "103 </app.css>; rel=preload" {
+		t.Fatalf("body %q, 1xx %q", b, hints)
+	}
+}
+
+func TestConcurrentRequests(t *testing.T) {
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.URL.Path)
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}, Timeout: config.Duration(10 * time.Second)}, nil)
+	c := client(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				p := fmt.Sprintf("/g%d/%d", g, i)
+				resp, err := c.Get(srv.URL + p)
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != p {
+					errs <- fmt.Errorf("asked %s, got %s", p, b)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}

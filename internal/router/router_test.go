@@ -338,3 +338,43 @@ func TestDocExamples(t *testing.T) {
 		})
 	}
 }
+
+func TestConcurrentMatch(t *testing.T) {
+	rt, err := New(thousandRoutes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	for g := 0; g < 4; g++ {
+		go func() {
+			var buf []reqctx.Param
+			for i := 0; i < 500; i++ {
+				path := fmt.Sprintf("/svc%d/v1/items/%d", i%100, i)
+				r := httptest.NewRequest("GET", path, nil)
+				v, params, res := rt.Match(r, path, buf[:0])
+				if res.Status != Found || len(params) != 1 || params[0].Value != fmt.Sprint(i) || v%8 != 1 {
+					done <- fmt.Errorf("%s: %v %v %v", path, v, params, res)
+					return
+				}
+				buf = params
+			}
+			done <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestMatchAllocationsWithEscapes(t *testing.T) {
+	rt := mustRouter(t, []Entry[string]{e("p", "", "/files/{name}/raw")})
+	r := httptest.NewRequest("GET", "/", nil)
+	buf := make([]reqctx.Param, 0, 2)
+	// One canonical copy of the path and one decoded parameter value.
+	allocs := testing.AllocsPerRun(100, func() { _, _, _ = rt.Match(r, "/files/a%2Fb/raw", buf[:0]) })
+	if allocs > 2 {
+		t.Fatalf("Match allocates %v times for an escaped path, want at most 2", allocs)
+	}
+}

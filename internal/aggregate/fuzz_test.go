@@ -106,27 +106,28 @@ func FuzzShape(f *testing.F) {
 	seeds := []string{
 		`{"items":[{"id":1,"text":"t","author":{"name":"n"}}],"next":"x"}`,
 		`[{"id":1},{"id":2}]`, `{"a":{"b":[{"c":1}]}}`, `"s"`, `12.5e3`, `null`,
-		`{"a":"\u00e9\ud83d\ude00"}`, `{"a":[[[]]]}`, `{"a" 1}`, `[1,]`,
+		`{"a":"\u00e9\ud83d\ude00"}`, `{"a":[[[]]]}`, `{"a" 1}`, `[1,]`, `{"a":1,"r":2,"a":3}`,
 	}
 	for _, s := range seeds {
-		f.Add([]byte(s), "items[].id", uint8(0))
-		f.Add([]byte(s), "a.b[].c", uint8(1))
-		f.Add([]byte(s), "[].id", uint8(3))
+		f.Add([]byte(s), "items[].id", "items[].text", uint8(1|4))
+		f.Add([]byte(s), "a.b[].c", "a", uint8(2|8))
+		f.Add([]byte(s), "[].id", "[].id", uint8(1|8))
+		f.Add([]byte(s), "a", "r", uint8(4))
 	}
-	f.Fuzz(func(t *testing.T, data []byte, path string, op uint8) {
+	// op bits: 1 fields [p1, p2]; 2 drop [p2]; 4 rename p1 -> "r"; 8 pick p2.
+	f.Fuzz(func(t *testing.T, data []byte, p1, p2 string, op uint8) {
 		var sp shapeSpec
-		switch op % 5 {
-		case 0:
-			sp.Fields = []string{path}
-		case 1:
-			sp.Drop = []string{path}
-		case 2:
-			sp.Rename = map[string]string{path: "renamed"}
-		case 3:
-			sp.Pick = path
-		case 4:
-			sp.Fields = []string{path, "id"}
-			sp.Drop = []string{"id.x"}
+		if op&1 != 0 {
+			sp.Fields = []string{p1, p2}
+		}
+		if op&2 != 0 {
+			sp.Drop = []string{p2}
+		}
+		if op&4 != 0 {
+			sp.Rename = map[string]string{p1: "r"}
+		}
+		if op&8 != 0 {
+			sp.Pick = p2
 		}
 		sh, err := compileShape(sp)
 		if err != nil {
@@ -148,6 +149,14 @@ func FuzzShape(f *testing.F) {
 		}
 		if !json.Valid(out) {
 			t.Fatalf("%+v on %q gave invalid JSON %q", sp, data, out)
+		}
+		// Shaping is idempotent for fields and drop alone: a second pass
+		// changes nothing.
+		if op&(4|8) == 0 {
+			again, err := sh.apply(&scanner{}, out, nil)
+			if err != nil || string(again) != string(out) {
+				t.Fatalf("%+v not idempotent on %q: %q then %q (%v)", sp, data, out, again, err)
+			}
 		}
 	})
 }

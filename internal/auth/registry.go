@@ -165,6 +165,9 @@ func (r *Registry) Close() error {
 // provider answers 503 for unknown key ids until the keys arrive, and a
 // warning is logged); an unreadable or invalid jwks_file, an unusable
 // algorithm list or an invalid API key hash is. On error nothing changes.
+//
+// The first fetch of each new JWKS URL runs inside Apply, all in parallel,
+// each bounded by ctx and by a 5 s timeout.
 func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthProvider) (*Set, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

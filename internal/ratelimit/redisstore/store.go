@@ -44,6 +44,7 @@ type Store struct {
 	beat    *rueidis.Lua
 
 	nodes atomic.Int64 // fleet size from the last heartbeat; 0 = unknown
+	calls atomic.Int64 // script calls sent (EVALSHA and its EVAL fallback count once)
 
 	paramsMu sync.RWMutex
 	params   map[algo.Params]*paramStrings
@@ -353,6 +354,7 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 // connection error, when the first run may already have counted.
 func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisMessage, error) {
 	for attempt := 0; ; attempt++ {
+		s.calls.Add(1)
 		res, err := s.script.Exec(ctx, s.client, keys, args).ToArray()
 		if err == nil {
 			return res, nil

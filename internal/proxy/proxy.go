@@ -92,7 +92,8 @@ type Config struct {
 	// X-Forwarded-Proto and X-Forwarded-Host) is kept. From any other peer
 	// those headers are replaced.
 	TrustedProxies []netip.Prefix
-	// WebSocket lets Upgrade requests through. When false, Upgrade and
+	// WebSocket lets "Upgrade: websocket" requests through (other upgrade
+	// protocols never are). When false, Upgrade and
 	// Connection are stripped and the request is proxied as a plain one:
 	// RFC 9110 section 7.8 lets a server ignore Upgrade, and the client
 	// then sees the upstream's ordinary answer instead of a 101.
@@ -426,9 +427,10 @@ func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
 	if info != nil && info.RequestID != "" {
 		out.Header["X-Request-Id"] = ex.val(valReqID, info.RequestID)
 	}
-	if !h.websocket {
+	if up := out.Header["Upgrade"]; len(up) > 0 && (!h.websocket || !strings.EqualFold(up[0], "websocket")) {
 		// ReverseProxy put these back for an upgrade; refuse it by
-		// forwarding a plain request.
+		// forwarding a plain request. Only WebSocket is ever tunnelled
+		// (not h2c or anything else a client may ask for).
 		delete(out.Header, "Upgrade")
 		delete(out.Header, "Connection")
 	}

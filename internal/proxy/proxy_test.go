@@ -732,6 +732,17 @@ func TestWebSocketRefusedWhenOff(t *testing.T) {
 	}
 }
 
+func TestOnlyWebSocketUpgradesPass(t *testing.T) {
+	var s seen
+	be := upstream(t, "u", s.handler(200, "plain"))
+	srv, _ := front(t, Config{Backends: []Backend{be}, WebSocket: true}, nil)
+	resp, body := do(t, client(t), "GET", srv.URL+"/", nil, "Connection", "Upgrade", "Upgrade", "h2c")
+	r, _ := s.get()
+	if resp.StatusCode != 200 || body != "plain" || r.Header.Get("Upgrade") != "" || r.Header.Get("Connection") != "" {
+		t.Fatalf("status %d %q; upstream saw Upgrade %q Connection %q", resp.StatusCode, body, r.Header.Get("Upgrade"), r.Header.Get("Connection"))
+	}
+}
+
 func TestClientGoneIsNotAnUpstreamError(t *testing.T) {
 	started := make(chan struct{})
 	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {

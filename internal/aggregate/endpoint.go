@@ -433,17 +433,19 @@ func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
 	return dst, &bodyError{err: errTooLarge}
 }
 
-// hopHeaders are not forwarded to backends: hop-by-hop fields (RFC 9110
-// section 7.6.1), what the gateway sets itself, and fields that would make
-// a backend answer something other than a full JSON body (conditionals,
-// ranges).
+// skipHeader names the fields not copied to backends: hop-by-hop fields
+// (RFC 9110 section 7.6.1), what the gateway sets itself (the forwarding
+// fields among them: a client's own X-Forwarded-For is not to be trusted
+// here; the gateway already resolved the client address through
+// trusted_proxies), and fields that would make a backend answer something
+// other than a full JSON body (conditionals, ranges).
 func skipHeader(k string) bool {
 	switch k {
 	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
 		"Te", "Trailer", "Transfer-Encoding", "Upgrade",
 		"Cookie", "Host", "Content-Length", "Content-Type", "Accept-Encoding", "Accept", "Expect",
 		"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range",
-		"X-Request-Id":
+		"X-Request-Id", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Real-Ip":
 		return true
 	}
 	return false
@@ -469,9 +471,9 @@ func outboundHeader(in *Input) http.Header {
 	for _, vv := range src {
 		n += len(vv)
 	}
-	// One backing array for every value, including the three set below.
-	vals := make([]string, 0, n+3)
-	h := make(http.Header, len(src)+3)
+	// One backing array for every value, including the six set below.
+	vals := make([]string, 0, n+6)
+	h := make(http.Header, len(src)+6)
 outer:
 	for k, vv := range src {
 		if skipHeader(k) {
@@ -497,6 +499,17 @@ outer:
 		vals = append(vals, rid)
 		h["X-Request-Id"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
+	if in.Info != nil && in.Info.ClientIP.IsValid() {
+		vals = append(vals, in.Info.ClientIP.String())
+		h["X-Forwarded-For"] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	proto := "http"
+	if in.Request.TLS != nil {
+		proto = "https"
+	}
+	vals = append(vals, proto, in.Request.Host)
+	h["X-Forwarded-Proto"] = vals[len(vals)-2 : len(vals)-1 : len(vals)-1]
+	h["X-Forwarded-Host"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	vals = append(vals, "gzip", "application/json")
 	h["Accept-Encoding"] = vals[len(vals)-2 : len(vals)-1 : len(vals)-1]
 	h["Accept"] = vals[len(vals)-1 : len(vals) : len(vals)]

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -212,6 +213,9 @@ func TestForwardedHeaders(t *testing.T) {
 	r.Header.Set("Connection", "X-Private")
 	r.Header.Set("X-Private", "hop")
 	r.Header.Set("If-None-Match", `"abc"`)
+	r.Header.Set("X-Forwarded-For", "6.6.6.6")
+	r.Host = "api.example.com"
+	reqctx.From(r.Context()).ClientIP = netip.MustParseAddr("203.0.113.7")
 	if rec := do(h, r); rec.Code != 200 {
 		t.Fatalf("status %d", rec.Code)
 	}
@@ -223,6 +227,10 @@ func TestForwardedHeaders(t *testing.T) {
 		"Cookie":          "",
 		"X-Private":       "",
 		"If-None-Match":   "",
+		// The gateway's resolved client address, never the client's claim.
+		"X-Forwarded-For":   "203.0.113.7",
+		"X-Forwarded-Proto": "http",
+		"X-Forwarded-Host":  "api.example.com",
 	}
 	for k, v := range want {
 		if g := got.Get(k); g != v {

@@ -333,9 +333,11 @@ func (e *Engine) Close() {
 	e.wg.Wait()
 }
 
-// Run evaluates every 10 s (and in fleet mode flushes counts to Redis every
-// 2 s) until ctx ends.
+// Run evaluates at once and then every 10 s (and in fleet mode flushes counts
+// to Redis every 2 s) until ctx ends; in fleet mode it flushes a last time on
+// the way out, so a node stopping loses no counts.
 func (e *Engine) Run(ctx context.Context) {
+	e.Evaluate(e.now())
 	eval := time.NewTicker(10 * time.Second)
 	defer eval.Stop()
 	var flush <-chan time.Time

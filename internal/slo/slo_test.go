@@ -419,3 +419,28 @@ func TestRulesPromtool(t *testing.T) {
 }
 
 var _ = io.Discard
+
+func TestRunEvaluatesAndStops(t *testing.T) {
+	clk := newClock()
+	e := NewEngine(Deps{Now: clk.Now})
+	defer e.Close()
+	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99}}); err != nil {
+		t.Fatal(err)
+	}
+	e.Observer("r")(500, 0, clk.Now())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Snapshot()[0].EvaluatedAt.IsZero() {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not evaluate")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := e.Snapshot()[0]; st.Bad != 1 || !st.Alerts["page"] {
+		t.Errorf("after Run: %+v", st)
+	}
+	cancel()
+	<-done
+}

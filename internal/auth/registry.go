@@ -36,8 +36,10 @@ type Deps struct {
 	HTTPClient *http.Client
 }
 
-// Tunables. They are constants rather than config because the issue fixed
-// them; they are package variables of Registry so tests can shrink them.
+// Tunables. They are constants, not config: they bound how hard the gateway
+// may press an identity provider and how stale a decision may be, which
+// should not vary per deployment. Tests move the injected clock instead of
+// shrinking them.
 const (
 	// defaultRefresh is the JWKS refresh interval when the response has no
 	// Cache-Control max-age.

@@ -133,7 +133,8 @@ type Decision struct {
 
 // IdleAt returns the time (µs) from which s holds no usage at all, so that
 // dropping it changes no future decision: the memory store evicts only such
-// state.
+// state, and a shared store may expire its key then (a TTL of IdleAt - now,
+// rounded up, at least 1ms).
 func IdleAt(p *Params, s *State) int64 {
 	switch p.Kind {
 	case FixedWindow:
@@ -198,8 +199,9 @@ func IdleAt(p *Params, s *State) int64 {
 //
 // TokenBucket (GCRA): tat' = max(tat, now) + cost*T; admit iff
 // tat' - now <= L*T (the bucket holds L units, one more every T µs).
-// Remaining = floor((L*T - (tat' - now)) / T). RetryAfter = tat' - now - L*T.
-// ResetAfter = tat' - now (the bucket is full again at tat').
+// Remaining = floor((L*T - (tat' - now)) / T), not below 0. RetryAfter =
+// tat' - now - L*T. ResetAfter = tat' - now (the bucket is full again at
+// tat'). When rejected, Remaining and ResetAfter use max(tat, now) for tat'.
 //
 // LeakyBucket: the same GCRA as a queue rather than a bucket. With the
 // default burst 1 requests are spaced T apart; a request whose excess

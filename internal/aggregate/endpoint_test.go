@@ -21,6 +21,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/identity"
+	"github.com/portico-gw/portico/internal/problem"
 	"github.com/portico-gw/portico/internal/reqctx"
 )
 
@@ -592,6 +593,37 @@ func TestDeadlineFromInjectedClock(t *testing.T) {
 			}
 			if took > tc.wantMax {
 				t.Fatalf("took %v, want at most %v: the deadline ignored the injected clock", took, tc.wantMax)
+			}
+		})
+	}
+}
+
+// errRT fails every call with err, as upstream.Pool does when it sheds
+// load, its breaker is open or its own attempt timeout passes.
+type errRT struct{ err error }
+
+func (e errRT) RoundTrip(*http.Request) (*http.Response, error) { return nil, e.err }
+
+func TestPoolErrors(t *testing.T) {
+	tests := []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{problem.New(http.StatusServiceUnavailable, "breaker_open", "the upstream's circuit breaker is open"), 502, "backend_breaker_open"},
+		{problem.New(http.StatusServiceUnavailable, "upstream_overloaded", "too many requests in flight"), 502, "backend_overloaded"},
+		{problem.Wrap(http.StatusGatewayTimeout, "upstream_timeout", "no answer", context.DeadlineExceeded), 504, "backend_timeout"},
+		{io.ErrUnexpectedEOF, 502, "backend_error"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.code, func(t *testing.T) {
+			h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{{Upstream: "u", Path: "/", Into: "x"}}},
+				map[string]http.RoundTripper{"u": errRT{tc.err}})
+			rec := do(h, gatewayRequest("GET", "/e"))
+			var p problemBody
+			_ = json.Unmarshal(rec.Body.Bytes(), &p)
+			if rec.Code != tc.status || p.Type != "urn:portico:problem:"+tc.code || !strings.HasPrefix(p.Detail, "backend x") {
+				t.Fatalf("status %d %+v, want %d %s", rec.Code, p, tc.status, tc.code)
 			}
 		})
 	}

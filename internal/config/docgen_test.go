@@ -543,7 +543,8 @@ SIGHUP or ` + "`POST /admin/reload`" + ` loads the files again; a configuration 
 one stays. Everything applies on reload except ` + "`server.listen`" + `, listener changes of ` + "`server.tls`" + ` that need a
 new socket, ` + "`admin.listen`" + ` and ` + "`rate_limits.store`" + `, which need a restart (certificates themselves reload).
 
-FIELD paths below use ` + "`[]`" + ` for list items and ` + "`<name>`" + ` for map keys; error messages show the index or key.
+FIELD paths below use ` + "`[]`" + ` for list items and ` + "`<name>`" + ` for map keys; error messages show the key, or the
+index within the file (the first route of ` + "`team.yaml`" + ` is ` + "`routes[0]`" + ` however many routes other files hold).
 `)
 	for _, s := range docSections {
 		fmt.Fprintf(&b, "\n## %s\n\n", s.title)

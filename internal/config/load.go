@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -158,6 +159,42 @@ type loader struct {
 
 	// broken is set when a file could not be read or parsed.
 	broken bool
+
+	// local maps an index of the merged routes and slos lists to the
+	// index within its own file, which is what error messages show (the
+	// user reads routes[0] of team.yaml, not routes[17] of the merge).
+	local map[string][]int
+}
+
+// listLen returns the length of the merged top-level list key, or 0.
+func (l *loader) listLen(key string) int {
+	switch key {
+	case "routes":
+		return len(l.cfg.Routes)
+	case "slos":
+		return len(l.cfg.SLOs)
+	}
+	return 0
+}
+
+// localFields rewrites routes[N] and slos[N] at the start of each error's
+// field from the merged index to the index within the error's file.
+func (l *loader) localFields() {
+	for i := range l.errs.List {
+		e := &l.errs.List[i]
+		for key, table := range l.local {
+			rest, ok := strings.CutPrefix(e.Field, key+"[")
+			if !ok {
+				continue
+			}
+			end := strings.IndexByte(rest, ']')
+			n, err := strconv.Atoi(rest[:max(end, 0)])
+			if end < 0 || err != nil || n >= len(table) {
+				continue
+			}
+			e.Field = key + "[" + strconv.Itoa(table[n]) + rest[end:]
+		}
+	}
 }
 
 // parse parses one file, through the cache when there is one.
@@ -186,6 +223,7 @@ func newLoader(lookup func(string) (string, bool), size int) *loader {
 		fields: map[reflect.Type]map[string]int{},
 		lookup: lookup,
 		owner:  map[string]pos{},
+		local:  map[string][]int{},
 	}
 }
 
@@ -281,7 +319,11 @@ func (l *loader) file(name string, data []byte) {
 		case strings.HasPrefix(key, "x-"):
 			continue // extension keys hold YAML anchors for reuse
 		}
+		before := l.listLen(key)
 		d.field(rv, key, e, key)
+		for i := before; i < l.listLen(key); i++ {
+			l.local[key] = append(l.local[key], i-before)
+		}
 	}
 	if !sawVersion {
 		d.errs.add(errAt(d.at(root), "version", "missing; every file must say version: 1"))
@@ -353,15 +395,15 @@ func syntaxError(file string, err error) Error {
 
 // finish applies defaults, validates and returns the merged config.
 func (l *loader) finish() (*Config, error) {
-	if l.broken {
+	if !l.broken {
 		// A file that could not be read or parsed would make every name it
-		// defines look undefined elsewhere: report what was found so far
-		// and validate once every file parses.
-		return nil, l.errs.orNil()
+		// defines look undefined elsewhere: then only what was found so
+		// far is reported, and validation waits until every file parses.
+		applyDefaults(l.cfg)
+		v := &validator{cfg: l.cfg, pos: l.pos, failed: l.failed, errs: l.errs}
+		v.validate()
 	}
-	applyDefaults(l.cfg)
-	v := &validator{cfg: l.cfg, pos: l.pos, failed: l.failed, errs: l.errs}
-	v.validate()
+	l.localFields()
 	if err := l.errs.orNil(); err != nil {
 		return nil, err
 	}

@@ -33,9 +33,12 @@ func positionsOf(c *Config) map[string]pos {
 // Where returns "FILE:LINE:COL" of a field path such as "server.tls.cert",
 // "routes[3].match.path" or "upstreams.posts.targets[0].url", for later
 // stages that find a problem the loader could not (a certificate file that
-// cannot be read, say). A field that was not written in the file (one that
-// got its default) gives the position of its nearest written ancestor. The
-// result is "" for a Config not returned by Load or LoadBytes.
+// cannot be read, say). Indices are those of the merged Config (the index
+// into Config.Routes), while the loader's own error messages show the index
+// within the file, which is what a reader of that file counts. A field that
+// was not written in the file (one that got its default) gives the position
+// of its nearest written ancestor. The result is "" for a Config not
+// returned by Load, LoadBytes or a Loader.
 func (c *Config) Where(field string) string {
 	p, ok := lookupPos(positionsOf(c), field)
 	if !ok {

@@ -982,6 +982,34 @@ func BenchmarkMiddleware(b *testing.B) {
 	cpu.report(b)
 }
 
+// BenchmarkMiddlewareCached429: a client over its limit, answered by the
+// negative cache (no store call) with a full 429 problem+json.
+func BenchmarkMiddlewareCached429(b *testing.B) {
+	cfg := config.RateLimits{Policies: map[string]*config.Policy{
+		"per-ip": {Algorithm: "fixed_window", Limit: 1, Window: config.Duration(time.Hour), Key: "ip", Cost: 1},
+	}}
+	svc, err := NewService(cfg, Deps{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mw, err := svc.Middleware("posts", []string{"per-ip"}, PreAuth)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r = r.WithContext(reqctx.With(r.Context(), &reqctx.Info{ClientIP: netip.MustParseAddr("203.0.113.9")}))
+	w := &discardWriter{h: http.Header{}}
+	h.ServeHTTP(w, r) // takes the one unit
+	b.ReportAllocs()
+	cpu := startCPU()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, r)
+	}
+	cpu.report(b)
+}
+
 func TestMiddlewareAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation budgets are not meaningful under the race detector")

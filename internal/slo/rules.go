@@ -99,9 +99,13 @@ func writeGroup(b *bytes.Buffer, name string, c *sloConfig) {
 		if sev == "ticket" {
 			alert = "PorticoSLOBurnRateTicket"
 		}
+		summary, description := annotations(name, c, sev)
 		fmt.Fprintf(b, "      - alert: %s\n        expr: %s\n        labels: %s\n        annotations:\n          summary: %s\n          description: %s\n",
-			alert, q(expr), labels(", severity: "+q(sev)),
-			q(fmt.Sprintf("SLO %s (%v%% over %s) burns its error budget too fast", name, c.objective, win)),
-			q(fmt.Sprintf("Route %s: the multi-window burn-rate %s rule fired.", c.route, sev)))
+			alert, q(expr), labels(", severity: "+q(sev)), q(summary), q(description))
 	}
+}
+
+func annotations(name string, c *sloConfig, sev string) (summary, description string) {
+	return fmt.Sprintf("SLO %s (%v%% over %s) burns its error budget too fast", name, c.objective, promDuration(c.window)),
+		fmt.Sprintf("Route %s: the multi-window burn-rate %s rule fired.", c.route, sev)
 }

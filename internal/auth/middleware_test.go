@@ -404,3 +404,79 @@ func TestMiddlewareErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestStripIdentityHeaders(t *testing.T) {
+	tests := []struct {
+		name  string
+		names []string
+		in    http.Header
+		want  http.Header
+	}{
+		{"nothing configured", nil, http.Header{"X-User-Id": {"a"}}, http.Header{"X-User-Id": {"a"}}},
+		{"canonicalised once", []string{"x-user-id", " X-USER-ID ", "x-consumer-id"},
+			http.Header{"X-User-Id": {"a", "b"}, "X-Consumer-Id": {"c"}, "X-Other": {"d"}},
+			http.Header{"X-Other": {"d"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got http.Header
+			h := StripIdentityHeaders(tc.names)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got = r.Header.Clone()
+			}))
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.Header = tc.in
+			h.ServeHTTP(httptest.NewRecorder(), r)
+			if len(got) != len(tc.want) {
+				t.Fatalf("headers %v, want %v", got, tc.want)
+			}
+			for k, v := range tc.want {
+				if got.Get(k) != v[0] {
+					t.Fatalf("headers %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// TestSeriesResolvedAtCompile: every reason of a route exists (at zero) as
+// soon as its middleware is built, so dashboards and alerts see the series
+// before the first failure.
+func TestSeriesResolvedAtCompile(t *testing.T) {
+	e := newEnv(t)
+	set := e.apply(map[string]*config.AuthProvider{
+		"p": {Type: "api_key", Header: "X-API-Key", Keys: []config.APIKey{{ID: "a", SHA256: authtest.KeyHash("k")}}},
+	})
+	mustMW(t, set, "compiled", []string{"p"}, nil)
+	mfs, err := e.promR.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "portico_auth_failures_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var route, reason string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "route":
+					route = l.GetValue()
+				case "reason":
+					reason = l.GetValue()
+				}
+			}
+			if route == "compiled" {
+				reasons[reason] = true
+			}
+		}
+	}
+	for r := reasonMissing; r < numReasons; r++ {
+		if !reasons[r.String()] {
+			t.Errorf("series reason=%s missing", r)
+		}
+	}
+	if len(reasons) != int(numReasons)-1 {
+		t.Errorf("reasons %v", reasons)
+	}
+}

@@ -134,12 +134,6 @@ func (v *validator) url(field, raw string, schemes ...string) {
 	}
 }
 
-func (v *validator) nonNeg(field string, d Duration) {
-	if d < 0 {
-		v.errf(field, "must not be negative")
-	}
-}
-
 func (v *validator) positive(field string, n int64) {
 	if n <= 0 {
 		v.errf(field, "must be greater than 0")
@@ -157,10 +151,10 @@ func (v *validator) server() {
 	}
 	if t := s.TLS; t != nil {
 		v.enum("server.tls.min_version", t.MinVersion, "1.2", "1.3")
-		if (t.Cert == "") != (t.Key == "") {
+		switch {
+		case (t.Cert == "") != (t.Key == ""):
 			v.errf("server.tls", "cert and key go together")
-		}
-		if t.Cert == "" && len(t.Certificates) == 0 {
+		case t.Cert == "" && len(t.Certificates) == 0:
 			v.errf("server.tls", "needs cert and key, or certificates")
 		}
 		for i, ck := range t.Certificates {

@@ -655,7 +655,12 @@ func (s *Service) decide(ctx context.Context, store Store, rt *runtime, subject 
 		return 0, ctx.Err()
 	}
 	if err != errBreakerOpen {
-		s.log.Warn("rate-limit store failed", slog.Any("error", err))
+		// At most one line per second: a failing store must not turn every
+		// request into a log line (the error counter counts them all).
+		if t := s.clock.Micros(); t-s.lastWarn.Load() >= 1_000_000 {
+			s.lastWarn.Store(t)
+			s.log.Warn("rate-limit store failed", slog.Any("error", err))
+		}
 		for _, p := range pols {
 			p.counters.errored.Inc()
 		}

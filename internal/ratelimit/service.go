@@ -127,6 +127,7 @@ type Service struct {
 	breaker      *breaker
 	neg          *negCache
 	decisions    *prometheus.CounterVec
+	lastWarn     atomic.Int64 // µs of the last store-failure log line
 
 	mu       sync.Mutex // guards counters and serializes Apply
 	counters map[string]*policyCounters

@@ -124,8 +124,11 @@ func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
 	}
 	tr = append(tr, simulate(t, clk, engines, shares, "mobile/feed", []phase{{minutes: 60, step: 1, perMin: 190}})...)
 	got := h.wait(t, len(tr))
-	// Give a duplicate from another node a chance to arrive before counting.
-	time.Sleep(200 * time.Millisecond)
+	// Close waits for every delivery in flight, so a duplicate from another
+	// node would be in by now.
+	for _, e := range engines {
+		e.Close()
+	}
 	h.mu.Lock()
 	n := len(h.got)
 	h.mu.Unlock()
@@ -141,8 +144,8 @@ func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
 	fresh := newNode(3)
 	defer fresh.Close()
 	fresh.Evaluate(clk.Now())
-	engines[0].Evaluate(clk.Now())
-	a, b := fresh.Snapshot()[0], engines[0].Snapshot()[0]
+	b := engines[0].Snapshot()[0]
+	a := fresh.Snapshot()[0]
 	if a.Good != b.Good || a.Bad != b.Bad || a.BudgetRemaining != b.BudgetRemaining || !reflect.DeepEqual(a.BurnRates, b.BurnRates) {
 		t.Errorf("restarted node sees %+v, running node %+v", a, b)
 	}

@@ -190,12 +190,15 @@ func goVersion() string { return runtime.Version() }
 func TestClientGoneCountsAs499(t *testing.T) {
 	tel := New(Deps{AccessLog: io.Discard})
 	defer tel.Close()
-	entered := make(chan struct{})
+	entered, served := make(chan struct{}), make(chan struct{})
 	h := tel.Middleware("slow")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(entered)
 		<-r.Context().Done() // returns without writing anything
 	}))
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		close(served) // the middleware has finished counting
+	}))
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
@@ -210,17 +213,10 @@ func TestClientGoneCountsAs499(t *testing.T) {
 	<-entered
 	cancel()
 	<-errc
-	// The server notices the disconnect asynchronously; wait for the count.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got, _ := scrape(t, tel)
-		if got[`portico_requests_total{code="499",method="GET",route="slow"}`] == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("499 not counted: %v", got[`portico_requests_total{code="499",method="GET",route="slow"}`])
-		}
-		time.Sleep(5 * time.Millisecond)
+	<-served
+	got, _ := scrape(t, tel)
+	if v := got[`portico_requests_total{code="499",method="GET",route="slow"}`]; v != 1 {
+		t.Fatalf("499 count = %v", v)
 	}
 	if s := tel.Stats().Routes[0].Last1m; s.Classes["499"] != 1 || s.ErrorRate4xx != 0 {
 		t.Errorf("stats = %+v", s)
@@ -230,8 +226,7 @@ func TestClientGoneCountsAs499(t *testing.T) {
 func TestWebSocketUpgradeGauge(t *testing.T) {
 	tel := New(Deps{AccessLog: io.Discard})
 	defer tel.Close()
-	release := make(chan struct{})
-	upgraded := make(chan struct{})
+	release, upgraded, served := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	h := tel.Middleware("ws")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// As httputil.ReverseProxy does: hijack, then write the 101 itself.
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -245,7 +240,10 @@ func TestWebSocketUpgradeGauge(t *testing.T) {
 		close(upgraded)
 		<-release
 	}))
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		close(served)
+	}))
 	defer srv.Close()
 	req, _ := http.NewRequest("GET", srv.URL, nil)
 	req.Header.Set("Connection", "Upgrade")
@@ -255,21 +253,18 @@ func TestWebSocketUpgradeGauge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != 101 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
 	<-upgraded
 	if got, _ := scrape(t, tel); got[`portico_websocket_connections{route="ws"}`] != 1 {
 		t.Errorf("open websockets = %v", got[`portico_websocket_connections{route="ws"}`])
 	}
 	close(release)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got, _ := scrape(t, tel)
-		if got[`portico_websocket_connections{route="ws"}`] == 0 && got[`portico_requests_total{code="101",method="GET",route="ws"}`] == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after close: ws=%v 101=%v", got[`portico_websocket_connections{route="ws"}`], got[`portico_requests_total{code="101",method="GET",route="ws"}`])
-		}
-		time.Sleep(5 * time.Millisecond)
+	<-served
+	got, _ := scrape(t, tel)
+	if got[`portico_websocket_connections{route="ws"}`] != 0 || got[`portico_requests_total{code="101",method="GET",route="ws"}`] != 1 {
+		t.Errorf("after close: ws=%v 101=%v", got[`portico_websocket_connections{route="ws"}`], got[`portico_requests_total{code="101",method="GET",route="ws"}`])
 	}
 }
 

@@ -634,8 +634,12 @@ func (l *limiter) decideShadow(ctx context.Context, r *http.Request, st *reqStat
 				continue
 			}
 			p.counters.shadow.Inc()
-			l.s.log.Info("shadow rate-limit policy would reject", slog.String("policy", p.name),
-				slog.String("route", l.route), slog.Int64("retry_after_us", d.RetryAfter))
+			// One line per policy per second; the shadow counter has them all.
+			if t := l.s.clock.Micros(); t-p.counters.lastShadowLog.Load() >= 1_000_000 {
+				p.counters.lastShadowLog.Store(t)
+				l.s.log.Info("shadow rate-limit policy would reject", slog.String("policy", p.name),
+					slog.String("route", l.route), slog.Int64("retry_after_us", d.RetryAfter))
+			}
 		}
 	}
 }

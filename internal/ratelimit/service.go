@@ -101,6 +101,7 @@ type policy struct {
 
 type policyCounters struct {
 	allowed, limited, errored, fallback, shadow prometheus.Counter
+	lastShadowLog                               atomic.Int64 // µs
 }
 
 // runtime is one applied config: immutable once published.

@@ -241,10 +241,10 @@ func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, ind
 		}
 		b.dep = j
 	}
-	b.nameB, b.nameJSON = []byte(b.name), appendJSONString(nil, b.name)
+	b.nameB, b.nameJSON = []byte(b.name), appendJSONString(nil, []byte(b.name))
 	if b.into != "" {
 		b.intoB = []byte(b.into)
-		b.intoJSON = appendJSONString(nil, b.into)
+		b.intoJSON = appendJSONString(nil, []byte(b.into))
 	}
 	rt := deps.Upstreams[bc.Upstream]
 	if rt == nil {
@@ -342,9 +342,13 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	}
 	isJS := isJSON(resp.Header.Get("Content-Type"))
 	res.text = len(body) > 0 && !isJS
-	val, err := f.shape(s, resp.Header.Get("Content-Type"), isJS, body, (*res.valueBuf)[:0])
-	*res.valueBuf = val
+	val, inBody, err := f.shape(s, resp.Header.Get("Content-Type"), isJS, body, (*res.valueBuf)[:0])
 	res.Value = val
+	// An unshaped body is its own value (a sub-slice, no copy); only a
+	// value built in the value buffer goes back into it.
+	if !inBody {
+		*res.valueBuf = val[:0]
+	}
 	if err != nil {
 		e.release(res)
 		return nil, &bodyError{err: err}
@@ -352,25 +356,31 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	return res, nil
 }
 
-// shape turns a body into the value placed in the response.
-func (f *fetcher) shape(s *scanner, contentType string, isJS bool, body, dst []byte) ([]byte, error) {
+// shape turns a body into the value placed in the response. inBody says
+// the value is a sub-slice of body rather than built in dst.
+func (f *fetcher) shape(s *scanner, contentType string, isJS bool, body, dst []byte) (val []byte, inBody bool, err error) {
 	if len(body) == 0 {
-		return append(dst, "null"...), nil
+		return append(dst, "null"...), false, nil
 	}
 	if !isJS {
 		if !f.b.shaper.none {
-			return dst, fmt.Errorf("content type %q is not JSON, but fields, drop, rename or pick need JSON", contentType)
+			return dst, false, fmt.Errorf("content type %q is not JSON, but fields, drop, rename or pick need JSON", contentType)
 		}
-		return appendJSONString(dst, string(body)), nil
+		return appendJSONString(dst, body), false, nil
 	}
-	out, err := f.b.shaper.apply(s, body, dst)
+	if f.b.shaper.none {
+		val, err = s.validate(body)
+		inBody = err == nil
+	} else {
+		val, err = f.b.shaper.apply(s, body, dst)
+	}
 	if err != nil {
-		return out, err
+		return dst, false, err
 	}
-	if f.b.into == "" && (len(out) == 0 || out[0] != '{') {
-		return out, errors.New("the value is not an object and the backend has no into to place it under")
+	if f.b.into == "" && (len(val) == 0 || val[0] != '{') {
+		return dst, false, errors.New("the value is not an object and the backend has no into to place it under")
 	}
-	return out, nil
+	return val, inBody, nil
 }
 
 // isJSON accepts application/json, any +json type and a missing type. It
@@ -839,7 +849,7 @@ func mergeMembers(s *scanner, val, out []byte, first bool) ([]byte, bool) {
 
 // appendJSONString appends v as a JSON string. Invalid UTF-8 becomes
 // U+FFFD, so non-JSON bodies passed through as strings stay valid JSON.
-func appendJSONString(dst []byte, v string) []byte {
+func appendJSONString(dst []byte, v []byte) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(v); {
@@ -862,7 +872,7 @@ func appendJSONString(dst []byte, v string) []byte {
 			i++
 			continue
 		}
-		r, size := utf8.DecodeRuneInString(v[i:])
+		r, size := utf8.DecodeRune(v[i:])
 		if r == utf8.RuneError && size == 1 {
 			dst = append(dst, "\ufffd"...)
 		} else {

@@ -628,3 +628,43 @@ func TestPoolErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBufferReuse runs many concurrent requests mixing unshaped bodies
+// (used in place), shaped ones and gzip, so that a pooled buffer handed out
+// twice would show up as a corrupted response.
+func TestBufferReuse(t *testing.T) {
+	big := `{"items":[` + strings.Repeat(`{"id":12345678901234567,"text":"some text here"},`, 60) + `{"id":1}]}`
+	rts := serve(t, map[string]http.HandlerFunc{
+		"raw":    jsonHandler("  \n" + big + "\n "),
+		"shaped": jsonHandler(big),
+		"small":  jsonHandler(`{"a":1}`),
+		"gz": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			_, _ = io.WriteString(zw, big)
+			_ = zw.Close()
+		},
+	})
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+		{Upstream: "raw", Path: "/", Into: "raw"},
+		{Upstream: "shaped", Path: "/", Into: "ids", Pick: "items[].id"},
+		{Upstream: "small", Path: "/"},
+		{Upstream: "gz", Path: "/", Into: "gz", Drop: []string{"items[].text"}},
+	}}, rts)
+	want := do(h, gatewayRequest("GET", "/e")).Body.String()
+	if !json.Valid([]byte(want)) || !strings.HasPrefix(want, `{"raw":{"items":[{"id":12345678901234567,"text"`) || !strings.Contains(want, `"a":1`) {
+		t.Fatalf("unexpected body %.200s", want)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 10 {
+				if got := do(h, gatewayRequest("GET", "/e")).Body.String(); got != want {
+					t.Errorf("concurrent response differs: %.200s", got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

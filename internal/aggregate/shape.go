@@ -97,6 +97,23 @@ func (sh *shaper) apply(s *scanner, in, out []byte) ([]byte, error) {
 	return s.out, nil
 }
 
+// validate checks that in is one JSON text within the depth limit and
+// returns it without surrounding whitespace (a sub-slice of in, no copy).
+func (s *scanner) validate(in []byte) ([]byte, error) {
+	s.reset(in, s.out[:0])
+	s.ws()
+	start := s.pos
+	if err := s.skipValue(); err != nil {
+		return nil, err
+	}
+	end := s.pos
+	s.ws()
+	if s.pos != len(s.in) {
+		return nil, s.fail("data after the top-level value")
+	}
+	return in[start:end], nil
+}
+
 // omit reports whether the value about to be read must be left out: its
 // type does not fit the path and an allow-list applies below it. null is
 // never omitted (it carries no data).

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/portico-gw/portico/internal/config"
+	"github.com/portico-gw/portico/internal/problem"
 	"io"
 	"log/slog"
 	"net/http"
@@ -204,5 +205,45 @@ func TestConcurrentRequests(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+func TestPoolErrorsPassThrough(t *testing.T) {
+	// An upstream pool answers with its own *problem.Error (load shedding,
+	// open breaker); the client gets exactly that.
+	be := upstream(t, "u", func(http.ResponseWriter, *http.Request) {})
+	be.Transport = roundTripFunc(func(*http.Request) (*http.Response, error) {
+		return nil, problem.New(http.StatusServiceUnavailable, "breaker_open", "the upstream is failing; try later")
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}}, nil)
+	resp, body := do(t, client(t), "GET", srv.URL+"/", nil)
+	wantProblem(t, resp, body, http.StatusServiceUnavailable, "breaker_open")
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestBrokenUpstreamBodyAbortsClient(t *testing.T) {
+	// The upstream dies in the middle of a chunked body. The client must
+	// see an error, never a clean end of a truncated body.
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+		_ = brw.Flush()
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}}, nil)
+	resp, err := client(t).Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("read %q and a clean end; want an error", b)
 	}
 }

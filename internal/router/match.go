@@ -8,19 +8,26 @@ import (
 	"github.com/portico-gw/portico/internal/reqctx"
 )
 
-// cand is a terminal whose pattern matched the path.
-type cand[T any] struct {
-	t *terminal[T]
-}
-
 // matcher is the per-call scratch state; it lives on the caller's stack.
 type matcher[T any] struct {
 	cp    string                    // canonical path
 	segs  [maxSegments + 1][2]int32 // start, end of each segment in cp
 	n     int                       // segments split (at most the router's depth)
 	over  bool                      // the path has more segments than n
-	cands [maxCandidates]cand[T]
+	cands [maxCandidates]*terminal[T]
 	nc    int
+
+	r *http.Request
+	// method and, for a CORS preflight, the method it asks about (which
+	// the route is matched under, so that its CORS stage can answer).
+	method, preMethod string
+	bit, preBit       uint16
+
+	// Terminals whose path matched under other methods, for a 405.
+	denied      *terminal[T]
+	deniedMany  bool
+	deniedMask  uint16
+	deniedOther []string
 }
 
 // Match finds the route for r. path is the cleaned path in ESCAPED form, the
@@ -46,58 +53,13 @@ func (rt *Router[T]) Match(r *http.Request, path string, params []reqctx.Param) 
 		m.n, m.over = 0, false
 		m.split(rt.maxDepth)
 	}
-
-	method := r.Method
-	bit := methodBit(method)
-	// A CORS preflight is matched under the method it asks about.
-	preMethod, preBit := "", uint16(0)
-	if bit == methodBit(http.MethodOptions) {
+	m.r, m.method = r, r.Method
+	m.bit = methodBit(m.method)
+	if m.bit == methodBit(http.MethodOptions) {
 		if acrm := r.Header["Access-Control-Request-Method"]; len(acrm) > 0 && len(r.Header["Origin"]) > 0 {
-			preMethod = acrm[0]
-			preBit = methodBit(preMethod)
+			m.preMethod = acrm[0]
+			m.preBit = methodBit(m.preMethod)
 		}
-	}
-
-	var denied *terminal[T] // first terminal whose path matched under another method
-	var deniedMask uint16
-	var deniedOther []string
-	deniedMany := false
-
-	try := func(root *node[T]) (*route[T], *terminal[T]) {
-		if root == nil {
-			return nil, nil
-		}
-		m.nc = 0
-		m.walk(root, 0)
-		for i := 0; i < m.nc; i++ {
-			t := m.cands[i].t
-			if !t.accepts(method, bit) && (preMethod == "" || !t.accepts(preMethod, preBit)) {
-				// The path matched under other methods: remember them for
-				// a 405, should no other candidate match.
-				if denied == nil {
-					denied = t
-				} else {
-					deniedMany = true
-				}
-				deniedMask |= t.mask
-				for _, o := range t.other {
-					if !slices.Contains(deniedOther, o) {
-						// Clip: never append into a terminal's own slice.
-						deniedOther = append(slices.Clip(deniedOther), o)
-					}
-				}
-				continue
-			}
-			for _, rte := range t.routes {
-				if !rte.accepts(method, bit) && (preMethod == "" || !rte.accepts(preMethod, preBit)) {
-					continue
-				}
-				if rte.headersMatch(r.Header) && rte.queryMatch(r.URL.RawQuery) {
-					return rte, t
-				}
-			}
-		}
-		return nil, nil
 	}
 
 	var hb [256]byte
@@ -105,26 +67,26 @@ func (rt *Router[T]) Match(r *http.Request, path string, params []reqctx.Param) 
 	var rte *route[T]
 	var t *terminal[T]
 	if hostOK && rt.exactLens&lenBit(len(host)) != 0 {
-		rte, t = try(rt.exact[string(host)])
+		rte, t = m.try(rt.exact[string(host)])
 	}
 	if rte == nil && hostOK && rt.wildLens != 0 {
 		for i := 1; i < len(host) && rte == nil; i++ {
 			if host[i] == '.' && host[i-1] != '.' && rt.wildLens&lenBit(len(host)-i-1) != 0 {
-				rte, t = try(rt.wildcard[string(host[i+1:])])
+				rte, t = m.try(rt.wildcard[string(host[i+1:])])
 			}
 		}
 	}
 	if rte == nil {
-		rte, t = try(rt.anyHost)
+		rte, t = m.try(rt.anyHost)
 	}
 	if rte == nil {
-		if denied == nil {
+		if m.denied == nil {
 			return value, out, Result{}
 		}
-		allow := denied.allow
-		if deniedMany {
+		allow := m.denied.allow
+		if m.deniedMany {
 			// Several paths matched (rare): the union, built now.
-			allow = allowString(deniedMask, slices.Sorted(slices.Values(deniedOther)))
+			allow = allowString(m.deniedMask, slices.Sorted(slices.Values(m.deniedOther)))
 		}
 		return value, out, Result{Status: MethodNotAllowed, Allow: allow}
 	}
@@ -136,6 +98,61 @@ func (rt *Router[T]) Match(r *http.Request, path string, params []reqctx.Param) 
 		out = append(out, reqctx.Param{Key: "*", Value: restAfter(path, t.segs)})
 	}
 	return rte.value, out, Result{Status: Found}
+}
+
+// try matches within one host tier: the path candidates in precedence
+// order, then method, headers and query of each route.
+func (m *matcher[T]) try(root *node[T]) (*route[T], *terminal[T]) {
+	if root == nil {
+		return nil, nil
+	}
+	m.nc = 0
+	m.walk(root, 0)
+	for _, t := range m.cands[:m.nc] {
+		if !m.accepts(t.anyMethod, t.mask, t.other) {
+			m.deny(t)
+			continue
+		}
+		for _, rte := range t.routes {
+			if m.accepts(rte.anyMethod, rte.mask, rte.other) &&
+				rte.headersMatch(m.r.Header) && rte.queryMatch(m.r.URL.RawQuery) {
+				return rte, t
+			}
+		}
+	}
+	return nil, nil
+}
+
+// accepts reports whether a method set takes the request's method (or,
+// for a preflight, the method it asks about).
+func (m *matcher[T]) accepts(anyMethod bool, mask uint16, other []string) bool {
+	switch {
+	case anyMethod:
+		return true
+	case m.bit != 0 && mask&m.bit != 0, m.bit == 0 && slices.Contains(other, m.method):
+		return true
+	case m.preMethod == "":
+		return false
+	case m.preBit != 0:
+		return mask&m.preBit != 0
+	}
+	return slices.Contains(other, m.preMethod)
+}
+
+// deny records a terminal whose path matched under other methods.
+func (m *matcher[T]) deny(t *terminal[T]) {
+	if m.denied == nil {
+		m.denied = t
+	} else {
+		m.deniedMany = true
+	}
+	m.deniedMask |= t.mask
+	for _, o := range t.other {
+		if !slices.Contains(m.deniedOther, o) {
+			// Clip: never append into a terminal's own slice.
+			m.deniedOther = append(slices.Clip(m.deniedOther), o)
+		}
+	}
 }
 
 // split records up to limit segments of the canonical path. It reports
@@ -203,7 +220,7 @@ func (m *matcher[T]) walk(n *node[T], i int) {
 // the lowest when full.
 func (m *matcher[T]) add(t *terminal[T]) {
 	pos := m.nc
-	for pos > 0 && outranks(t, m.cands[pos-1].t) {
+	for pos > 0 && outranks(t, m.cands[pos-1]) {
 		pos--
 	}
 	if pos == maxCandidates {
@@ -211,7 +228,7 @@ func (m *matcher[T]) add(t *terminal[T]) {
 	}
 	end := min(m.nc, maxCandidates-1)
 	copy(m.cands[pos+1:end+1], m.cands[pos:end])
-	m.cands[pos] = cand[T]{t: t}
+	m.cands[pos] = t
 	if m.nc < maxCandidates {
 		m.nc++
 	}
@@ -228,26 +245,6 @@ func outranks[T any](a, b *terminal[T]) bool {
 		return a.segs > b.segs
 	}
 	return a.lits > b.lits
-}
-
-func (t *terminal[T]) accepts(method string, bit uint16) bool {
-	if t.anyMethod {
-		return true
-	}
-	if bit != 0 {
-		return t.mask&bit != 0
-	}
-	return slices.Contains(t.other, method)
-}
-
-func (r *route[T]) accepts(method string, bit uint16) bool {
-	if r.anyMethod {
-		return true
-	}
-	if bit != 0 {
-		return r.mask&bit != 0
-	}
-	return slices.Contains(r.other, method)
 }
 
 func (r *route[T]) headersMatch(h http.Header) bool {

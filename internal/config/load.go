@@ -235,6 +235,11 @@ func (l *loader) file(name string, data []byte) {
 	// Editors on Windows may start a UTF-8 file with a byte order mark,
 	// which the YAML parser would take as part of the first key.
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if line, col, deep := tooDeep(data); deep {
+		l.errs.add(Error{File: name, Line: line, Col: col, Msg: fmt.Sprintf("YAML syntax: collections nested deeper than %d levels", maxFlowDepth)})
+		l.broken = true
+		return
+	}
 	f, err := l.parse(name, data)
 	if err != nil {
 		l.errs.add(syntaxError(name, err))
@@ -328,6 +333,51 @@ func (l *loader) file(name string, data []byte) {
 	if !sawVersion {
 		d.errs.add(errAt(d.at(root), "version", "missing; every file must say version: 1"))
 	}
+}
+
+// maxFlowDepth bounds [ and { nesting. The parser's time grows with the
+// square of the nesting depth (20,000 levels take many seconds), and no
+// configuration nests deeper than about ten, so deeper input is refused
+// before parsing.
+const maxFlowDepth = 128
+
+// tooDeep scans for flow collections nested deeper than maxFlowDepth and
+// returns the position where the limit is crossed. It skips quoted text and
+// comments; a bracket inside a plain scalar counts too, which can only
+// make it stricter than the parser on input no real file contains.
+func tooDeep(data []byte) (line, col int, deep bool) {
+	depth, line, lineStart := 0, 1, 0
+	for i := 0; i < len(data); i++ {
+		switch c := data[i]; c {
+		case '\n':
+			line, lineStart = line+1, i+1
+		case '#':
+			if i == 0 || data[i-1] == ' ' || data[i-1] == '\t' || data[i-1] == '\n' {
+				for i+1 < len(data) && data[i+1] != '\n' {
+					i++
+				}
+			}
+		case '"', '\'':
+			if i > 0 && data[i-1] != ' ' && data[i-1] != '[' && data[i-1] != '{' && data[i-1] != ',' && data[i-1] != ':' && data[i-1] != '\n' && data[i-1] != '\t' {
+				continue // a quote inside a plain scalar (it's, 5")
+			}
+			for i++; i < len(data) && data[i] != c; i++ {
+				switch {
+				case data[i] == '\\' && c == '"':
+					i++
+				case data[i] == '\n':
+					line, lineStart = line+1, i+1
+				}
+			}
+		case '[', '{':
+			if depth++; depth > maxFlowDepth {
+				return line, i - lineStart + 1, true
+			}
+		case ']', '}':
+			depth = max(depth-1, 0)
+		}
+	}
+	return 0, 0, false
 }
 
 // anchorCollector records every anchor of a document by name.

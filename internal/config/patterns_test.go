@@ -181,3 +181,30 @@ func TestWhereTableReleasesConfigs(t *testing.T) {
 		t.Errorf("%d position tables left after GC, want at most %d", n, before)
 	}
 }
+
+func TestTooDeep(t *testing.T) {
+	tests := []struct {
+		in   string
+		deep bool
+		line int
+	}{
+		{in: "a: [1, {b: [2]}]\n"},
+		{in: "a: " + strings.Repeat("[", 128) + strings.Repeat("]", 128)},
+		{in: "a: 1\nb: " + strings.Repeat("[", 129), deep: true, line: 2},
+		{in: "a: \"" + strings.Repeat("[", 500) + "\"\nb: 1\n"},
+		{in: "a: '" + strings.Repeat("{", 500) + "'\n"},
+		{in: "# " + strings.Repeat("[", 500) + "\nb: [1]\n"},
+		{in: "a: \"x\\\"" + strings.Repeat("[", 500) + "\"\n"},
+		{in: "a: it's " + strings.Repeat("[", 129), deep: true, line: 1},
+	}
+	for i, tt := range tests {
+		line, _, deep := tooDeep([]byte(tt.in))
+		if deep != tt.deep || deep && line != tt.line {
+			t.Errorf("case %d: tooDeep = line %d, %v; want line %d, %v", i, line, deep, tt.line, tt.deep)
+		}
+	}
+	_, err := LoadBytes("deep.yaml", []byte("version: 1\nserver: "+strings.Repeat("{a: ", 20000)+"1"+strings.Repeat("}", 20000)+"\n"))
+	if err == nil || !strings.Contains(err.Error(), "deep.yaml:2:") || !strings.Contains(err.Error(), "nested deeper than 128") {
+		t.Errorf("err = %v", err)
+	}
+}

@@ -3,10 +3,13 @@ package compress
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"testing"
 	"time"
@@ -360,5 +363,49 @@ func TestStreamingFlush(t *testing.T) {
 				t.Fatalf("trailing %q, %v", rest, err)
 			}
 		})
+	}
+}
+
+// TestInformationalAndFlusher checks, over a real connection, that a 103
+// Early Hints passes at once (the final status is still decided later) and
+// that a plain http.Flusher assertion, as older handlers do, flushes
+// through the encoder.
+func TestInformationalAndFlusher(t *testing.T) {
+	srv := httptest.NewServer(middleware(t, all, 1<<20)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"part":1}`))
+		f, ok := w.(http.Flusher)
+		if !ok {
+			t.Error("the wrapper is not an http.Flusher")
+			return
+		}
+		f.Flush()
+		_, _ = w.Write([]byte(`{"part":2}`))
+	})))
+	defer srv.Close()
+	tr := &http.Transport{DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	var hints []int
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, _ textproto.MIMEHeader) error { hints = append(hints, code); return nil },
+	})
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if len(hints) != 1 || hints[0] != http.StatusEarlyHints {
+		t.Fatalf("informational responses %v, want [103]", hints)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("status %d, Content-Encoding %q", resp.StatusCode, resp.Header.Get("Content-Encoding"))
+	}
+	if got := string(decode(t, Gzip, body)); got != `{"part":1}{"part":2}` {
+		t.Fatalf("body %q", got)
 	}
 }

@@ -62,3 +62,10 @@ func BenchmarkMiddleware(b *testing.B) {
 		})
 	}
 }
+
+func BenchmarkNegotiate(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		Negotiate("gzip, deflate, br;q=0.9, zstd;q=0.95", all)
+	}
+}

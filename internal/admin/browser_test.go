@@ -57,7 +57,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	clk.ns.Store(time.Now().UnixNano())
 	tel := telemetry.New(telemetry.Deps{AccessLog: io.Discard, Now: clk.Now})
 	defer tel.Close()
-	eng := slo.NewEngine(slo.Deps{Registerer: tel.Registerer(), Now: clk.Now})
+	eng := slo.NewEngine(slo.Deps{EvaluateEvery: -1, Registerer: tel.Registerer(), Now: clk.Now})
 	defer eng.Close()
 	if err := eng.Apply([]*config.SLO{
 		{Name: "feed-availability", Route: "mobile/feed", Objective: 99.9},

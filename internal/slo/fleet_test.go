@@ -75,7 +75,7 @@ func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
 	slos := []*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99,
 		Window: config.Duration(3 * 24 * time.Hour), AlertWebhook: h.srv.URL}}
 	newNode := func(i int) *Engine {
-		e := NewEngine(Deps{Now: clk.Now, Registerer: prometheus.NewRegistry(), Redis: rc,
+		e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: prometheus.NewRegistry(), Redis: rc,
 			NodeID: fmt.Sprintf("node-%d", i), KeyPrefix: prefix})
 		if err := e.Apply(slos); err != nil {
 			t.Fatal(err)

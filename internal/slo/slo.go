@@ -51,6 +51,11 @@ type Deps struct {
 	NodeID string
 	// KeyPrefix prefixes every Redis key; "" means "portico:slo:".
 	KeyPrefix string
+	// EvaluateEvery is the period of the engine's background loop, which
+	// evaluates (at once, then periodically) and in fleet mode flushes counts
+	// to Redis every 2 s. 0 means 10 s; negative starts no loop, for tests
+	// that call Evaluate and Flush themselves.
+	EvaluateEvery time.Duration
 }
 
 // Burn-rate windows, shortest first, and their label values.
@@ -182,6 +187,17 @@ func NewEngine(deps Deps) *Engine {
 	}, []string{"slo", "severity"})
 	reg.MustRegister(e.budgetG, e.burnG, e.firingG)
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if deps.EvaluateEvery >= 0 {
+		every := deps.EvaluateEvery
+		if every == 0 {
+			every = 10 * time.Second
+		}
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.run(e.ctx, every)
+		}()
+	}
 	return e
 }
 
@@ -326,19 +342,20 @@ func (st *sloState) observe(now time.Time, status int, d time.Duration) {
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
 
-// Close stops webhook deliveries in progress (after their current attempt)
-// and waits for them.
+// Close stops the background loop (after a last flush in fleet mode) and
+// webhook deliveries in progress (after their current attempt), and waits
+// for them.
 func (e *Engine) Close() {
 	e.cancel()
 	e.wg.Wait()
 }
 
-// Run evaluates at once and then every 10 s (and in fleet mode flushes counts
-// to Redis every 2 s) until ctx ends; in fleet mode it flushes a last time on
-// the way out, so a node stopping loses no counts.
-func (e *Engine) Run(ctx context.Context) {
+// run evaluates at once and then every period (and in fleet mode flushes
+// counts to Redis every 2 s) until ctx ends; in fleet mode it flushes a last
+// time on the way out, so a node stopping loses no counts.
+func (e *Engine) run(ctx context.Context, every time.Duration) {
 	e.Evaluate(e.now())
-	eval := time.NewTicker(10 * time.Second)
+	eval := time.NewTicker(every)
 	defer eval.Stop()
 	var flush <-chan time.Time
 	if e.redis != nil {
@@ -351,7 +368,9 @@ func (e *Engine) Run(ctx context.Context) {
 		case <-ctx.Done():
 			if e.redis != nil {
 				fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_ = e.Flush(fctx)
+				if err := e.Flush(fctx); err != nil {
+					e.logger.Warn("slo: last flush to redis", "err", err)
+				}
 				cancel()
 			}
 			return

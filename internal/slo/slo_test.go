@@ -204,7 +204,7 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 			h := newHook()
 			defer h.srv.Close()
 			reg := prometheus.NewRegistry()
-			e := NewEngine(Deps{Now: clk.Now, Registerer: reg})
+			e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: reg})
 			defer e.Close()
 			err := e.Apply([]*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99,
 				Window: config.Duration(3 * 24 * time.Hour), AlertWebhook: h.srv.URL}})
@@ -244,7 +244,7 @@ func TestBurnRateAlertsFireAndResolve(t *testing.T) {
 func TestBudgetAndBurnRatesExact(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
-	e := NewEngine(Deps{Now: clk.Now, Registerer: reg})
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: reg})
 	defer e.Close()
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99.9, Window: config.Duration(7 * 24 * time.Hour), Latency: config.Duration(300 * time.Millisecond)}}); err != nil {
 		t.Fatal(err)
@@ -292,7 +292,7 @@ func TestBudgetAndBurnRatesExact(t *testing.T) {
 func TestApplyKeepsStateAndValidates(t *testing.T) {
 	clk := newClock()
 	reg := prometheus.NewRegistry()
-	e := NewEngine(Deps{Now: clk.Now, Registerer: reg})
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: reg})
 	defer e.Close()
 	slos := []*config.SLO{
 		{Name: "a", Route: "r", Objective: 99},
@@ -339,7 +339,7 @@ func TestWebhookRetries(t *testing.T) {
 	h := newHook()
 	defer h.srv.Close()
 	h.fails.Store(2)
-	e := NewEngine(Deps{Now: clk.Now})
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})
 	defer e.Close()
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99, AlertWebhook: h.srv.URL}}); err != nil {
 		t.Fatal(err)
@@ -356,7 +356,7 @@ func TestWebhookRetries(t *testing.T) {
 }
 
 func TestObserverDoesNotAllocate(t *testing.T) {
-	e := NewEngine(Deps{})
+	e := NewEngine(Deps{EvaluateEvery: -1})
 	defer e.Close()
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99, Latency: config.Duration(time.Second)}}); err != nil {
 		t.Fatal(err)
@@ -370,7 +370,7 @@ func TestObserverDoesNotAllocate(t *testing.T) {
 }
 
 func BenchmarkObserver(b *testing.B) {
-	e := NewEngine(Deps{})
+	e := NewEngine(Deps{EvaluateEvery: -1})
 	defer e.Close()
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99, Latency: config.Duration(time.Second)}}); err != nil {
 		b.Fatal(err)
@@ -420,27 +420,22 @@ func TestRulesPromtool(t *testing.T) {
 
 var _ = io.Discard
 
-func TestRunEvaluatesAndStops(t *testing.T) {
+func TestLoopEvaluatesAndStops(t *testing.T) {
 	clk := newClock()
-	e := NewEngine(Deps{Now: clk.Now})
-	defer e.Close()
+	e := NewEngine(Deps{Now: clk.Now, EvaluateEvery: time.Millisecond})
 	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99}}); err != nil {
 		t.Fatal(err)
 	}
 	e.Observer("r")(500, 0, clk.Now())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { e.Run(ctx); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
-	for e.Snapshot()[0].EvaluatedAt.IsZero() {
+	for e.Snapshot()[0].Bad == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("Run did not evaluate")
+			t.Fatal("the loop did not evaluate")
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if st := e.Snapshot()[0]; st.Bad != 1 || !st.Alerts["page"] {
-		t.Errorf("after Run: %+v", st)
+		t.Errorf("after the loop ran: %+v", st)
 	}
-	cancel()
-	<-done
+	e.Close() // goleak in TestMain checks the loop is gone
 }

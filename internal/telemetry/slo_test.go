@@ -19,7 +19,7 @@ func TestSLOCounting(t *testing.T) {
 	clk := newClock()
 	tel := New(Deps{AccessLog: io.Discard, Now: clk.Now})
 	defer tel.Close()
-	eng := slo.NewEngine(slo.Deps{Registerer: tel.Registerer(), Now: clk.Now})
+	eng := slo.NewEngine(slo.Deps{EvaluateEvery: -1, Registerer: tel.Registerer(), Now: clk.Now})
 	defer eng.Close()
 	if err := eng.Apply([]*config.SLO{{Name: "api", Route: "api", Objective: 99, Latency: config.Duration(300 * time.Millisecond)}}); err != nil {
 		t.Fatal(err)
@@ -86,7 +86,7 @@ func TestSLOCounting(t *testing.T) {
 func BenchmarkMiddlewareWithSLO(b *testing.B) {
 	tel := New(Deps{AccessLog: io.Discard})
 	defer tel.Close()
-	eng := slo.NewEngine(slo.Deps{Registerer: tel.Registerer()})
+	eng := slo.NewEngine(slo.Deps{EvaluateEvery: -1, Registerer: tel.Registerer()})
 	defer eng.Close()
 	if err := eng.Apply([]*config.SLO{{Name: "a", Route: "bench", Objective: 99.9, Latency: config.Duration(300 * time.Millisecond)}}); err != nil {
 		b.Fatal(err)

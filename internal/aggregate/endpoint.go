@@ -118,6 +118,10 @@ type endpoint struct {
 	reserve   time.Duration
 	maxBody   int64
 	log       *slog.Logger
+	// usesQuery and usesClaims say some template reads {query.X} or
+	// {claims.X}, so the query is parsed and the identity found once per
+	// request rather than once per backend.
+	usesQuery, usesClaims bool
 	now       func() time.Time
 	bufs      sync.Pool // *[]byte
 	scanners  sync.Pool // *scanner
@@ -262,6 +266,14 @@ func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, ind
 	method := strings.ToUpper(bc.Method)
 	if method == "" {
 		method = http.MethodGet
+	}
+	for _, p := range tmpl.parts {
+		switch p.src {
+		case srcQuery:
+			e.usesQuery = true
+		case srcClaim:
+			e.usesClaims = true
+		}
 	}
 	f := &fetcher{e: e, b: b, upstream: bc.Upstream, method: method, tmpl: tmpl, rt: rt}
 	b.call = f.call
@@ -604,7 +616,14 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithCancel(r.Context())
 	}
 	st.cancel = cancel
+	// Facts every backend may read are looked up once, before the fan-out.
 	base := Input{Request: r, Info: info}
+	if e.usesQuery {
+		base.query = r.URL.Query()
+	}
+	if e.usesClaims {
+		base.id, base.idSet = reqctx.IdentityFrom(r.Context()), true
+	}
 	for i := range st.in {
 		st.in[i] = base
 	}

@@ -122,11 +122,11 @@ type endpoint struct {
 	// {claims.X}, so the query is parsed and the identity found once per
 	// request rather than once per backend.
 	usesQuery, usesClaims bool
-	now       func() time.Time
-	bufs      sync.Pool // *[]byte
-	scanners  sync.Pool // *scanner
-	gzips     sync.Pool // *gzip.Reader
-	states    sync.Pool // *runState
+	now                   func() time.Time
+	bufs                  sync.Pool // *[]byte
+	scanners              sync.Pool // *scanner
+	gzips                 sync.Pool // *gzip.Reader
+	states                sync.Pool // *runState
 }
 
 // NewEndpoint compiles one BFF endpoint into a handler. Every template,

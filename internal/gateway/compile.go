@@ -90,6 +90,9 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		transports[name] = g.tel.TraceTransport(name, p)
 	}
 	stripIdentity := auth.StripIdentityHeaders(authSet.IdentityHeaders())
+	// On public routes no auth stage runs to remove an API key a client
+	// sends anyway; the key must still never reach an upstream.
+	stripKeys := auth.StripIdentityHeaders(apiKeyHeaders(cfg))
 	recover := recoverer(g.log)
 
 	rt := &runtime{cfg: cfg, trusted: trusted}
@@ -110,7 +113,11 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 			ce.add(field, err)
 			continue
 		}
-		mws := append([]middleware{g.tel.Middleware(r.Name), recover, routeNameMW(r.Name), stripIdentity}, edge...)
+		mws := []middleware{g.tel.Middleware(r.Name), recover, routeNameMW(r.Name), stripIdentity}
+		if r.Public {
+			mws = append(mws, stripKeys)
+		}
+		mws = append(mws, edge...)
 		entries = append(entries, router.Entry[http.Handler]{
 			Spec: router.Spec{Host: r.Match.Host, Path: r.Match.Path, Methods: r.Match.Methods,
 				Headers: r.Match.Headers, Query: r.Match.Query},
@@ -146,7 +153,11 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 				ce.add(field, err)
 				continue
 			}
-			mws := append([]middleware{g.tel.Middleware(epName), recover, routeNameMW(epName), stripIdentity}, edge...)
+			mws := []middleware{g.tel.Middleware(epName), recover, routeNameMW(epName), stripIdentity}
+			if b.Public {
+				mws = append(mws, stripKeys)
+			}
+			mws = append(mws, edge...)
 			path := joinPath(b.Prefix, ep.Path)
 			method := ep.Method
 			if method == "" {
@@ -290,6 +301,17 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", s)
 	}
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+// apiKeyHeaders names the headers that carry API keys in this config.
+func apiKeyHeaders(cfg *config.Config) []string {
+	var names []string
+	for _, p := range cfg.Auth {
+		if p.Type == "api_key" && p.Header != "" {
+			names = append(names, p.Header)
+		}
+	}
+	return names
 }
 
 // credentialQueryParams names the query parameters that carry credentials

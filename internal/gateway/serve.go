@@ -60,21 +60,15 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		ErrorLog:          nil,
 	}
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
 	pub := ls.Public
 	if cfg.Server.ProxyProtocol {
 		pub = listener.ProxyProtocol(pub, g.current.Load().trusted)
 	}
 	if g.tlsCfg != nil {
-		protocols.SetHTTP2(true)
 		srv.TLSConfig = g.tlsCfg
 		pub = tls.NewListener(pub, g.tlsCfg)
 	}
-	if cfg.Server.H2C {
-		protocols.SetUnencryptedHTTP2(true)
-	}
-	srv.Protocols = protocols
+	srv.Protocols = listener.Protocols(g.tlsCfg != nil, cfg.Server.H2C)
 
 	adminSrv := &http.Server{Handler: g.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
 	var redirectSrv *http.Server

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/portico-gw/portico/internal/reqctx"
 )
@@ -36,6 +37,9 @@ type Error struct {
 	Cause error
 	// Extra members added to the problem body (e.g. "violated-policies").
 	Extra map[string]any
+	// RetryAfter, when positive, is sent as Retry-After in whole seconds,
+	// rounded up (503 and 429 answers), unless the caller set one already.
+	RetryAfter time.Duration
 }
 
 // New returns an Error.
@@ -121,6 +125,9 @@ func Write(w http.ResponseWriter, r *http.Request, e *Error) {
 	h.Set("Content-Length", strconv.Itoa(len(b)+1))
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Del("Content-Encoding")
+	if e.RetryAfter > 0 && h.Get("Retry-After") == "" {
+		h.Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 	_, _ = io.WriteString(w, "\n")

@@ -89,6 +89,17 @@ func (b *breaker) setConfig(cfg breakerConfig) {
 	b.mu.Unlock()
 }
 
+// retryAfter is how long the breaker stays open from now (0 when it is not
+// open), for the Retry-After of the requests it refuses.
+func (b *breaker) retryAfter(now int64) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if breakerState(b.state.Load()) != stateOpen || b.openUntil <= now {
+		return 0
+	}
+	return time.Duration(b.openUntil - now)
+}
+
 // allow says whether a request may go to the upstream now; probe is true
 // when the request is the half-open probe, whose outcome decides the state.
 func (b *breaker) allow(now int64) (ok, probe bool) {

@@ -97,19 +97,29 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *
 // Name returns the upstream's name.
 func (p *Pool) Name() string { return p.name }
 
+// The 503s below carry Retry-After: a second for transient conditions
+// (shedding, no healthy target yet), the rest of the open period for the
+// breaker, so well-behaved clients back off instead of hammering.
+
 func errOverloaded() error {
-	return problem.New(http.StatusServiceUnavailable, "upstream_overloaded",
+	e := problem.New(http.StatusServiceUnavailable, "upstream_overloaded",
 		"the upstream has too many requests in flight")
+	e.RetryAfter = time.Second
+	return e
 }
 
-func errBreakerOpen() error {
-	return problem.New(http.StatusServiceUnavailable, "breaker_open",
+func errBreakerOpen(retryAfter time.Duration) error {
+	e := problem.New(http.StatusServiceUnavailable, "breaker_open",
 		"the upstream is failing; requests to it are paused")
+	e.RetryAfter = max(retryAfter, time.Second)
+	return e
 }
 
 func errNoHealthyTarget() error {
-	return problem.New(http.StatusServiceUnavailable, "no_healthy_target",
+	e := problem.New(http.StatusServiceUnavailable, "no_healthy_target",
 		"no healthy upstream target is available")
+	e.RetryAfter = time.Second
+	return e
 }
 
 // RoundTrip sends req to one of the pool's targets and returns the first
@@ -166,7 +176,7 @@ func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 				if attempt == 0 {
 					rb.abort()
 					up.inflight.Add(-1)
-					return nil, errBreakerOpen()
+					return nil, errBreakerOpen(p.br.retryAfter(now))
 				}
 				return p.final(&rb, lastRes, lastErr)
 			}

@@ -185,7 +185,7 @@ func (st *reqState) reset() {
 // verdict is the outcome of a request's enforcing checks.
 type verdict struct {
 	rejected    bool
-	violated    []string
+	violated    []*policy
 	retryAfter  int64 // µs, max over violated; algo.Never if any can never pass
 	missing     string
 	unavailable bool
@@ -238,7 +238,7 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				v.rejected = true
 				v.missing = miss.String()
 				for _, p := range g.enforce {
-					v.violated = append(v.violated, p.name)
+					v.violated = append(v.violated, p)
 					p.counters.limited.Inc()
 				}
 				v.retryAfter = algo.Never
@@ -348,7 +348,7 @@ func (l *limiter) decideGroup(ctx context.Context, st *reqState, g *group, subje
 		p := g.enforce[i]
 		if !d.Allowed {
 			mask |= 1 << i
-			v.violated = append(v.violated, p.name)
+			v.violated = append(v.violated, p)
 			if by == srcStore {
 				p.counters.limited.Inc()
 			}
@@ -401,7 +401,7 @@ func (l *limiter) cachedReject(g *group, subject, ov string, now int64, v *verdi
 		if mask&(1<<i) == 0 {
 			continue
 		}
-		v.violated = append(v.violated, p.name)
+		v.violated = append(v.violated, p)
 		p.counters.limited.Inc()
 		if v.best == nil {
 			v.best, v.bestParams = p, p.params
@@ -451,6 +451,19 @@ func (l *limiter) refund(ctx context.Context, st *reqState) {
 	st.decided = st.decided[:0]
 }
 
+// violatedExtra is the problem body's "violated-policies" member; a single
+// policy (the common case) uses its precomputed, read-only map.
+func violatedExtra(ps []*policy) map[string]any {
+	if len(ps) == 1 {
+		return ps[0].violatedExtra
+	}
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.name
+	}
+	return map[string]any{"violated-policies": names}
+}
+
 // reject writes the 429 (problem+json with violated-policies and
 // Retry-After, RFC 9457 and draft-ietf-httpapi-ratelimit-headers).
 func (l *limiter) reject(w http.ResponseWriter, r *http.Request, st *reqState, v *verdict) {
@@ -471,7 +484,7 @@ func (l *limiter) reject(w http.ResponseWriter, r *http.Request, st *reqState, v
 	detail := "rate limit exceeded"
 	switch {
 	case v.missing != "":
-		detail = "the request has no " + v.missing + ", which the rate-limit key of policy " + v.violated[0] + " requires"
+		detail = "the request has no " + v.missing + ", which the rate-limit key of policy " + v.violated[0].name + " requires"
 	case v.retryAfter == algo.Never:
 		detail = "the request costs more than the rate limit allows at once"
 	}
@@ -479,7 +492,7 @@ func (l *limiter) reject(w http.ResponseWriter, r *http.Request, st *reqState, v
 		Status: http.StatusTooManyRequests,
 		Code:   "rate_limited",
 		Detail: detail,
-		Extra:  map[string]any{"violated-policies": v.violated},
+		Extra:  violatedExtra(v.violated),
 	})
 }
 

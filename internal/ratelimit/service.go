@@ -97,6 +97,9 @@ type policy struct {
 	item          string
 	overrideItems map[string]string
 	counters      *policyCounters
+	// violatedExtra is the problem.Error.Extra of a 429 that only this
+	// policy caused; shared and never written after compile.
+	violatedExtra map[string]any
 }
 
 type policyCounters struct {
@@ -263,6 +266,7 @@ func (s *Service) compilePolicy(name string, cp *config.Policy, defaults config.
 		return nil, fmt.Errorf("cost %d exceeds the limit %d: no request could pass", p.cost, p.params.Limit)
 	}
 	p.item = policyItem(name, &p.params)
+	p.violatedExtra = map[string]any{"violated-policies": []string{name}}
 	if len(cp.Overrides) > 0 {
 		if p.key.overrideFrom < 0 {
 			return nil, fmt.Errorf("overrides need a key with consumer or claim:NAME")

@@ -6,12 +6,41 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/portico-gw/portico/internal/ratelimit"
 	"github.com/portico-gw/portico/internal/ratelimit/algo"
 )
+
+// cpuNow is this process's CPU time (user + system).
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serverCPU is the redis-server's CPU time (INFO cpu, user + system of the
+// main thread and children).
+func serverCPU(b *testing.B, addr string) time.Duration {
+	b.Helper()
+	raw := rawClient(b, addr)
+	info, err := raw.Do(context.Background(), raw.B().Info().Section("cpu").Build()).ToString()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\r\n") {
+		for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+			if v, ok := strings.CutPrefix(line, f); ok {
+				x, _ := strconv.ParseFloat(v, 64)
+				total += x
+			}
+		}
+	}
+	return time.Duration(total * float64(time.Second))
+}
 
 // serverStat reads one INFO field (e.g. "total_reads_processed").
 func serverStat(b *testing.B, addr, section, field string) int64 {
@@ -55,6 +84,7 @@ func BenchmarkExact(b *testing.B) {
 	run := func(b *testing.B, parallel bool) {
 		reads := serverStat(b, p.addr, "stats", "total_reads_processed")
 		calls := s.calls.Load()
+		cpu0, srv0 := cpuNow(), serverCPU(b, p.addr)
 		var i atomic.Int64
 		b.ReportAllocs()
 		b.ResetTimer()
@@ -80,6 +110,9 @@ func BenchmarkExact(b *testing.B) {
 		}
 		b.StopTimer()
 		d := float64(b.N)
+		// The machine is shared: CPU per decision says more than wall time.
+		b.ReportMetric(float64(cpuNow()-cpu0)/d, "client-cpu-ns/op")
+		b.ReportMetric(float64(serverCPU(b, p.addr)-srv0)/d, "server-cpu-ns/op")
 		b.ReportMetric(d/b.Elapsed().Seconds(), "decisions/s")
 		b.ReportMetric(float64(serverStat(b, p.addr, "stats", "total_reads_processed")-reads)/d, "reads/decision")
 		b.ReportMetric(float64(s.calls.Load()-calls)/d, "calls/decision")

@@ -33,7 +33,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// AccessLog receives one JSON line per request; nil means os.Stdout.
 	AccessLog io.Writer
-	// Now is the clock; nil means time.Now. Durations are measured with it.
+	// Now is the clock; nil means time.Now. Durations are measured with it,
+	// from reqctx.Info.Start when the gateway set it (so Start must come
+	// from the same clock).
 	Now func() time.Time
 	// Version is the build version reported by portico_build_info.
 	Version string

@@ -633,3 +633,17 @@ func TestResponseWriterKeepsInterfaces(t *testing.T) {
 		t.Error("no Unwrap")
 	}
 }
+
+func TestDurationFromInfoStart(t *testing.T) {
+	clk := newClock()
+	tel := New(Deps{AccessLog: io.Discard, Now: clk.Now})
+	defer tel.Close()
+	h := tel.Middleware("r")(statusHandler())
+	// The gateway stamped the request 250ms ago (routing, queueing).
+	info := &reqctx.Info{Start: clk.Now().Add(-250 * time.Millisecond)}
+	req := httptest.NewRequest("GET", "/", nil)
+	h.ServeHTTP(httptest.NewRecorder(), req.WithContext(reqctx.With(req.Context(), info)))
+	if p := tel.Stats().Routes[0].Last1m.P50ms; math.Abs(p-250)/250 > sketchAlpha {
+		t.Errorf("p50 = %vms, want 250ms measured from Info.Start", p)
+	}
+}

@@ -170,6 +170,15 @@ var statePool = sync.Pool{New: func() any {
 	return &reqState{buf: make([]byte, 0, 256), hdr: make([]byte, 0, 128)}
 }}
 
+// putState returns st to the pool unless a huge key value (a long header)
+// grew its buffer: the pool must not pin such memory for every request.
+func putState(st *reqState) {
+	if cap(st.buf) > 4096 || cap(st.hdr) > 4096 {
+		return
+	}
+	statePool.Put(st)
+}
+
 func (st *reqState) reset() {
 	st.buf = st.buf[:0]
 	clear(st.pending) // drop pointers into the old runtime
@@ -211,7 +220,7 @@ func (l *limiter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st := statePool.Get().(*reqState)
 	st.reset()
-	defer statePool.Put(st)
+	defer putState(st)
 
 	var v verdict
 	now := l.s.clock.Micros()

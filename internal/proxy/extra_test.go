@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptrace"
 	"net/textproto"
@@ -245,5 +246,24 @@ func TestBrokenUpstreamBodyAbortsClient(t *testing.T) {
 	resp.Body.Close()
 	if err == nil {
 		t.Fatalf("read %q and a clean end; want an error", b)
+	}
+}
+
+func TestRouteDeadlineVisibleToTransport(t *testing.T) {
+	got := make(chan time.Duration, 1)
+	be := upstream(t, "u", func(http.ResponseWriter, *http.Request) {})
+	be.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		d, ok := r.Context().Deadline()
+		if !ok {
+			got <- -1
+		} else {
+			got <- time.Until(d)
+		}
+		return nil, errors.New("stop here")
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}, Timeout: config.Duration(3 * time.Second)}, nil)
+	do(t, client(t), "GET", srv.URL+"/", nil)
+	if left := <-got; left <= 0 || left > 3*time.Second {
+		t.Fatalf("the transport saw %v left before the deadline, want (0, 3s]", left)
 	}
 }

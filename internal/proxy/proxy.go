@@ -298,6 +298,7 @@ type exchange struct {
 	b         *backend
 	cancel    context.CancelCauseFunc
 	timer     *time.Timer
+	deadline  time.Time // of the route timeout; zero without one
 	timedOut  atomic.Bool
 	gatewayID bool // the gateway already set X-Request-Id on the response
 	body      limitedBody
@@ -327,6 +328,18 @@ func (ex *exchange) Value(key any) any {
 		return ex
 	}
 	return ex.Context.Value(key)
+}
+
+// Deadline reports the route deadline, so that the dialer and the upstream
+// pool (which never starts a retry past it) see the remaining budget. The
+// context is not a deadline context because a deadline would also cut the
+// response body short; the timer behind it stops once headers arrive.
+func (ex *exchange) Deadline() (time.Time, bool) {
+	d, ok := ex.Context.Deadline()
+	if !ex.deadline.IsZero() && (!ok || ex.deadline.Before(d)) {
+		return ex.deadline, true
+	}
+	return d, ok
 }
 
 func (ex *exchange) expire() {
@@ -377,6 +390,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithCancelCause(r.Context())
 		defer cancel(nil)
 		ex.Context, ex.cancel = ctx, cancel
+		ex.deadline = time.Now().Add(h.timeout)
 		ex.timer = time.AfterFunc(h.timeout, ex.expire)
 		defer ex.timer.Stop()
 	}

@@ -124,3 +124,27 @@ func TestSchemaMatchesTypes(t *testing.T) {
 		}
 	}
 }
+
+// TestDocExamplesUseRealKeys decodes every example of the configuration
+// reference: fragments may reference names they do not define, but must
+// not hold unknown keys, wrong types or bad syntax.
+func TestDocExamplesUseRealKeys(t *testing.T) {
+	for _, s := range docSections {
+		if s.example == "" {
+			continue
+		}
+		l := newLoader(func(string) (string, bool) { return "secret", true }, 0)
+		l.file(s.key+".example.yaml", []byte("version: 1\n"+s.example+"\n"))
+		_, err := l.finish()
+		if err == nil {
+			continue
+		}
+		for _, e := range err.(*Errors).List {
+			for _, bad := range []string{"unknown key", "expected ", "YAML syntax", "invalid duration", "invalid size", "not set"} {
+				if strings.Contains(e.Msg, bad) {
+					t.Errorf("example of %s: %v", s.key, e)
+				}
+			}
+		}
+	}
+}

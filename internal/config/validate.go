@@ -176,7 +176,7 @@ func (v *validator) server() {
 func (v *validator) admin() {
 	a := &v.cfg.Admin
 	host, ok := v.listen("admin.listen", a.Listen)
-	if ok && a.Token == "" && !isLoopback(host) {
+	if ok && a.Token == "" && !v.failed["admin.token"] && !isLoopback(host) {
 		v.errf("admin.listen", "%q is not a loopback address, so admin.token is required", a.Listen)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -176,5 +177,11 @@ routes:
 	m.Body.Close()
 	if !strings.Contains(string(mb), `portico_websocket_connections{route="ws"} 1`) {
 		t.Errorf("open WebSocket not counted:\n%s", grepLines(string(mb), "websocket"))
+	}
+	// Shutdown closes the upgraded connection once the drain is over.
+	h.stop(t)
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("WebSocket still open after shutdown: %v", err)
 	}
 }

@@ -53,7 +53,13 @@ func (g *Gateway) Listen() (*Listeners, error) {
 // nil after a clean drain.
 func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	cfg := g.Config()
+	// Every request context derives from base; cancelling it after the
+	// drain ends upgraded connections (WebSockets), which http.Server's
+	// Shutdown does not track once they are hijacked.
+	base, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
 	srv := &http.Server{
+		BaseContext:       func(net.Listener) context.Context { return base },
 		Handler:           g,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
@@ -126,6 +132,7 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		g.log.Warn("shutdown timeout passed with requests in flight; closing them")
 		_ = srv.Close()
 	}
+	cancelBase()
 	if redirectSrv != nil {
 		_ = redirectSrv.Shutdown(sctx)
 	}

@@ -267,3 +267,21 @@ func TestRouteDeadlineVisibleToTransport(t *testing.T) {
 		t.Fatalf("the transport saw %v left before the deadline, want (0, 3s]", left)
 	}
 }
+
+func TestRouteTimeoutCause(t *testing.T) {
+	// The upstream pool tells a route timeout (the upstream's slowness)
+	// from a client that left by the cancellation cause.
+	cause := make(chan error, 1)
+	be := upstream(t, "u", func(http.ResponseWriter, *http.Request) {})
+	be.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		<-r.Context().Done()
+		cause <- context.Cause(r.Context())
+		return nil, r.Context().Err()
+	})
+	srv, _ := front(t, Config{Backends: []Backend{be}, Timeout: config.Duration(20 * time.Millisecond)}, nil)
+	resp, body := do(t, client(t), "GET", srv.URL+"/", nil)
+	wantProblem(t, resp, body, http.StatusGatewayTimeout, "route_timeout")
+	if err := <-cause; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cause %v, want a DeadlineExceeded", err)
+	}
+}

@@ -347,7 +347,11 @@ func (ex *exchange) expire() {
 	ex.cancel(errRouteTimeout)
 }
 
-var errRouteTimeout = errors.New("route timeout")
+// errRouteTimeout is the cancellation cause when the route timeout fires:
+// ctx.Err() is then context.Canceled (the context is cancelled, not past a
+// deadline, so the body is not bound by it), and context.Cause(ctx) this
+// error, which matches errors.Is(err, context.DeadlineExceeded).
+var errRouteTimeout = fmt.Errorf("route timeout: %w", context.DeadlineExceeded)
 
 func exchangeFrom(ctx context.Context) *exchange {
 	if ex, ok := ctx.(*exchange); ok {

@@ -285,3 +285,33 @@ func TestRouteTimeoutCause(t *testing.T) {
 		t.Fatalf("cause %v, want a DeadlineExceeded", err)
 	}
 }
+
+func TestHTTP2Client(t *testing.T) {
+	var got atomic.Int64
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		got.Store(n)
+		_, _ = io.WriteString(w, r.Proto)
+	})
+	h, err := New(Config{Backends: []Backend{be}, MaxBodyBytes: 1000}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(reqctx.With(r.Context(), &reqctx.Info{RequestID: "rid-1"})))
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	c := srv.Client()
+	defer c.CloseIdleConnections()
+
+	// A body of unknown length within the limit streams through.
+	resp, body := do(t, c, "POST", srv.URL+"/", io.MultiReader(strings.NewReader(strings.Repeat("a", 900))))
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || got.Load() != 900 {
+		t.Fatalf("proto %s status %d body %q, upstream got %d", resp.Proto, resp.StatusCode, body, got.Load())
+	}
+	// Past the limit the exchange fails with 413.
+	resp, body = do(t, c, "POST", srv.URL+"/", io.MultiReader(strings.NewReader(strings.Repeat("a", 5000))))
+	wantProblem(t, resp, body, http.StatusRequestEntityTooLarge, "body_too_large")
+}

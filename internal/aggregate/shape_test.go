@@ -75,6 +75,12 @@ func TestShape(t *testing.T) {
 		{"pick array keeps fields inside", shapeSpec{Fields: []string{"items[].id"}, Pick: "items"}, feed,
 			`[{"id":1234567890123456789},{"id":9007199254740993}]`},
 		{"pick from non-object is null", shapeSpec{Pick: "a.b"}, `{"a":[1]}`, `null`},
+		{"pick through a root array", shapeSpec{Pick: "[].id"}, `[{"id":1},{"x":2},{"id":{"a":3}}]`, `[1,null,{"a":3}]`},
+		{"pick the root array shaped", shapeSpec{Fields: []string{"[].id"}, Pick: "[]"}, `[{"id":1,"x":2},{"id":3}]`, `[{"id":1},{"id":3}]`},
+		{"pick into renamed array elements", shapeSpec{Rename: map[string]string{"items[].text": "body"}, Pick: "items[].body"}, feed, `["hi","yo"]`},
+		{"pick keeps drop below it", shapeSpec{Drop: []string{"user.secret"}, Pick: "user"}, `{"user":{"id":1,"secret":"s"}}`, `{"id":1}`},
+		{"drop missing path is harmless", shapeSpec{Drop: []string{"a.b.c"}}, `{"a":{"b":7},"d":[]}`, `{"a":{"b":7},"d":[]}`},
+		{"fields empty object and array", shapeSpec{Fields: []string{"a.b", "c[].d"}}, `{"a":{},"c":[],"e":1}`, `{"a":{},"c":[]}`},
 		{"whitespace and unicode kept in values", shapeSpec{Fields: []string{"s"}},
 			"{\n \"s\" : \"h\\u00e9 \\ud83d\\ude00 ✓\" ,\"t\":1}", `{"s":"h\u00e9 \ud83d\ude00 ✓"}`},
 	}

@@ -132,7 +132,6 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		}
 		rt.routes = append(rt.routes, RouteInfo{Name: r.Name, Kind: "route", Host: r.Match.Host, Path: r.Match.Path,
 			Methods: r.Match.Methods, Upstreams: ups, Auth: r.Auth, Public: r.Public, RateLimit: r.RateLimit})
-		rt.maxParams = max(rt.maxParams, countParams(r.Match.Path))
 	}
 
 	for _, name := range sortedKeys(cfg.BFFs) {
@@ -175,7 +174,6 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 			}
 			rt.routes = append(rt.routes, RouteInfo{Name: epName, Kind: "bff", Host: b.Host, Path: path,
 				Methods: []string{method}, Upstreams: ups, Auth: b.Auth, Public: b.Public, RateLimit: b.RateLimit, Owner: b.Owner})
-			rt.maxParams = max(rt.maxParams, countParams(path))
 		}
 	}
 	if err := ce.err(); err != nil {
@@ -327,16 +325,6 @@ func credentialQueryParams(cfg *config.Config) []string {
 		}
 	}
 	return names
-}
-
-func countParams(path string) int {
-	n := 0
-	for i := 0; i < len(path); i++ {
-		if path[i] == '{' || path[i] == '*' {
-			n++
-		}
-	}
-	return n
 }
 
 func joinPath(prefix, p string) string {

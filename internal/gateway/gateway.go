@@ -78,12 +78,11 @@ type Gateway struct {
 // runtime is one compiled config. It is immutable once built: requests read
 // it concurrently without locks, and a reload replaces it as a whole.
 type runtime struct {
-	cfg       *config.Config
-	router    *router.Router[http.Handler]
-	notFound  http.Handler
-	trusted   []netip.Prefix
-	routes    []RouteInfo
-	maxParams int
+	cfg      *config.Config
+	router   *router.Router[http.Handler]
+	notFound http.Handler
+	trusted  []netip.Prefix
+	routes   []RouteInfo
 }
 
 // RouteInfo describes one compiled route for /admin/routes.
@@ -289,21 +288,25 @@ func sameStore(a, b config.Store) bool {
 // start time), cleans the path, matches a route and runs its chain.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := g.current.Load()
-	info := &reqctx.Info{Start: g.now()}
+	ctx, info := reqctx.NewContext(r.Context())
+	info.Start = g.now()
 	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
 		info.RequestID = id
+		w.Header()["X-Request-Id"] = r.Header["X-Request-Id"][:1]
 	} else {
 		info.RequestID = g.ids.next()
-		r.Header.Set("X-Request-Id", info.RequestID)
+		// One slice serves both maps: neither is appended to in place.
+		v := []string{info.RequestID}
+		r.Header["X-Request-Id"] = v
+		w.Header()["X-Request-Id"] = v
 	}
-	w.Header().Set("X-Request-Id", info.RequestID)
 	if g.draining.Load() {
 		// Tell HTTP/1.1 clients to reconnect elsewhere while draining;
 		// HTTP/2 clients get GOAWAY from Shutdown.
 		w.Header().Set("Connection", "close")
 	}
 	info.ClientIP = clientIP(r, rt.trusted)
-	r = r.WithContext(reqctx.With(r.Context(), info))
+	r = r.WithContext(ctx)
 
 	decoded, escaped, err := router.CleanPath(r.URL.EscapedPath())
 	if err != nil {
@@ -312,7 +315,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	router.SetPath(r.URL, decoded, escaped)
-	h, params, res := rt.router.Match(r, escaped, make([]reqctx.Param, 0, rt.maxParams))
+	h, params, res := rt.router.Match(r, escaped, nil)
 	switch res.Status {
 	case router.Found:
 		info.Params = params

@@ -53,6 +53,27 @@ func (in *Info) Param(key string) (string, bool) {
 
 type ctxKey struct{}
 
+// infoContext carries an Info inside the context value itself, so a
+// request pays one allocation for both.
+type infoContext struct {
+	context.Context
+	info Info
+}
+
+func (c *infoContext) Value(key any) any {
+	if key == (ctxKey{}) {
+		return &c.info
+	}
+	return c.Context.Value(key)
+}
+
+// NewContext returns a context derived from parent that carries a fresh
+// Info, and that Info.
+func NewContext(parent context.Context) (context.Context, *Info) {
+	c := &infoContext{Context: parent}
+	return c, &c.info
+}
+
 // With returns ctx carrying info.
 func With(ctx context.Context, info *Info) context.Context {
 	return context.WithValue(ctx, ctxKey{}, info)

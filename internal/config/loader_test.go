@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 )
 
@@ -94,4 +96,28 @@ func BenchmarkReload1000Routes(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64((cpuTime()-start).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+}
+
+// TestLoaderConcurrent runs loads from several goroutines (go test -race
+// checks the cache and the position table).
+func TestLoaderConcurrent(t *testing.T) {
+	l := &Loader{LookupEnv: testEnv}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			c, err := l.Load("testdata/valid/multi")
+			if err == nil && c.Where("routes[0].name") == "" {
+				err = errors.New("no position")
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -93,19 +93,19 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 		return decoded, escaped, nil
 	}
 
-	var b strings.Builder
-	b.Grow(len(escaped) + 8)
-	// kept holds the end offsets in b of each kept segment, so ".." can pop.
-	var keptBuf [32]int
+	// First the segments to keep, as offsets into escaped, so that ".."
+	// pops in constant time (no copying: a long run of "a/../" costs
+	// linear time); then one builder writes them.
+	type span struct{ start, end int }
+	var keptBuf [32]span
 	kept := keptBuf[:0]
 	trailing := false
-	rest := escaped[1:]
-	for {
-		seg, more := rest, false
-		if i := strings.IndexByte(rest, '/'); i >= 0 {
-			seg, rest, more = rest[:i], rest[i+1:], true
+	for pos := 1; ; {
+		end := len(escaped)
+		if i := strings.IndexByte(escaped[pos:], '/'); i >= 0 {
+			end = pos + i
 		}
-		last := !more
+		seg, last := escaped[pos:end], end == len(escaped)
 		switch dotKind(seg) {
 		case 0:
 			if seg == "" {
@@ -115,26 +115,26 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 			if semi := strings.IndexByte(seg, ';'); semi >= 0 && dotKind(seg[:semi]) != 0 {
 				return "", "", invalidPath("the request path has a dot segment with parameters")
 			}
-			b.WriteByte('/')
-			writeEncoded(&b, seg)
-			kept = append(kept, b.Len())
+			kept = append(kept, span{pos, end})
 			trailing = false
 		case 1:
 			trailing = last
 		case 2:
 			if len(kept) > 0 {
 				kept = kept[:len(kept)-1]
-				end := 0
-				if len(kept) > 0 {
-					end = kept[len(kept)-1]
-				}
-				truncate(&b, end)
 			}
 			trailing = last
 		}
 		if last {
 			break
 		}
+		pos = end + 1
+	}
+	var b strings.Builder
+	b.Grow(len(escaped) + 8)
+	for _, sp := range kept {
+		b.WriteByte('/')
+		writeEncoded(&b, escaped[sp.start:sp.end])
 	}
 	if b.Len() == 0 || trailing {
 		b.WriteByte('/')
@@ -149,15 +149,6 @@ func CleanPath(escaped string) (decoded, cleanEscaped string, err error) {
 		return "", "", invalidPath("the request path has an invalid percent-encoding")
 	}
 	return decoded, cleanEscaped, nil
-}
-
-// truncate cuts b back to n bytes. strings.Builder cannot shrink, so the
-// kept prefix is copied; this runs only for paths with "..".
-func truncate(b *strings.Builder, n int) {
-	s := b.String()[:n]
-	b.Reset()
-	b.Grow(len(s) + 16)
-	b.WriteString(s)
 }
 
 // dotKind reports whether seg decodes to "." (1), ".." (2) or neither (0).

@@ -153,3 +153,18 @@ func TestCleanPathAllocations(t *testing.T) {
 		}
 	}
 }
+
+func TestCleanPathLinearTime(t *testing.T) {
+	// 16k segments, then as many "..": popping must not copy the prefix
+	// each time (quadratic: hundreds of megabytes of copying for one
+	// request line). Copies would show as allocations; the kept-segment
+	// stack grows only logarithmically.
+	deep := "/" + strings.Repeat("a/", 16<<10) + strings.Repeat("../", 16<<10) + "x"
+	dec, esc, err := CleanPath(deep)
+	if err != nil || dec != "/x" || esc != "/x" {
+		t.Fatalf("CleanPath = %q, %q, %v", dec, esc, err)
+	}
+	if allocs := testing.AllocsPerRun(5, func() { _, _, _ = CleanPath(deep) }); allocs > 30 {
+		t.Fatalf("CleanPath of a deep path allocates %v times", allocs)
+	}
+}

@@ -314,9 +314,13 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 			strconv.FormatInt(c.Cost, 10), want, ttl, back, backWin)
 	}
 
-	// WithTimeout keeps an earlier deadline of the caller's.
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
+	// The core already bounds each call by the same timeout; a context of
+	// our own (three allocations) only when the caller's is looser.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
 	res, err := s.call(ctx, keys, args)
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: %w", err)

@@ -287,14 +287,15 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 			d.typeError(orig, node, field, "a sequence")
 			return
 		}
+		v.Grow(len(s.Values))
 		for _, item := range s.Values {
 			i := v.Len()
 			sub := field + "[" + strconv.Itoa(i) + "]"
 			d.pos[sub] = d.at(d.resolveOr(item))
-			elem := reflect.New(v.Type().Elem()).Elem()
+			v.SetLen(i + 1) // the new item is zero: Grow cleared it
+			elem := v.Index(i)
 			d.decode(item, elem, sub, true)
 			allocated(elem)
-			v.Set(reflect.Append(v, elem))
 		}
 	case reflect.String:
 		text, _, ok := d.scalar(node, field)

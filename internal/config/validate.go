@@ -891,27 +891,39 @@ func (v *validator) template(f string, b *Backend, params []string) {
 // conflicts reports routes and BFF endpoints that claim the same host, path
 // and method, naming both.
 func (v *validator) conflicts() {
+	// A claim names its route or endpoint; the strings for the message are
+	// only built when there is a conflict.
 	type claim struct {
-		what    string // route "x" or endpoint "mobile/feed"
-		field   string
-		methods []string // nil: every method
+		route    int    // index in Routes, or -1 for an endpoint
+		bff      string // for an endpoint
+		endpoint int
+		methods  []string // empty: every method
 	}
-	byKey := map[string][]claim{}
+	describe := func(c claim) (what, field string) {
+		if c.route >= 0 {
+			return fmt.Sprintf("route %q", v.cfg.Routes[c.route].Name), idx("routes", c.route) + ".match"
+		}
+		e := v.cfg.BFFs[c.bff].Endpoints[c.endpoint]
+		return fmt.Sprintf("endpoint %q", c.bff+"/"+e.Name), idx("bffs."+c.bff+".endpoints", c.endpoint)
+	}
+	byKey := make(map[string][]claim, len(v.cfg.Routes))
 	add := func(host, path string, c claim) {
 		if checkPathPattern(path) != nil {
-			return
+			return // already reported
 		}
 		key := strings.ToLower(host) + " " + normalizePattern(path)
 		for _, prev := range byKey[key] {
 			if m, overlap := overlapMethod(prev.methods, c.methods); overlap {
-				v.errf(c.field, "%s has the same host, path and method (%s) as %s at %s", c.what, m, prev.what, v.where(prev.field))
+				what, field := describe(c)
+				prevWhat, prevField := describe(prev)
+				v.errf(field, "%s has the same host, path and method (%s) as %s at %s", what, m, prevWhat, v.where(prevField))
 				return
 			}
 		}
 		byKey[key] = append(byKey[key], c)
 	}
 	for i, r := range v.cfg.Routes {
-		add(r.Match.Host, r.Match.Path, claim{what: fmt.Sprintf("route %q", r.Name), field: idx("routes", i) + ".match", methods: r.Match.Methods})
+		add(r.Match.Host, r.Match.Path, claim{route: i, methods: r.Match.Methods})
 	}
 	for _, name := range sortedKeys(v.cfg.BFFs) {
 		b := v.cfg.BFFs[name]
@@ -923,7 +935,7 @@ func (v *validator) conflicts() {
 					p = b.Prefix
 				}
 			}
-			add(b.Host, p, claim{what: fmt.Sprintf("endpoint %q", name+"/"+e.Name), field: idx("bffs."+name+".endpoints", i), methods: []string{e.Method}})
+			add(b.Host, p, claim{route: -1, bff: name, endpoint: i, methods: []string{e.Method}})
 		}
 	}
 }

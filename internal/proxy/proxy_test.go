@@ -702,7 +702,8 @@ func upgradeRequest(t *testing.T, addr string) (net.Conn, *bufio.Reader, *http.R
 }
 
 func TestWebSocketPassThrough(t *testing.T) {
-	srv, _ := front(t, Config{Backends: []Backend{wsUpstream(t)}, WebSocket: true, Timeout: config.Duration(time.Second)}, nil)
+	const timeout = 50 * time.Millisecond
+	srv, _ := front(t, Config{Backends: []Backend{wsUpstream(t)}, WebSocket: true, Timeout: config.Duration(timeout)}, nil)
 	conn, br, resp := upgradeRequest(t, srv.Listener.Addr().String())
 	defer conn.Close()
 	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != "websocket" {
@@ -711,7 +712,12 @@ func TestWebSocketPassThrough(t *testing.T) {
 	// A masked text frame "ping" as a browser would send it, then raw bytes:
 	// the tunnel carries whatever bytes either side writes.
 	frame := []byte{0x81, 0x84, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4}
-	for _, msg := range [][]byte{frame, []byte("raw bytes \x00\xff")} {
+	for i, msg := range [][]byte{frame, []byte("raw bytes \x00\xff")} {
+		if i == 1 {
+			// The route timeout covers the wait for the 101 only; the
+			// tunnel outlives it.
+			<-time.After(3 * timeout)
+		}
 		if _, err := conn.Write(msg); err != nil {
 			t.Fatal(err)
 		}

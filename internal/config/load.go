@@ -416,17 +416,18 @@ func (l *loader) rateLimits(d *decoder, e *ast.MappingValueNode) {
 			continue
 		}
 		if key != "policies" && !claimed {
+			// The first setting a file writes claims them all for it.
 			kp := d.at(sub.Key)
-			if first, dup := l.owner[field]; dup {
+			if first, dup := l.owner[field]; dup && first.file != d.file {
 				l.errs.add(errAt(kp, field+"."+key, "rate_limits settings other than policies are defined in more than one file (first defined at %s)", first))
 				continue
 			}
-			l.owner[field] = kp
+			if _, dup := l.owner[field]; !dup {
+				l.owner[field] = kp
+			}
 			claimed = true
 		}
-		if key != "policies" && l.owner[field].file != d.file {
-			continue
-		}
+		// A key written twice in one file is reported by d.field.
 		d.field(rv, key, sub, joinField(field, key))
 	}
 }

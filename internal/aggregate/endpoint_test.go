@@ -109,21 +109,29 @@ func TestParallelFanOut(t *testing.T) {
 		{Upstream: "b", Path: "/b", Into: "b"},
 		{Upstream: "c", Path: "/c", Into: "c"},
 	}}, rts)
-	start := time.Now()
-	rec := do(h, gatewayRequest("GET", "/mobile/feed"))
-	elapsed := time.Since(start)
-	if rec.Code != 200 {
-		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	// Run one to three times: in series the three calls take 450ms or more
+	// every time, so one run under 250ms proves the fan-out, and the retries
+	// only absorb a scheduling hiccup on a loaded machine.
+	var elapsed []time.Duration
+	for range 3 {
+		start := time.Now()
+		rec := do(h, gatewayRequest("GET", "/mobile/feed"))
+		took := time.Since(start)
+		if rec.Code != 200 {
+			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		if got, want := rec.Body.String(), `{"a":{"v":1},"b":{"v":2},"c":{"v":3}}`; got != want {
+			t.Fatalf("body %s, want %s", got, want)
+		}
+		if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("Content-Type %q", ct)
+		}
+		if took < 250*time.Millisecond {
+			return
+		}
+		elapsed = append(elapsed, took)
 	}
-	if got, want := rec.Body.String(), `{"a":{"v":1},"b":{"v":2},"c":{"v":3}}`; got != want {
-		t.Fatalf("body %s, want %s", got, want)
-	}
-	if elapsed >= 250*time.Millisecond {
-		t.Fatalf("three 150ms backends took %v; they did not run in parallel", elapsed)
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-		t.Fatalf("Content-Type %q", ct)
-	}
+	t.Fatalf("three 150ms backends took %v; they did not run in parallel", elapsed)
 }
 
 func TestAfterAndDependencyTemplates(t *testing.T) {
@@ -516,12 +524,15 @@ func TestMobileFeed(t *testing.T) {
 		"notifications": jsonHandler(`{"count":7}`),
 		"ads":           jsonHandler(`{"slots":[{"id":1}],"tracking":{"p":"x"}}`),
 	})
-	h := newEndpoint(t, &config.Endpoint{Name: "feed", Path: "/feed", Timeout: config.Duration(800 * time.Millisecond), Backends: []*config.Backend{
+	// The DESIGN.md timeouts (800ms, ads 200ms) are raised here so that a
+	// loaded test machine cannot turn the concurrent check into a partial
+	// response.
+	h := newEndpoint(t, &config.Endpoint{Name: "feed", Path: "/feed", Timeout: config.Duration(10 * time.Second), Backends: []*config.Backend{
 		{Upstream: "users", Path: "/users/{claims.sub}", Into: "user", Fields: []string{"name", "avatar_url"}},
 		{Upstream: "posts", Path: "/feed/{claims.sub}?limit=20", Into: "posts",
 			Fields: []string{"items[].id", "items[].text", "items[].author.name"}, Rename: map[string]string{"items[].text": "body"}},
 		{Upstream: "notifications", Path: "/count/{claims.sub}", Into: "unread", Pick: "count", Optional: true},
-		{Name: "ads", Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads", Drop: []string{"tracking"}, Optional: true, Timeout: config.Duration(200 * time.Millisecond)},
+		{Name: "ads", Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads", Drop: []string{"tracking"}, Optional: true, Timeout: config.Duration(5 * time.Second)},
 	}}, rts)
 	rec := do(h, gatewayRequest("GET", "/mobile/feed"))
 	want := `{"user":{"name":"Ann","avatar_url":"https://a/ann.png"},"posts":{"items":[` +

@@ -69,3 +69,28 @@ func BenchmarkNegotiate(b *testing.B) {
 		Negotiate("gzip, deflate, br;q=0.9, zstd;q=0.95", all)
 	}
 }
+
+// TestAllocationBudget: with pooled encoders and writers, a compressed
+// response costs only a handful of small allocations (header values).
+func TestAllocationBudget(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops objects at random under the race detector")
+	}
+	h := middleware(t, all, 1024)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(jsonBody)
+	}))
+	for _, coding := range all {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.Header.Set("Accept-Encoding", coding)
+		w := &discardWriter{h: http.Header{}}
+		h.ServeHTTP(w, r) // warm the pools
+		got := testing.AllocsPerRun(50, func() {
+			clear(w.h)
+			h.ServeHTTP(w, r)
+		})
+		if got > 8 {
+			t.Errorf("%s: %.0f allocations per response, budget 8", coding, got)
+		}
+	}
+}

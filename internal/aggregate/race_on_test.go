@@ -1,0 +1,7 @@
+//go:build race
+
+package aggregate
+
+// raceEnabled: the race detector makes sync.Pool drop objects at random,
+// so allocation budgets are only checked without it.
+const raceEnabled = true

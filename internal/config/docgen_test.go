@@ -248,6 +248,24 @@ var fieldDocs = map[string]fieldDoc{
 	"SLO.alert_webhook": {desc: "http(s) URL that receives alert notifications."},
 }
 
+// schemaRequired lists the keys the validator always requires, per type,
+// so editors flag them as missing too.
+var schemaRequired = map[string][]string{
+	"Target":           {"url"},
+	"AuthProvider":     {"type"},
+	"APIKey":           {"id", "sha256"},
+	"Policy":           {"algorithm", "key"},
+	"Route":            {"name", "match"},
+	"Match":            {"path"},
+	"WeightedUpstream": {"name", "weight"},
+	"CertKey":          {"cert", "key"},
+	"Upstream":         {"targets"},
+	"BFF":              {"endpoints"},
+	"Endpoint":         {"name", "path", "backends"},
+	"Backend":          {"upstream", "path"},
+	"SLO":              {"name", "route", "objective"},
+}
+
 // envPattern accepts a ${VAR} reference where a number or boolean goes.
 const envPattern = `^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$`
 
@@ -362,7 +380,11 @@ func genSchema(t *testing.T) []byte {
 			}
 			props[name] = p
 		}
-		return map[string]any{"type": "object", "additionalProperties": false, "properties": props}
+		obj := map[string]any{"type": "object", "additionalProperties": false, "properties": props}
+		if req := schemaRequired[typ.Name()]; req != nil {
+			obj["required"] = req
+		}
+		return obj
 	}
 	prop = func(typ reflect.Type) map[string]any {
 		for typ.Kind() == reflect.Pointer {

@@ -353,6 +353,42 @@ func TestErrorsFast(t *testing.T) {
 		measure(t, s)
 	})
 
+	t.Run("lease, killed", func(t *testing.T) {
+		// A lease keeps deciding locally while it lasts; once it is spent
+		// the next grant fails as fast as an exact decision.
+		p := startRedis(t, t.TempDir(), nil)
+		s, err := New(config.Store{URL: "redis://" + p.addr, Timeout: config.Duration(timeout)}, Deps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		l := NewLeaseStore(s, func() int { return 1 })
+		lc := []ratelimit.Check{{Policy: "p", Params: fixed(1_000_000, time.Hour), Cost: 1}}
+		out := make([]algo.Decision, 1)
+		for range 200 {
+			_ = l.Decide(context.Background(), "lease-down", lc, out)
+		}
+		p.kill()
+		local := 0
+		for {
+			start := time.Now()
+			err := l.Decide(context.Background(), "lease-down", lc, out)
+			d := time.Since(start)
+			if err == nil {
+				local++
+				if local > 1_000_000 {
+					t.Fatal("lease never ran out")
+				}
+				continue
+			}
+			t.Logf("%d local decisions after the kill; then an error after %v", local, d)
+			if d > 100*time.Millisecond {
+				t.Fatalf("lease error took %v (timeout %v)", d, timeout)
+			}
+			break
+		}
+	})
+
 	t.Run("stalled server", func(t *testing.T) {
 		// A server that accepts and never answers (a blackhole): the
 		// timeout, not the connection, ends each decision.

@@ -15,7 +15,8 @@
 //     "/x/*" (more segments first). "/api/*" matches "/api", "/api/" and
 //     "/api/x"; the rest of the path is the parameter "*". A trailing slash
 //     is significant: "/a/" and "/a" are different paths.
-//   - Then the method (GET also accepts HEAD; a CORS preflight, OPTIONS with
+//   - Then the method (GET also accepts HEAD unless a route with the same
+//     pattern lists HEAD itself; a CORS preflight, OPTIONS with
 //     Origin and Access-Control-Request-Method, is matched under the method
 //     it asks for, so the route's CORS stage can answer it), then headers
 //     (exact value, case-insensitive name) and query parameters (exact
@@ -143,10 +144,13 @@ type route[T any] struct {
 	value     T
 	anyMethod bool
 	mask      uint16
-	other     []string // non-standard methods
-	headers   []kv     // canonical header name -> value
-	query     []kv
-	params    []paramRef
+	// impliedHead: HEAD is in mask only because GET is; a route at the
+	// same path that lists HEAD itself takes HEAD requests instead.
+	impliedHead bool
+	other       []string // non-standard methods
+	headers     []kv     // canonical header name -> value
+	query       []kv
+	params      []paramRef
 }
 
 type kv struct{ k, v string }
@@ -231,8 +235,9 @@ func (rt *Router[T]) add(e *Entry[T]) error {
 			r.other = append(r.other, m)
 		}
 	}
-	if r.mask&methodBit(http.MethodGet) != 0 {
+	if r.mask&methodBit(http.MethodGet) != 0 && r.mask&methodBit(http.MethodHead) == 0 {
 		r.mask |= methodBit(http.MethodHead)
+		r.impliedHead = true
 	}
 	for _, name := range sortedKeys(e.Spec.Headers) {
 		if !validToken(name) {
@@ -312,7 +317,14 @@ func (rt *Router[T]) finish(n *node[T]) {
 		if t == nil {
 			continue
 		}
+		explicitHead := false
 		for _, r := range t.routes {
+			explicitHead = explicitHead || (!r.impliedHead && r.mask&methodBit(http.MethodHead) != 0)
+		}
+		for _, r := range t.routes {
+			if explicitHead && r.impliedHead {
+				r.mask &^= methodBit(http.MethodHead)
+			}
 			t.anyMethod = t.anyMethod || r.anyMethod
 			t.mask |= r.mask
 			for _, m := range r.other {

@@ -378,3 +378,18 @@ func TestMatchAllocationsWithEscapes(t *testing.T) {
 		t.Fatalf("Match allocates %v times for an escaped path, want at most 2", allocs)
 	}
 }
+
+func TestExplicitHeadRouteWins(t *testing.T) {
+	rt := mustRouter(t, []Entry[string]{
+		e("get", "", "/x", "GET"),
+		e("head", "", "/x", "HEAD"),
+		e("get-only", "", "/y", "GET"),
+	})
+	for _, tc := range []struct{ method, target, want string }{
+		{"GET", "h/x", "get"}, {"HEAD", "h/x", "head"}, {"HEAD", "h/y", "get-only"},
+	} {
+		if got, _, res := match(t, rt, tc.method, tc.target); got != tc.want {
+			t.Errorf("%s %s: got %q (%v), want %q", tc.method, tc.target, got, res.Status, tc.want)
+		}
+	}
+}

@@ -289,9 +289,17 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 		return 0, fmt.Errorf("redisstore: out has %d slots for %d checks", len(out), len(checks))
 	}
 	base := subjectKey(subject)
-	keys := make([]string, 1, 1+len(checks))
+	logs := 0
+	for i := range checks {
+		if checks[i].Params.Kind == algo.SlidingWindowLog {
+			logs++
+		}
+	}
+	// Keys and arguments share one allocation.
+	buf := make([]string, 1+logs+4+10*len(checks))
+	keys := buf[:1:1+logs]
 	keys[0] = base
-	args := make([]string, 0, 4+10*len(checks))
+	args := buf[1+logs : 1+logs : len(buf)]
 	nowArg := ""
 	if now != noNow {
 		nowArg = strconv.FormatInt(now, 10)

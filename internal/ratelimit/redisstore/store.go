@@ -297,7 +297,7 @@ func (s *Store) execNodes(ctx context.Context, op, subject string, checks []rate
 	}
 	// Keys and arguments share one allocation.
 	buf := make([]string, 1+logs+4+10*len(checks))
-	keys := buf[:1:1+logs]
+	keys := buf[: 1 : 1+logs]
 	keys[0] = base
 	args := buf[1+logs : 1+logs : len(buf)]
 	nowArg := ""

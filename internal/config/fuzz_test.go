@@ -32,10 +32,14 @@ func FuzzLoadBytes(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := LoadBytes("fuzz.yaml", data)
 		if err == nil {
-			if c == nil || c.Version != 1 {
+			if c == nil || c.Version != 1 || c.Where("version") == "" {
 				t.Fatalf("nil error with config %+v", c)
 			}
 			return
+		}
+		// The same input gives the same report (map order never shows).
+		if _, again := LoadBytes("fuzz.yaml", data); again == nil || again.Error() != err.Error() {
+			t.Fatalf("second load differs:\n%v\n---\n%v", err, again)
 		}
 		errs, ok := err.(*Errors)
 		if !ok || len(errs.List) == 0 {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -26,20 +27,22 @@ const redactedValue = "REDACTED"
 // accessLog moves lines from requests to one writer goroutine through a
 // bounded channel of pooled buffers. Requests never wait: when the channel is
 // full the line is dropped and counted, so a slow stdout pipe costs log lines,
-// not latency.
+// not latency. The channel is never closed (a late sender must not panic);
+// stop tells the writer to drain it and finish.
 type accessLog struct {
 	ch      chan *[]byte
 	pool    sync.Pool
 	dropped prometheus.Counter
 	out     io.Writer
+	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
-	mu      sync.RWMutex // guards closed against sends racing close
-	closed  bool
+	closed  atomic.Bool
 }
 
 func newAccessLog(out io.Writer, size int, dropped prometheus.Counter) *accessLog {
-	a := &accessLog{ch: make(chan *[]byte, size), dropped: dropped, out: out, done: make(chan struct{})}
+	a := &accessLog{ch: make(chan *[]byte, size), dropped: dropped, out: out,
+		stop: make(chan struct{}), done: make(chan struct{})}
 	a.pool.New = func() any { b := make([]byte, 0, 512); return &b }
 	go a.run()
 	return a
@@ -48,16 +51,31 @@ func newAccessLog(out io.Writer, size int, dropped prometheus.Counter) *accessLo
 func (a *accessLog) run() {
 	defer close(a.done)
 	bw := bufio.NewWriterSize(a.out, 64<<10)
-	for b := range a.ch {
+	write := func(b *[]byte) {
 		_, _ = bw.Write(*b)
 		a.put(b)
-		// Flush when the queue is empty so lines appear promptly at low
-		// traffic and are batched into large writes at high traffic.
-		if len(a.ch) == 0 {
-			_ = bw.Flush()
+	}
+	for {
+		select {
+		case b := <-a.ch:
+			write(b)
+			// Flush when the queue is empty so lines appear promptly at low
+			// traffic and are batched into large writes at high traffic.
+			if len(a.ch) == 0 {
+				_ = bw.Flush()
+			}
+		case <-a.stop:
+			for {
+				select {
+				case b := <-a.ch:
+					write(b)
+				default:
+					_ = bw.Flush()
+					return
+				}
+			}
 		}
 	}
-	_ = bw.Flush()
 }
 
 func (a *accessLog) get() *[]byte {
@@ -73,11 +91,9 @@ func (a *accessLog) put(b *[]byte) {
 	a.pool.Put(b)
 }
 
-// send queues b or drops it.
+// send queues b or drops it (counted). After close, lines are discarded.
 func (a *accessLog) send(b *[]byte) {
-	a.mu.RLock()
-	if a.closed {
-		a.mu.RUnlock()
+	if a.closed.Load() {
 		a.put(b)
 		return
 	}
@@ -87,16 +103,13 @@ func (a *accessLog) send(b *[]byte) {
 		a.dropped.Inc()
 		a.put(b)
 	}
-	a.mu.RUnlock()
 }
 
 // close stops accepting lines and waits until the queued ones are written.
 func (a *accessLog) close() {
 	a.once.Do(func() {
-		a.mu.Lock()
-		a.closed = true
-		close(a.ch)
-		a.mu.Unlock()
+		a.closed.Store(true)
+		close(a.stop)
 		<-a.done
 	})
 }

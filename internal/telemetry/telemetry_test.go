@@ -647,3 +647,38 @@ func TestDurationFromInfoStart(t *testing.T) {
 		t.Errorf("p50 = %vms, want 250ms measured from Info.Start", p)
 	}
 }
+
+func TestCloseWhileServing(t *testing.T) {
+	var out strings.Builder
+	var mu sync.Mutex
+	tel := New(Deps{AccessLog: writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return out.Write(p)
+	})})
+	h := tel.Middleware("r")(statusHandler())
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+			}
+		}()
+	}
+	tel.Close() // lines racing Close are written or discarded, never a panic
+	wg.Wait()
+	_ = tel.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		if l != "" && !json.Valid([]byte(l)) {
+			t.Fatalf("torn line %q", l)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -225,3 +225,37 @@ type headerOnly struct{ h http.Header }
 func (w *headerOnly) Header() http.Header         { return w.h }
 func (w *headerOnly) Write(b []byte) (int, error) { return len(b), nil }
 func (w *headerOnly) WriteHeader(int)             {}
+
+func FuzzOrigins(f *testing.F) {
+	f.Add("https://*.example.com", "https://a.example.com")
+	f.Add("http://localhost:3000", "HTTP://LOCALHOST:3000")
+	f.Add("*", "null")
+	f.Add("https://*.", "https://..")
+	f.Fuzz(func(t *testing.T, pattern, origin string) {
+		mw, err := New(&config.CORS{Origins: []string{pattern}})
+		if err != nil {
+			return
+		}
+		h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+		for _, method := range []string{"GET", "OPTIONS"} {
+			r := httptest.NewRequest(method, "/", nil)
+			r.Header.Set("Origin", origin)
+			r.Header.Set("Access-Control-Request-Method", "GET")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			got := rec.Header().Get("Access-Control-Allow-Origin")
+			if got != "" && got != "*" && got != origin {
+				t.Fatalf("pattern %q, origin %q: Allow-Origin %q", pattern, origin, got)
+			}
+			// A listed origin is always allowed, whatever its case.
+			if !strings.Contains(pattern, "*") && strings.EqualFold(strings.TrimSpace(pattern), origin) && got == "" {
+				t.Fatalf("pattern %q does not allow %q", pattern, origin)
+			}
+			// A wildcard never allows an origin outside its suffix.
+			if w, ok := strings.CutPrefix(strings.ToLower(pattern), "https://*."); ok && got != "" &&
+				!strings.HasSuffix(strings.ToLower(origin), "."+w) {
+				t.Fatalf("wildcard %q allowed %q", pattern, origin)
+			}
+		}
+	})
+}

@@ -679,3 +679,44 @@ func TestBufferReuse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestBodyCapCountsDecodedBytes: a small gzip body that inflates past the
+// cap (a "zip bomb") fails like a large one, and so does a chunked body
+// without Content-Length.
+func TestBodyCapCountsDecodedBytes(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(`{"a":"`))
+	_, _ = zw.Write(bytes.Repeat([]byte("x"), 1<<20))
+	_, _ = zw.Write([]byte(`"}`))
+	_ = zw.Close()
+	rts := serve(t, map[string]http.HandlerFunc{
+		"bomb": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(gz.Bytes())
+		},
+		"chunked": func(w http.ResponseWriter, r *http.Request) {
+			for range 64 {
+				_, _ = w.Write(bytes.Repeat([]byte(" "), 1024))
+				w.(http.Flusher).Flush() // no Content-Length: chunked
+			}
+			_, _ = w.Write([]byte(`{}`))
+		},
+	})
+	for _, up := range []string{"bomb", "chunked"} {
+		t.Run(up, func(t *testing.T) {
+			if up == "bomb" && gz.Len() > 16<<10 {
+				t.Fatalf("the compressed body is %d bytes; it should be far below the cap", gz.Len())
+			}
+			h, err := NewEndpoint(&config.BFF{Name: "m", MaxBackendBodyBytes: 32 << 10},
+				&config.Endpoint{Name: "e", Backends: []*config.Backend{{Upstream: up, Path: "/", Into: "x"}}}, Deps{Upstreams: rts})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := do(h, gatewayRequest("GET", "/e"))
+			if rec.Code != 502 || !strings.Contains(rec.Body.String(), "max_backend_body_bytes") {
+				t.Fatalf("status %d body %s", rec.Code, rec.Body)
+			}
+		})
+	}
+}

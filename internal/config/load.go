@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
@@ -68,6 +70,7 @@ func loadCached(paths []string, lookup func(string) (string, bool), cache *astCa
 	l.errs = errs
 	l.cache = cache
 	l.broken = len(errs.List) > 0 // a path or file could not be read
+	l.preparse(files, datas)
 	for i, f := range files {
 		if datas[i] != nil {
 			l.file(f, datas[i])
@@ -160,6 +163,9 @@ type loader struct {
 	// broken is set when a file could not be read or parsed.
 	broken bool
 
+	// pre holds files parsed ahead by preparse.
+	pre map[string]parseResult
+
 	// local maps an index of the merged routes and slos lists to the
 	// index within its own file, which is what error messages show (the
 	// user reads routes[0] of team.yaml, not routes[17] of the merge).
@@ -204,11 +210,75 @@ func (l *loader) parse(name string, data []byte) (*ast.File, error) {
 			return f, nil
 		}
 	}
-	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
+	var f *ast.File
+	var err error
+	if r, ok := l.pre[name]; ok {
+		f, err = r.tree, r.err
+	} else {
+		f, err = parseYAML(data)
+	}
 	if err == nil && l.cache != nil {
 		l.cache.put(name, data, f)
 	}
 	return f, err
+}
+
+func parseYAML(data []byte) (*ast.File, error) {
+	// Duplicate keys are reported by the decoder, which can name both places.
+	return parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
+}
+
+// prepare trims a byte order mark: editors on Windows may start a UTF-8 file
+// with one, which the parser would take as part of the first key.
+func prepare(data []byte) []byte {
+	return bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+}
+
+type parseResult struct {
+	tree *ast.File
+	err  error
+}
+
+// preparse parses the files that will need parsing on up to GOMAXPROCS
+// goroutines, since parsing is most of a load's time and files are
+// independent; decoding then runs in file order on the results.
+func (l *loader) preparse(files []string, datas [][]byte) {
+	type job struct {
+		name string
+		data []byte
+	}
+	var jobs []job
+	for i, name := range files {
+		if datas[i] == nil {
+			continue // unreadable: reported
+		}
+		data := prepare(datas[i])
+		if _, _, deep := tooDeep(data); deep {
+			continue // reported by file
+		}
+		if l.cache != nil && l.cache.has(name, data) {
+			continue
+		}
+		jobs = append(jobs, job{name, data})
+	}
+	if len(jobs) < 2 {
+		return // nothing to overlap
+	}
+	results := make([]parseResult, len(jobs))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			tree, err := parseYAML(j.data)
+			results[i] = parseResult{tree, err}
+		})
+	}
+	wg.Wait()
+	for i, j := range jobs {
+		l.pre[j.name] = results[i]
+	}
 }
 
 // newLoader returns a loader for about size bytes of YAML.
@@ -224,6 +294,7 @@ func newLoader(lookup func(string) (string, bool), size int) *loader {
 		lookup: lookup,
 		owner:  map[string]pos{},
 		local:  map[string][]int{},
+		pre:    map[string]parseResult{},
 	}
 }
 
@@ -232,9 +303,7 @@ var singletons = map[string]bool{"server": true, "admin": true, "logging": true,
 
 func (l *loader) file(name string, data []byte) {
 	l.cfg.Files = append(l.cfg.Files, name)
-	// Editors on Windows may start a UTF-8 file with a byte order mark,
-	// which the YAML parser would take as part of the first key.
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	data = prepare(data)
 	if line, col, deep := tooDeep(data); deep {
 		l.errs.add(Error{File: name, Line: line, Col: col, Msg: fmt.Sprintf("YAML syntax: collections nested deeper than %d levels", maxFlowDepth)})
 		l.broken = true

@@ -72,6 +72,13 @@ func (c *astCache) get(name string, data []byte) (*ast.File, bool) {
 	return f.tree, true
 }
 
+// has reports whether name is cached with exactly data, without counting a
+// use.
+func (c *astCache) has(name string, data []byte) bool {
+	f, ok := c.files[name]
+	return ok && bytes.Equal(f.data, data)
+}
+
 func (c *astCache) put(name string, data []byte, tree *ast.File) {
 	if c.files == nil {
 		c.files = map[string]cachedFile{}

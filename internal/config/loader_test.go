@@ -2,9 +2,11 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -119,5 +121,36 @@ func TestLoaderConcurrent(t *testing.T) {
 		if err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestParallelParseKeepsOrderAndErrors loads a directory of many files, so
+// they are parsed in parallel, and checks the merge order and that syntax
+// errors of several files are all reported.
+func TestParallelParseKeepsOrderAndErrors(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 12 {
+		body := fmt.Sprintf("version: 1\nupstreams:\n  up%02d:\n    targets: [{url: \"http://127.0.0.1:%d\"}]\nroutes:\n  - {name: r%02d, match: {path: /r%02d}, upstream: up%02d, public: true}\n", i, 7000+i, i, i, i)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%02d.yaml", i)), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range c.Routes {
+		if want := fmt.Sprintf("r%02d", i); r.Name != want {
+			t.Fatalf("routes[%d] = %s, want %s (file order lost)", i, r.Name, want)
+		}
+	}
+	for _, n := range []string{"03.yaml", "07.yaml"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("version: 1\nroutes: [\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = Load(dir)
+	if err == nil || strings.Count(err.Error(), "YAML syntax") != 2 {
+		t.Errorf("want two syntax errors, got:\n%v", err)
 	}
 }

@@ -290,6 +290,12 @@ type fetcher struct {
 	rt       http.RoundTripper
 }
 
+// outbound is a backend request with its URL, allocated together.
+type outbound struct {
+	r http.Request
+	u url.URL
+}
+
 // statusError is a non-2xx answer from a backend.
 type statusError struct{ status int }
 
@@ -316,24 +322,25 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, f.method, "http://upstream/", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.URL.Host = f.upstream
-	req.Host = f.upstream
+	// The request and its URL in one allocation, built directly: there is
+	// nothing to parse, and the round tripper sets scheme and host anyway.
+	o := &outbound{u: url.URL{Scheme: "http", Host: f.upstream}}
 	path, query, _ := strings.Cut(string(*target), "?")
-	req.URL.RawQuery = query
+	o.u.RawQuery = query
 	if strings.IndexByte(path, '%') >= 0 {
-		req.URL.Path, err = url.PathUnescape(path)
-		if err != nil {
+		if o.u.Path, err = url.PathUnescape(path); err != nil {
 			return nil, fmt.Errorf("rendered path %q: %w", path, err)
 		}
-		req.URL.RawPath = path
+		o.u.RawPath = path
 	} else {
-		req.URL.Path = path
+		o.u.Path = path
 	}
-	req.Header = outboundHeader(in)
+	o.r = http.Request{
+		Method: f.method, URL: &o.u, Host: f.upstream,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: outboundHeader(in),
+	}
+	req := o.r.WithContext(ctx)
 	resp, err := f.rt.RoundTrip(req)
 	if err != nil {
 		return nil, err

@@ -12,7 +12,8 @@
 // result. Either a complete *Config comes back, or nil and an *Errors
 // holding every problem found, sorted by file, line and column.
 //
-// The pipeline is: read -> parse -> decode (strict: unknown keys and wrong
+// The pipeline is: read -> parse (files in parallel; YAML parsing is most of
+// the cost) -> decode in file order (strict: unknown keys and wrong
 // types are errors; ${VAR} expanded in scalar values) -> defaults ->
 // validate. A value that failed to decode is not validated again, so one
 // mistake gives one message. When a file does not parse at all, validation

@@ -96,8 +96,11 @@ func TestDashboardInBrowser(t *testing.T) {
 		Stats:   func() any { return tel.Stats() },
 		SLO:     func() any { return eng.Snapshot() },
 		Upstreams: func() any {
-			return []map[string]any{{"name": "posts", "targets": []map[string]any{
-				{"url": "http://127.0.0.1:7002", "healthy": true}, {"url": "http://127.0.0.1:7012", "healthy": false}}}}
+			// The shape of upstream.Registry.Snapshot.
+			return []map[string]any{{"name": "posts", "balance": "round_robin", "breaker": "closed", "in_flight": 2,
+				"targets": []map[string]any{
+					{"url": "http://127.0.0.1:7002", "healthy": true, "requests_1m": 10, "error_rate_1m": 0.1},
+					{"url": "http://127.0.0.1:7012", "healthy": false, "ejected_until": "2026-11-28T07:00:00Z"}}}}
 		},
 	}))
 	defer srv.Close()
@@ -120,6 +123,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		`data-route="posts-api"`, `data-route="mobile/feed"`,
 		`data-slo="feed-availability"`, `FIRING page`, `data-upstream="posts"`,
 		`id="chart-svg"`, "updated ",
+		`data-healthy="true"><span class="ok">●</span> http://127.0.0.1:7002`,
+		`data-healthy="false"><span class="bad">●</span> http://127.0.0.1:7012 <span class="warn">ejected</span>`,
 	}
 	for _, r := range stats.Routes {
 		m := r.Last1m

@@ -154,3 +154,57 @@ func TestParallelParseKeepsOrderAndErrors(t *testing.T) {
 		t.Errorf("want two syntax errors, got:\n%v", err)
 	}
 }
+
+// BenchmarkLoadDir10Files loads the config of BenchmarkLoad1000Routes/full
+// split into ten files (shared sections and 100 routes in the first, 100
+// routes in each other, the BFF in the last), which parse in parallel.
+func BenchmarkLoadDir10Files(b *testing.B) {
+	text := string(bigConfig(1000, true))
+	r, bff := strings.Index(text, "routes:\n"), strings.Index(text, "bffs:\n")
+	items := strings.SplitAfter(text[r+len("routes:\n"):bff], "\n  - name: ")
+	// SplitAfter leaves each item's "  - name: " at the end of the one before.
+	routes := make([]string, 0, len(items))
+	for i, it := range items {
+		it = strings.TrimSuffix(it, "  - name: ")
+		if i > 0 {
+			it = "  - name: " + it
+		}
+		if strings.TrimSpace(it) != "" {
+			routes = append(routes, it)
+		}
+	}
+	dir := b.TempDir()
+	for f := range 10 {
+		var sb strings.Builder
+		if f == 0 {
+			sb.WriteString(text[:r])
+		} else {
+			sb.WriteString("version: 1\n")
+		}
+		sb.WriteString("routes:\n")
+		for _, rt := range routes[f*100 : (f+1)*100] {
+			sb.WriteString(rt)
+		}
+		if f == 9 {
+			sb.WriteString(text[bff:])
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%02d.yaml", f)), []byte(sb.String()), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c, err := Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(c.Routes) != 1000 || len(c.Files) != 10 {
+		b.Fatalf("%d routes from %d files", len(c.Routes), len(c.Files))
+	}
+	b.ReportAllocs()
+	start := cpuTime()
+	for b.Loop() {
+		if _, err := Load(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((cpuTime()-start).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,8 +186,9 @@ func NewEndpoint(bff *config.BFF, ep *config.Endpoint, deps Deps) (http.Handler,
 			intos[bc.Into] = name
 		}
 	}
+	params := pathParams(ep.Path)
 	for i, bc := range ep.Backends {
-		b, err := e.compileBackend(bc, ep.Backends, index, deps)
+		b, err := e.compileBackend(bc, ep.Backends, index, params, deps)
 		if err != nil {
 			return nil, fmt.Errorf("%s: backend %s: %w", where, nameOf(bc, i), err)
 		}
@@ -224,7 +226,28 @@ func nameOf(bc *config.Backend, i int) string {
 	return fmt.Sprintf("#%d", i)
 }
 
-func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, index map[string]int, deps Deps) (*backend, error) {
+// pathParams lists the {name} parameters of an endpoint path; nil when the
+// endpoint has no path (then {param} templates are not checked here).
+func pathParams(p string) []string {
+	if p == "" {
+		return nil
+	}
+	params := []string{}
+	for {
+		i := strings.IndexByte(p, '{')
+		if i < 0 {
+			return params
+		}
+		j := strings.IndexByte(p[i:], '}')
+		if j < 0 {
+			return params
+		}
+		params = append(params, p[i+1:i+j])
+		p = p[i+j+1:]
+	}
+}
+
+func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, index map[string]int, params []string, deps Deps) (*backend, error) {
 	b := &backend{
 		name:     nameOf(bc, 0),
 		optional: bc.Optional,
@@ -269,6 +292,10 @@ func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, ind
 	}
 	for _, p := range tmpl.parts {
 		switch p.src {
+		case srcParam:
+			if params != nil && !slices.Contains(params, p.text) {
+				return nil, fmt.Errorf("path %q: {%s} is not a parameter of the endpoint path", bc.Path, p.text)
+			}
 		case srcQuery:
 			e.usesQuery = true
 		case srcClaim:

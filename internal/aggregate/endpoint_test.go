@@ -177,7 +177,7 @@ func TestTemplateEscaping(t *testing.T) {
 			jsonHandler(`{}`)(w, r)
 		},
 	})
-	h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Path: "/e/{id}", Backends: []*config.Backend{
 		{Upstream: "svc", Path: "/p/{id}/{claims.org}?q={query.q}&h={header.X-Thing}&fixed=1", Into: "x"},
 	}}, rts)
 	r := gatewayRequest("GET", "/e/x?q=a%26b%3Dc+d", reqctx.Param{Key: "id", Value: "a/b?c d"})
@@ -501,10 +501,12 @@ func TestNewEndpointErrors(t *testing.T) {
 		{"unclosed brace", []*config.Backend{{Upstream: "u", Path: "/{id"}}, "not closed"},
 		{"relative path", []*config.Backend{{Upstream: "u", Path: "x"}}, "must start with '/'"},
 		{"bad field", []*config.Backend{{Upstream: "u", Path: "/", Fields: []string{"a[1]"}}}, `only "[]"`},
+		{"unknown path parameter", []*config.Backend{{Upstream: "u", Path: "/users/{uid}"}}, "not a parameter of the endpoint path"},
+		{"pick removed by fields", []*config.Backend{{Upstream: "u", Path: "/", Fields: []string{"a"}, Pick: "b"}}, "not among fields"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := NewEndpoint(&config.BFF{Name: "m"}, &config.Endpoint{Name: "e", Backends: tc.backends}, Deps{Upstreams: rts})
+			_, err := NewEndpoint(&config.BFF{Name: "m"}, &config.Endpoint{Name: "e", Path: "/profile/{id}", Backends: tc.backends}, Deps{Upstreams: rts})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}

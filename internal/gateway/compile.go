@@ -287,6 +287,9 @@ func (g *Gateway) routeHandler(cfg *config.Config, r *config.Route, pools map[st
 		MaxBodyBytes:    maxBody,
 		TrustedProxies:  trusted,
 		WebSocket:       r.WebSocket,
+		// With a CORS stage at the gateway, an upstream's own CORS headers
+		// would make browsers see two answers.
+		StripUpstreamCORS: r.CORS != nil,
 	}, proxy.Deps{Logger: g.log, BufferPool: g.buffers})
 }
 

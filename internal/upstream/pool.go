@@ -370,7 +370,8 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 	now := p.reg.now().UnixNano()
 	o := outcomeSuccess
 	switch {
-	case err != nil && errors.Is(ctx.Err(), context.Canceled):
+	case err != nil && errors.Is(ctx.Err(), context.Canceled) &&
+		!errors.Is(context.Cause(ctx), context.DeadlineExceeded):
 		// The client went away: no verdict on the upstream. A passed
 		// deadline (the route's timeout) is the upstream's slowness and
 		// counts as a failure below.

@@ -1,0 +1,305 @@
+// Package cluster runs several real portico processes against one Redis
+// and checks that rate limits hold for the fleet, over HTTP, as a client
+// of a load-balanced cluster would see them.
+package cluster
+
+import (
+	"bufio"
+
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var porticoBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "portico-cluster-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	porticoBin = filepath.Join(dir, "portico")
+	root, err := moduleRoot()
+	if err == nil {
+		cmd := exec.Command("go", "build", "-o", porticoBin, "./cmd/portico")
+		cmd.Dir = root
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		err = cmd.Run()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "build portico:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+func redisAddr(t *testing.T) string {
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		if os.Getenv("PORTICO_REQUIRE_REDIS") == "1" {
+			t.Fatalf("Redis at %s is required (PORTICO_REQUIRE_REDIS=1): %v", addr, err)
+		}
+		t.Skipf("no Redis at %s: %v", addr, err)
+	}
+	c.Close()
+	return addr
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// node is one portico process.
+type node struct {
+	base  string
+	admin string
+	cmd   *exec.Cmd
+}
+
+func startNode(t *testing.T, config string) *node {
+	t.Helper()
+	pub, adm := freeAddr(t), freeAddr(t)
+	config = strings.ReplaceAll(config, "$PUBLIC", pub)
+	config = strings.ReplaceAll(config, "$ADMIN", adm)
+	path := filepath.Join(t.TempDir(), "portico.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(porticoBin, "run", "-c", path)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			mu.Lock()
+			logs.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+		}
+	}()
+	n := &node{base: "http://" + pub, admin: "http://" + adm, cmd: cmd}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(n.admin + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return n
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Fatalf("portico did not become ready:\n%s", logs.String())
+	return nil
+}
+
+func upstream(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// hammer sends total requests spread round-robin over nodes with conc
+// workers, each carrying X-Subject: subject; it returns the admitted and
+// limited counts and any other outcome.
+func hammer(t *testing.T, nodes []*node, path, subject string, total, conc int) (admitted, limited int64) {
+	t.Helper()
+	var next, ok, lim, other atomic.Int64
+	tr := &http.Transport{MaxIdleConnsPerHost: conc, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(total) {
+					return
+				}
+				req, _ := http.NewRequest(http.MethodGet, nodes[i%int64(len(nodes))].base+path, nil)
+				req.Header.Set("X-Subject", subject)
+				resp, err := client.Do(req)
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case 200:
+					ok.Add(1)
+				case 429:
+					lim.Add(1)
+				default:
+					other.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if other.Load() > 0 {
+		t.Errorf("%d requests neither admitted nor limited", other.Load())
+	}
+	return ok.Load(), lim.Load()
+}
+
+func randomSubject() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// waitForWindowStart waits until the wall clock is early in a window of
+// length w, so that a short test stays inside one fixed window. Redis and
+// this process share the machine's clock.
+func waitForWindowStart(w time.Duration, budget time.Duration) {
+	for {
+		into := time.Duration(time.Now().UnixNano()) % w
+		if into+budget < w {
+			return
+		}
+		time.Sleep(w - into + 10*time.Millisecond)
+	}
+}
+
+// TestFleetRateLimit: three portico processes share one Redis; a client
+// offers 2x each policy's limit through all three, and the fleet admits no
+// more than the limit (exactly the limit for the windowed algorithms; at
+// most burst plus what the rate refilled for the buckets).
+func TestFleetRateLimit(t *testing.T) {
+	addr := redisAddr(t)
+	up := upstream(t)
+	const limit = 60
+	config := fmt.Sprintf(`version: 1
+server: {listen: "$PUBLIC"}
+admin: {listen: "$ADMIN"}
+logging: {level: warn, access_log: false}
+upstreams:
+  up: {targets: [{url: "http://%s"}]}
+rate_limits:
+  store: {type: redis, url: "redis://%s/0", timeout: 200ms}
+  mode: %%s
+  expected_nodes: 3
+  policies:
+    fixed: {algorithm: fixed_window, limit: %[3]d, window: 1h, key: "header:X-Subject"}
+    log: {algorithm: sliding_window_log, limit: %[3]d, window: 1h, key: "header:X-Subject"}
+    counter: {algorithm: sliding_window_counter, limit: %[3]d, window: 1h, key: "header:X-Subject"}
+    bucket: {algorithm: token_bucket, rate: 1, per: 1h, burst: %[3]d, key: "header:X-Subject"}
+    leaky: {algorithm: leaky_bucket, rate: 1, per: 1h, burst: %[3]d, key: "header:X-Subject"}
+routes:
+`, up, addr, limit)
+	algos := []string{"fixed", "log", "counter", "bucket", "leaky"}
+	for _, a := range algos {
+		config += fmt.Sprintf("  - {name: %s, match: {path: /%s}, upstream: up, public: true, rate_limit: [%s]}\n", a, a, a)
+	}
+	for _, mode := range []string{"exact", "lease"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := fmt.Sprintf(config, mode)
+			nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+			waitForWindowStart(time.Hour, 30*time.Second)
+			for _, a := range algos {
+				subject := randomSubject()
+				admitted, limited := hammer(t, nodes, "/"+a, subject, 2*limit, 12)
+				// Buckets may refill by at most one token (rate 1/h) while the test runs.
+				max := int64(limit)
+				if a == "bucket" || a == "leaky" {
+					max++
+				}
+				if admitted > max || admitted < limit {
+					t.Errorf("%s/%s: admitted %d of %d offered, want %d (limit) across 3 nodes", mode, a, admitted, 2*limit, limit)
+				}
+				if admitted+limited != 2*limit {
+					t.Errorf("%s/%s: %d admitted + %d limited != %d offered", mode, a, admitted, limited, 2*limit)
+				}
+			}
+		})
+	}
+}
+
+// TestFleetLeaseAccuracy: with a limit large enough for leases to matter,
+// lease mode admits at least 99% of the limit across 3 nodes and never more.
+func TestFleetLeaseAccuracy(t *testing.T) {
+	addr := redisAddr(t)
+	up := upstream(t)
+	limit := 2000
+	if os.Getenv("PORTICO_LONG") == "1" {
+		limit = 10000
+	}
+	cfg := fmt.Sprintf(`version: 1
+server: {listen: "$PUBLIC"}
+admin: {listen: "$ADMIN"}
+logging: {level: warn, access_log: false}
+upstreams:
+  up: {targets: [{url: "http://%s"}]}
+rate_limits:
+  store: {type: redis, url: "redis://%s/0", timeout: 200ms}
+  mode: lease
+  expected_nodes: 3
+  policies:
+    fixed: {algorithm: fixed_window, limit: %d, window: 1h, key: "header:X-Subject"}
+routes:
+  - {name: fixed, match: {path: /fixed}, upstream: up, public: true, rate_limit: [fixed]}
+`, up, addr, limit)
+	nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+	waitForWindowStart(time.Hour, 60*time.Second)
+	admitted, _ := hammer(t, nodes, "/fixed", randomSubject(), 2*limit, 24)
+	if admitted > int64(limit) || float64(admitted) < 0.99*float64(limit) {
+		t.Fatalf("lease mode admitted %d of %d offered, want between 99%% of %d and %d", admitted, 2*limit, limit, limit)
+	}
+	t.Logf("lease mode: %d admitted of limit %d over 3 nodes", admitted, limit)
+}

@@ -682,3 +682,45 @@ func TestCloseWhileServing(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestStatsConcurrentRotation records from several goroutines while the clock
+// moves slots on under them and Stats reads: no count may be lost or doubled.
+func TestStatsConcurrentRotation(t *testing.T) {
+	clk := newClock()
+	tel := New(Deps{AccessLog: io.Discard, Now: clk.Now})
+	defer tel.Close()
+	tel.SetAccessLog(false)
+	h := tel.Middleware("r")(statusHandler())
+	const workers, each = 4, 2000
+	var wg sync.WaitGroup
+	stop, readerDone := make(chan struct{}), make(chan struct{})
+	go func() { // a reader, as the dashboard polls
+		defer close(readerDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = tel.Stats()
+			}
+		}
+	}()
+	for g := 0; g < workers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if g == 0 && i%40 == 0 {
+					clk.Advance(time.Second) // 50 s in all: ten slot changes
+				}
+				h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(stop)
+	<-readerDone
+	if got := tel.Stats().Routes[0].Last5m.Requests; got != workers*each {
+		t.Errorf("5m window counts %d, want %d", got, workers*each)
+	}
+}

@@ -350,6 +350,9 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 	case reflect.Float64:
 		var f float64
 		switch t := node.(type) {
+		case *ast.InfinityNode, *ast.NanNode:
+			d.fail(node, field, "must be a finite number")
+			return
 		case *ast.FloatNode:
 			f = t.Value
 		case *ast.IntegerNode:

@@ -7,6 +7,12 @@ package config
 // Pointers mark fields whose zero value is meaningful and whose default is not
 // zero (retries: 0 is "no retries", default 1). After Load, defaults are
 // applied and such pointers are never nil.
+//
+// Every key's type, default and meaning is in docs/configuration.md,
+// generated from these types and the table in docgen_test.go (a test keeps
+// the two in step); the defaults themselves are applied in defaults.go. After
+// Load, map values and list items are never nil, Upstream, AuthProvider,
+// Policy and BFF carry their map key in Name, and Backend.Name is set.
 
 // Config is one merged, validated configuration.
 type Config struct {

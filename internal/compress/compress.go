@@ -147,7 +147,7 @@ func (s *stage) wrap(next http.Handler) http.Handler {
 			cw = &writer{s: s}
 		}
 		cw.rw = w
-		cw.coding = Negotiate(r.Header.Get("Accept-Encoding"), s.prefs)
+		cw.coding = Negotiate(acceptEncoding(r.Header), s.prefs)
 		cw.head = r.Method == http.MethodHead
 		next.ServeHTTP(cw, r)
 		// Not deferred: after a panic the response is the recover stage's
@@ -157,6 +157,19 @@ func (s *stage) wrap(next http.Handler) http.Handler {
 		cw.reset()
 		s.writers.Put(cw)
 	})
+}
+
+// acceptEncoding returns the request's Accept-Encoding; several field
+// lines are one comma-separated list (RFC 9110 section 5.3).
+func acceptEncoding(h http.Header) string {
+	switch v := h["Accept-Encoding"]; len(v) {
+	case 0:
+		return ""
+	case 1:
+		return v[0]
+	default:
+		return strings.Join(v, ",")
+	}
 }
 
 type state uint8

@@ -234,6 +234,22 @@ func TestPassThrough(t *testing.T) {
 	}
 }
 
+func TestAcceptEncodingLines(t *testing.T) {
+	t.Parallel()
+	h := middleware(t, all, 0)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(jsonBody)
+	}))
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Add("Accept-Encoding", "gzip;q=0.5")
+	r.Header.Add("Accept-Encoding", "br")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	if got := rec.Header().Get("Content-Encoding"); got != Brotli {
+		t.Fatalf("two Accept-Encoding lines gave %q, want br from the second line", got)
+	}
+}
+
 func TestVaryMerged(t *testing.T) {
 	t.Parallel()
 	h := middleware(t, all, 0)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

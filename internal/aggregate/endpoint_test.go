@@ -501,6 +501,7 @@ func TestNewEndpointErrors(t *testing.T) {
 		{"unclosed brace", []*config.Backend{{Upstream: "u", Path: "/{id"}}, "not closed"},
 		{"relative path", []*config.Backend{{Upstream: "u", Path: "x"}}, "must start with '/'"},
 		{"bad field", []*config.Backend{{Upstream: "u", Path: "/", Fields: []string{"a[1]"}}}, `only "[]"`},
+		{"array in dependency path", []*config.Backend{{Name: "a", Upstream: "u", Path: "/"}, {Upstream: "u", Path: "/{a.items[].id}", After: "a"}}, `cannot contain "[]"`},
 		{"unknown path parameter", []*config.Backend{{Upstream: "u", Path: "/users/{uid}"}}, "not a parameter of the endpoint path"},
 		{"pick removed by fields", []*config.Backend{{Upstream: "u", Path: "/", Fields: []string{"a"}, Pick: "b"}}, "not among fields"},
 	}

@@ -121,6 +121,11 @@ func parsePlaceholder(inner, after string) (part, error) {
 		if k == "" {
 			return part{}, fmt.Errorf("placeholder {%s}: empty key", inner)
 		}
+		// A template value is one scalar, so the path names object keys
+		// only; "[]" (all elements) has no single value to give.
+		if strings.ContainsAny(k, "[]") {
+			return part{}, fmt.Errorf("placeholder {%s}: a template reads one value, so its path cannot contain \"[]\"", inner)
+		}
 	}
 	return part{src: srcDep, text: prefix, keys: keys}, nil
 }

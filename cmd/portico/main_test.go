@@ -164,3 +164,30 @@ func TestDemo(t *testing.T) {
 		t.Fatal("demo did not stop")
 	}
 }
+
+// TestReadmeConfigValidates keeps the README's example config true.
+func TestReadmeConfigValidates(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "```yaml\n")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("README has no yaml example")
+	}
+	path := filepath.Join(t.TempDir(), "readme.yaml")
+	os.WriteFile(path, []byte(example), 0o644)
+	var out, errb bytes.Buffer
+	if code := run([]string{"validate", "-c", path}, &out, &errb); code != 0 {
+		t.Fatalf("README example does not validate:\n%s", errb.String())
+	}
+}
+
+// TestDemoConfigValidates: the embedded demo config passes `portico validate`.
+func TestDemoConfigValidates(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"validate", "-c", "../../examples/socialfeed"}, &out, &errb); code != 0 {
+		t.Fatalf("examples/socialfeed does not validate:\n%s", errb.String())
+	}
+}

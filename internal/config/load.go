@@ -93,8 +93,9 @@ func listFiles(paths []string, errs *Errors) []string {
 	var out []string
 	seen := map[string]bool{}
 	addFile := func(f string) {
-		if !seen[f] {
-			seen[f] = true
+		// A file named twice (-c dir -c ./dir/a.yaml) loads once.
+		if key := filepath.Clean(f); !seen[key] {
+			seen[key] = true
 			out = append(out, f)
 		}
 	}

@@ -422,3 +422,13 @@ func TestFileEncodings(t *testing.T) {
 		}
 	}
 }
+
+func TestFileNamedTwiceLoadsOnce(t *testing.T) {
+	c, err := load([]string{"testdata/valid/multi", "./testdata/valid/multi/10-mobile.yml", "testdata/valid/multi/"}, testEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Files) != 3 {
+		t.Errorf("files %v", c.Files)
+	}
+}

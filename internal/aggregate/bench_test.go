@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -168,4 +169,31 @@ func TestAllocationBudget(t *testing.T) {
 		t.Fatalf("%.0f allocations per request, budget %d", got, budget)
 	}
 	t.Logf("%.0f allocations per six-backend request", got)
+}
+
+// BenchmarkShape50KBViaMaps is the baseline the token-level shaper
+// replaces: decode into maps (UseNumber, so ids survive), select the same
+// fields, encode again. Only for comparison.
+func BenchmarkShape50KBViaMaps(b *testing.B) {
+	body := feedBody(50 << 10)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		var doc map[string]any
+		if err := dec.Decode(&doc); err != nil {
+			b.Fatal(err)
+		}
+		items, _ := doc["items"].([]any)
+		out := make([]any, 0, len(items))
+		for _, it := range items {
+			m, _ := it.(map[string]any)
+			author, _ := m["author"].(map[string]any)
+			out = append(out, map[string]any{"id": m["id"], "body": m["text"], "author": map[string]any{"name": author["name"]}})
+		}
+		if _, err := json.Marshal(map[string]any{"items": out}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -151,9 +151,19 @@ func clientOption(cfg config.Store) (rueidis.ClientOption, error) {
 	// scripts; auto-pipelining stays on (the rueidis default) so concurrent
 	// decisions share round trips.
 	opt.DisableCache = true
-	// A decision must fail within its timeout; a dial must not outlast it
-	// by seconds either (the next decision redials).
-	opt.Dialer.Timeout = time.Second
+	// Pipeline mode even for a lone caller: rueidis's synchronous mode
+	// enforces a deadline on the socket, so every timed-out decision would
+	// close the connection and the next ones would pay a redial (and a TLS
+	// handshake). Pipelined, a timed-out reply is just discarded.
+	opt.AlwaysPipelining = true
+	// A decision that finds no connection waits for the dial (and the
+	// HELLO, AUTH and TLS handshake) whatever its own deadline, so the dial
+	// timeout is tied to the decision's: ten times it, 200 ms to 1 s.
+	timeout := cfg.Timeout.D()
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	opt.Dialer.Timeout = min(max(10*timeout, 200*time.Millisecond), time.Second)
 	return opt, nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/ratelimit"
 	"github.com/portico-gw/portico/internal/ratelimit/algo"
@@ -59,8 +61,11 @@ func TestClientOption(t *testing.T) {
 				t.Fatalf("option = addrs %v user %q pass %q db %d single %v tls %v", opt.InitAddress, opt.Username,
 					opt.Password, opt.SelectDB, opt.ForceSingleClient, opt.TLSConfig != nil)
 			}
-			if !opt.DisableCache || opt.DisableAutoPipelining {
+			if !opt.DisableCache || opt.DisableAutoPipelining || !opt.AlwaysPipelining {
 				t.Fatal("want client-side caching off and auto-pipelining on")
+			}
+			if opt.Dialer.Timeout != 200*time.Millisecond {
+				t.Fatalf("dial timeout %v, want 200ms for the default 20ms decisions", opt.Dialer.Timeout)
 			}
 		})
 	}
@@ -399,9 +404,19 @@ func TestErrorsFast(t *testing.T) {
 		}
 		defer s.Close()
 		out := make([]algo.Decision, 1)
-		if err := s.Decide(context.Background(), "stalled", checks, out); err != nil {
-			t.Logf("decision before the stall: %v", err)
+		// A healthy connection first (this machine is busy: the first
+		// decisions may miss the 20 ms).
+		for i := 0; ; i++ {
+			err := s.Decide(context.Background(), "stalled", checks, out)
+			if err == nil {
+				break
+			}
+			if i == 50 {
+				t.Fatalf("no decision before the stall: %v", err)
+			}
 		}
+		raw := rawClient(t, p.addr)
+		before := clientIDs(t, raw)
 		if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
@@ -415,7 +430,49 @@ func TestErrorsFast(t *testing.T) {
 		if d > 100*time.Millisecond {
 			t.Fatalf("stalled decision took %v (timeout %v)", d, timeout)
 		}
+		// When the server answers again, the connections it had still
+		// serve: a timeout must not cost a reconnect (or a TLS handshake).
+		if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		var lastErr error
+		for range 20 {
+			if lastErr = s.Decide(context.Background(), "stalled", checks, out); lastErr == nil {
+				break
+			}
+		}
+		if lastErr != nil {
+			t.Fatalf("no decision after the server resumed: %v", lastErr)
+		}
+		after := clientIDs(t, raw)
+		for id := range before {
+			if !after[id] {
+				t.Fatalf("connection %s was closed by a timed-out decision (before %v, after %v)", id, before, after)
+			}
+		}
 	})
+}
+
+// clientIDs is the set of connection ids the server has, less c's own.
+func clientIDs(t *testing.T, c rueidis.Client) map[string]bool {
+	t.Helper()
+	ctx := context.Background()
+	own, err := c.Do(ctx, c.B().ClientId().Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.Do(ctx, c.B().ClientList().Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for _, line := range strings.Split(list, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 0 && strings.HasPrefix(f[0], "id=") && f[0] != fmt.Sprint("id=", own) {
+			ids[strings.TrimPrefix(f[0], "id=")] = true
+		}
+	}
+	return ids
 }
 
 func TestHeartbeat(t *testing.T) {

@@ -243,7 +243,7 @@ func (g *Gateway) edge(route, field string, s edgeSpec, authSet *auth.Set) ([]mi
 		mws = append(mws, mw)
 	}
 	if len(s.compression) > 0 {
-		mw, err := compress.Middleware(s.compression, s.minBytes, compress.Deps{})
+		mw, err := compress.Middleware(s.compression, s.minBytes, compress.Deps{Logger: g.log})
 		if err != nil {
 			return nil, fmt.Errorf("compression: %w", err)
 		}

@@ -530,3 +530,46 @@ func (s *Store) stopAndWait(t testing.TB) {
 	t.Helper()
 	s.wg.Wait()
 }
+
+// TestURLAuthAndDB connects with an ACL user from the URL and a database
+// number: the state lands in that database, and a wrong password makes
+// decisions fail (not New, so the gateway still starts).
+func TestURLAuthAndDB(t *testing.T) {
+	p := startRedis(t, t.TempDir(), nil)
+	ctx := context.Background()
+	admin := rawClient(t, p.addr)
+	if err := admin.Do(ctx, admin.B().AclSetuser().Username("app").Rule("on", ">s3cret", "~rl:*", "+@all").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(config.Store{URL: "redis://app:s3cret@" + p.addr + "/3", Timeout: config.Duration(2 * time.Second)}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out := make([]algo.Decision, 1)
+	if err := s.Decide(ctx, "acl", []ratelimit.Check{{Policy: "p", Params: fixed(5, time.Minute), Cost: 1}}, out); err != nil || !out[0].Allowed {
+		t.Fatalf("%+v %v", out[0], err)
+	}
+	db3, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{p.addr}, SelectDB: 3, DisableCache: true, ForceSingleClient: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db3.Close()
+	if n, err := db3.Do(ctx, db3.B().Exists().Key(subjectKey("acl")).Build()).AsInt64(); err != nil || n != 1 {
+		t.Fatalf("state not in db 3: %d %v", n, err)
+	}
+	if n, err := admin.Do(ctx, admin.B().Exists().Key(subjectKey("acl")).Build()).AsInt64(); err != nil || n != 0 {
+		t.Fatalf("state in db 0: %d %v", n, err)
+	}
+
+	bad, err := New(config.Store{URL: "redis://app:wrong@" + p.addr + "/3", Timeout: config.Duration(time.Second)}, Deps{})
+	if err != nil {
+		t.Fatalf("New must not fail on bad credentials: %v", err)
+	}
+	defer bad.Close()
+	err = bad.Decide(ctx, "acl", []ratelimit.Check{{Policy: "p", Params: fixed(5, time.Minute), Cost: 1}}, out)
+	if err == nil {
+		t.Fatal("decision succeeded with a wrong password")
+	}
+	t.Logf("wrong password: %v", err)
+}

@@ -111,8 +111,11 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	if m.clock == nil {
 		m.clock = NewClock(nil)
 	}
+	// The largest table that holds perShard keys at most 13/16 full.
+	limit := (m.perShard*16+12)/13 + 1
 	for i := range m.shards {
 		m.shards[i].logs = make(map[uint64][]int64)
+		m.shards[i].tab.limit = limit
 	}
 	return m
 }

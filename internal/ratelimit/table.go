@@ -6,12 +6,21 @@ package ratelimit
 // miss where a Go map plus a side array costs two or three; the slots hold
 // no pointers, so the garbage collector never scans them.
 //
-// Key 0 marks an empty slot; callers never pass it (see fixKey). The table
-// grows by doubling when more than 13/16 full, which bounds probe lengths
-// and keeps memory at 40 B / load factor per key (49 - 98 B).
+// Key 0 marks an empty slot; callers never pass it (see fixKey). A key's
+// home slot is (low32(key) * size) >> 32 (multiply-shift), so the size need
+// not be a power of two (the low bits: the memory store picks the shard from
+// the top ones, which are therefore alike within a shard): the table grows by half when more than 13/16 full, up to
+// limit slots, which keeps probe runs short and memory at 40 B / load per
+// key: 49 - 74 B, and 49 B at the store's bound.
 type table struct {
 	slots []slot
 	n     int
+	limit int // largest size; 0: unbounded
+}
+
+// home returns key's home slot in a table of size slots.
+func home(key uint64, size int) int {
+	return int((key & 0xffffffff) * uint64(size) >> 32)
 }
 
 // fixKey maps the one reserved value 0 to 1.
@@ -27,13 +36,16 @@ func (t *table) find(key uint64) int {
 	if len(t.slots) == 0 {
 		return -1
 	}
-	mask := uint64(len(t.slots) - 1)
-	for i := key & mask; ; i = (i + 1) & mask {
+	size := len(t.slots)
+	for i := home(key, size); ; {
 		switch t.slots[i].key {
 		case key:
-			return int(i)
+			return i
 		case 0:
 			return -1
+		}
+		if i++; i == size {
+			i = 0
 		}
 	}
 }
@@ -41,34 +53,37 @@ func (t *table) find(key uint64) int {
 // insert adds key (absent) and returns its index; the slot's state is zero.
 // It may grow the table, which moves every slot.
 func (t *table) insert(key uint64) int {
-	if (t.n+1)*16 > len(t.slots)*13 {
+	if (t.n+1)*16 > len(t.slots)*13 && (t.limit == 0 || len(t.slots) < t.limit) {
 		t.grow()
 	}
-	mask := uint64(len(t.slots) - 1)
-	i := key & mask
+	size := len(t.slots)
+	i := home(key, size)
 	for t.slots[i].key != 0 {
-		i = (i + 1) & mask
+		if i++; i == size {
+			i = 0
+		}
 	}
 	t.slots[i] = slot{key: key}
 	t.n++
-	return int(i)
+	return i
 }
 
 func (t *table) grow() {
 	old := t.slots
-	size := 2 * len(old)
-	if size == 0 {
-		size = 8
+	size := max(8, len(old)+len(old)/2)
+	if t.limit > 0 && size > t.limit {
+		size = t.limit
 	}
 	t.slots = make([]slot, size)
-	mask := uint64(size - 1)
 	for _, s := range old {
 		if s.key == 0 {
 			continue
 		}
-		i := s.key & mask
+		i := home(s.key, size)
 		for t.slots[i].key != 0 {
-			i = (i + 1) & mask
+			if i++; i == size {
+				i = 0
+			}
 		}
 		t.slots[i] = s
 	}
@@ -77,18 +92,20 @@ func (t *table) grow() {
 // remove deletes the slot at index i, shifting later members of its probe
 // run back so that every remaining key stays reachable from its home slot.
 func (t *table) remove(i int) {
-	mask := len(t.slots) - 1
+	size := len(t.slots)
 	j := i
 	for {
-		j = (j + 1) & mask
+		if j++; j == size {
+			j = 0
+		}
 		k := t.slots[j].key
 		if k == 0 {
 			break
 		}
-		home := int(k) & mask
+		h := home(k, size)
 		// Move slot j into the hole at i unless its home lies cyclically
 		// in (i, j], in which case it is still reachable where it is.
-		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
+		if (j > i && (h <= i || h > j)) || (j < i && h <= i && h > j) {
 			t.slots[i] = t.slots[j]
 			i = j
 		}

@@ -295,13 +295,21 @@ func compileRules(hr *config.HeaderRules) (set []headerKV, remove []string, err 
 // derived from it.
 type exchange struct {
 	context.Context
-	b         *backend
-	cancel    context.CancelCauseFunc
-	timer     *time.Timer
-	deadline  time.Time // of the route timeout; zero without one
-	timedOut  atomic.Bool
-	gatewayID bool // the gateway already set X-Request-Id on the response
-	body      limitedBody
+	b        *backend
+	cancel   context.CancelCauseFunc
+	timer    *time.Timer
+	deadline time.Time // of the route timeout or grpc-timeout, whichever is first; zero without either
+	// grpcDeadline is when a gRPC call's grpc-timeout passes; zero when
+	// the request is not gRPC or has none. Unlike the route timeout it
+	// also bounds the response body (the stream).
+	grpcDeadline time.Time
+	gbody        grpcBody
+	timedOut     atomic.Bool
+	// grpcExpired is set (before timedOut) when the timer that fired
+	// stood for the call's grpc-timeout.
+	grpcExpired atomic.Bool
+	gatewayID   bool // the gateway already set X-Request-Id on the response
+	body        limitedBody
 	// vals backs the per-request header values the proxy sets, so they
 	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
 	vals [4]string
@@ -343,8 +351,22 @@ func (ex *exchange) Deadline() (time.Time, bool) {
 }
 
 func (ex *exchange) expire() {
+	cause := ex.timeoutCause()
+	if cause == errGRPCDeadline {
+		ex.grpcExpired.Store(true)
+	}
 	ex.timedOut.Store(true)
-	ex.cancel(errRouteTimeout)
+	ex.cancel(cause)
+}
+
+// timeoutCause tells which deadline a fired timer stood for. A timer never
+// fires early, and grpcDeadline was computed from the instant the timer was
+// armed, so "past grpcDeadline" means the call's own deadline passed.
+func (ex *exchange) timeoutCause() error {
+	if !ex.grpcDeadline.IsZero() && !time.Now().Before(ex.grpcDeadline) {
+		return errGRPCDeadline
+	}
+	return errRouteTimeout
 }
 
 // errRouteTimeout is the cancellation cause when the route timeout fires:
@@ -388,14 +410,28 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ex := &exchange{Context: r.Context(), b: b, gatewayID: len(wh["X-Request-Id"]) > 0}
-	if h.timeout > 0 {
+	var grpcTimeout time.Duration
+	hasGRPCTimeout := false
+	if isGRPC(r) {
+		grpcTimeout, hasGRPCTimeout = h.grpcTimeout(r)
+	}
+	if h.timeout > 0 || hasGRPCTimeout {
 		// A deadline would also cut the body short; the timer is stopped
-		// once the response headers arrived (modifyResponse).
+		// once the response headers arrived (modifyResponse), or, for a
+		// gRPC call with grpc-timeout, re-armed for the rest of the call.
 		ctx, cancel := context.WithCancelCause(r.Context())
 		defer cancel(nil)
 		ex.Context, ex.cancel = ctx, cancel
-		ex.deadline = time.Now().Add(h.timeout)
-		ex.timer = time.AfterFunc(h.timeout, ex.expire)
+		now := time.Now()
+		d := h.timeout
+		if hasGRPCTimeout {
+			ex.grpcDeadline = now.Add(grpcTimeout)
+			if d == 0 || grpcTimeout < d {
+				d = grpcTimeout
+			}
+		}
+		ex.deadline = now.Add(d)
+		ex.timer = time.AfterFunc(d, ex.expire)
 		defer ex.timer.Stop()
 	}
 	out := r.WithContext(ex)
@@ -469,7 +505,14 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	if ex.timer != nil && !ex.timer.Stop() {
 		// The route timeout fired as the headers arrived; the exchange
 		// is already cancelled, so its body would be cut short.
-		return errRouteTimeout
+		return ex.timeoutCause()
+	}
+	if !ex.grpcDeadline.IsZero() && isGRPCResponse(resp) {
+		// The call's deadline bounds the stream too (the route timeout
+		// alone would not): re-arm the timer for what is left of it.
+		ex.timer.Reset(time.Until(ex.grpcDeadline))
+		ex.gbody = grpcBody{rc: resp.Body, resp: resp, ex: ex}
+		resp.Body = &ex.gbody
 	}
 	if ex.gatewayID {
 		delete(resp.Header, "X-Request-Id")
@@ -498,6 +541,9 @@ func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case ex != nil && ex.body.exceeded.Load():
 		pe = problem.Wrap(h.tooLarge.Status, h.tooLarge.Code, h.tooLarge.Detail, err)
+	case ex != nil && (ex.grpcExpired.Load() || errors.Is(err, errGRPCDeadline)):
+		pe = problem.Wrap(http.StatusGatewayTimeout, "grpc_deadline_exceeded",
+			"the upstream did not answer within the call's grpc-timeout", err)
 	case ex != nil && ex.timedOut.Load():
 		pe = problem.Wrap(http.StatusGatewayTimeout, "route_timeout",
 			"the upstream did not answer within the route timeout", err)

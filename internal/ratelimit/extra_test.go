@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -240,4 +241,36 @@ func TestStaleClockUnderContention(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeySprayKeepsThrottledKey: a spray of many distinct subjects keeps the
+// store within its bound, and a key throttled for an hour stays throttled
+// however much the spray churns the store (eviction never frees it).
+func TestKeySprayKeepsThrottledKey(t *testing.T) {
+	m := NewMemory(MemoryConfig{MaxKeys: 256 * 8})
+	victim := []Check{{Policy: "hourly", Params: algo.Params{Kind: algo.FixedWindow, Limit: 1, Window: 3600 * sec}, Cost: 1}}
+	spray := []Check{{Policy: "per-second", Params: algo.Params{Kind: algo.TokenBucket, Limit: 1, Window: sec}, Cost: 1}}
+	out := make([]algo.Decision, 1)
+	if err := m.DecideAt(t0, "victim", victim, out); err != nil || !out[0].Allowed {
+		t.Fatalf("victim's first request: %v %+v", err, out[0])
+	}
+	refused := 0
+	for i := range 100_000 {
+		now := t0 + int64(i)*100 // 10k new subjects a second
+		err := m.DecideAt(now, "spray-"+strconv.Itoa(i), spray, out)
+		if errors.Is(err, ErrStoreFull) {
+			refused++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if i%10_000 == 0 {
+			if n := m.Len(); n > 256*8 {
+				t.Fatalf("after %d subjects the store holds %d keys, bound %d", i, n, 256*8)
+			}
+			if err := m.DecideAt(now, "victim", victim, out); err != nil || out[0].Allowed {
+				t.Fatalf("after %d subjects the victim was admitted again (err %v)", i, err)
+			}
+		}
+	}
+	t.Logf("%d of 100000 spray subjects refused while shards were full of active keys", refused)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -113,5 +114,89 @@ routes:
 	m := scrape(t, p)
 	if v := m.Sum("portico_requests_total", map[string]string{"route": "shed", "code": "503"}); v != 1 {
 		t.Errorf("portico_requests_total{code=503} = %v, want 1", v)
+	}
+}
+
+// A failing upstream opens its breaker: the upstream then sees nothing and
+// clients get 503 breaker_open at once; after open_for a probe that
+// succeeds closes it again.
+func TestCircuitBreaker(t *testing.T) {
+	t.Parallel()
+	var failing atomic.Bool
+	failing.Store(true)
+	var hits atomic.Int64
+	up, err := StartTarget("127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Kill)
+	p := start(t, header+fmt.Sprintf(`upstreams:
+  flaky:
+    targets: [{url: %q}]
+    retries: 0
+    circuit_breaker: {failure_ratio: 0.5, min_requests: 5, open_for: 1s}
+routes:
+  - {name: flaky, match: {path: "/*"}, upstream: flaky, public: true}
+`, up.URL()))
+	c := client(t)
+	// Upstream 500s pass through as they are until the breaker opens.
+	opened := false
+	for i := 0; i < 20 && !opened; i++ {
+		resp, body := get(t, c, p.Base+"/x", nil)
+		switch resp.StatusCode {
+		case http.StatusInternalServerError:
+		case http.StatusServiceUnavailable:
+			pb, err := checkProblem(resp, body, http.StatusServiceUnavailable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pb.Type != "urn:portico:problem:breaker_open" {
+				t.Fatalf("503 of type %q", pb.Type)
+			}
+			opened = true
+		default:
+			t.Fatalf("status %d %s", resp.StatusCode, body)
+		}
+	}
+	if !opened {
+		t.Fatal("the breaker never opened after 20 failures")
+	}
+	before := hits.Load()
+	for i := 0; i < 5; i++ {
+		if resp, _ := get(t, c, p.Base+"/x", nil); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("open breaker let a request through: %d", resp.StatusCode)
+		}
+	}
+	if hits.Load() != before {
+		t.Errorf("the upstream saw %d requests while the breaker was open", hits.Load()-before)
+	}
+	if v := scrape(t, p).Sum("portico_upstream_breaker_open", map[string]string{"upstream": "flaky"}); v != 1 {
+		t.Errorf("portico_upstream_breaker_open = %v, want 1", v)
+	}
+	if len(p.Stderr.Find("upstream circuit breaker opened", nil)) == 0 {
+		t.Error("opening not logged")
+	}
+	// The upstream recovers; after open_for the probe closes the breaker.
+	failing.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, _ := get(t, c, p.Base+"/x", nil)
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("breaker still refusing (%d) 10s after the upstream recovered", resp.StatusCode)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := scrape(t, p).Sum("portico_upstream_breaker_open", map[string]string{"upstream": "flaky"}); v != 0 {
+		t.Errorf("portico_upstream_breaker_open = %v after recovery, want 0", v)
 	}
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -20,6 +22,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -29,6 +32,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/reqctx"
+	upstreampkg "github.com/portico-gw/portico/internal/upstream"
 )
 
 // healthService is grpc's standard health service with one extra service
@@ -565,4 +569,103 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func TestGRPCOverTLS(t *testing.T) {
+	// h2 over TLS on both sides (ALPN): the public listener with tls and an
+	// https:// upstream. grpc.Server serves the upstream as an
+	// http.Handler here, behind net/http's own HTTP/2 server.
+	hs := &healthService{Server: health.NewServer(), checkEnded: make(chan error, 16), watchEnded: make(chan error, 16)}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	up := httptest.NewUnstartedServer(gs)
+	up.EnableHTTP2 = true
+	up.StartTLS()
+	t.Cleanup(func() {
+		hs.Shutdown()
+		up.Close()
+		gs.Stop()
+	})
+	upTransport := up.Client().Transport.(*http.Transport).Clone()
+	upTransport.ForceAttemptHTTP2 = true
+	t.Cleanup(upTransport.CloseIdleConnections)
+	u, _ := url.Parse(up.URL)
+	h, err := New(Config{Route: "grpc", Backends: []Backend{{Name: "grpc", Weight: 1, Transport: upTransport, Target: u}}}, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(reqctx.With(r.Context(), &reqctx.Info{RequestID: "rid-1"})))
+	}))
+	front.EnableHTTP2 = true
+	front.StartTLS()
+	t.Cleanup(front.Close)
+
+	pool := x509.NewCertPool()
+	pool.AddCert(front.Certificate())
+	cc, err := grpc.NewClient("passthrough:///"+front.Listener.Addr().String(),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "example.com"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	hc := healthpb.NewHealthClient(cc)
+	if resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Check: %v %v", resp, err)
+	}
+	_, err = hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "nope"})
+	wantCode(t, err, codes.NotFound, "unknown service")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first message: %v %v", msg, err)
+	}
+	cancel()
+	if err := waitErr(t, hs.watchEnded, "upstream watch end"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("upstream stream ended with %v, want Canceled", err)
+	}
+}
+
+func TestGRPCThroughUpstreamPool(t *testing.T) {
+	// The production path: an h2c:// target of an upstream.Registry pool.
+	_, addr := grpcUpstream(t)
+	reg := upstreampkg.NewRegistry(upstreampkg.Deps{})
+	t.Cleanup(reg.Close)
+	zero := 0
+	pools, err := reg.Apply(map[string]*config.Upstream{
+		"grpc": {Targets: []config.Target{{URL: "h2c://" + addr, Weight: 1}}, Timeout: config.Duration(5 * time.Second)},
+		"down": {Targets: []config.Target{{URL: "h2c://" + closedAddr(t), Weight: 1}}, Retries: &zero},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := func(name string) Backend {
+		u, _ := url.Parse("http://" + name + ".invalid") // the pool picks the target
+		return Backend{Name: name, Weight: 1, Transport: pools[name], Target: u}
+	}
+	hc := healthpb.NewHealthClient(grpcClient(t, grpcFront(t, Config{Route: "grpc", Backends: []Backend{backend("grpc")}}, Deps{})))
+	if resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Check: %v %v", resp, err)
+	}
+	_, err = hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "nope"})
+	wantCode(t, err, codes.NotFound, "unknown service")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first message: %v %v", msg, err)
+	}
+	cancel()
+
+	down := healthpb.NewHealthClient(grpcClient(t, grpcFront(t, Config{Route: "down", Backends: []Backend{backend("down")}}, Deps{})))
+	_, err = down.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	wantCode(t, err, codes.Unavailable, "")
 }

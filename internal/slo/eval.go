@@ -95,22 +95,44 @@ func (e *Engine) Evaluate(now time.Time) {
 				v = 1
 			}
 			e.firingG.WithLabelValues(st.name, sev).Set(v)
-			if firing[si] == st.firing[si] {
-				continue
-			}
-			st.firing[si] = firing[si]
 			state := "resolved"
 			if firing[si] {
 				state = "firing"
 			}
-			e.logger.Warn("slo alert "+state, "slo", st.name, "severity", sev, "route", cfg.route,
-				"burn_1h", rates[w1h], "burn_6h", rates[w6h], "burn_1d", rates[w1d], "budget_remaining", status.BudgetRemaining)
-			if cfg.webhook != "" && leader {
-				e.send(cfg.webhook, Notification{
-					SLO: st.name, Route: cfg.route, Severity: sev, State: state, Objective: cfg.objective,
-					BudgetRemaining: status.BudgetRemaining, BurnRates: status.BurnRates, Time: now.UTC(), Node: e.nodeID,
-				})
+			if firing[si] != st.firing[si] {
+				st.firing[si] = firing[si]
+				e.logger.Warn("slo alert "+state, "slo", st.name, "severity", sev, "route", cfg.route,
+					"burn_1h", rates[w1h], "burn_6h", rates[w6h], "burn_1d", rates[w1d], "budget_remaining", status.BudgetRemaining)
 			}
+			if cfg.webhook == "" || !leader {
+				continue
+			}
+			// What the fleet last announced decides whether to announce: a
+			// restarted node or a new lease holder does not repeat it.
+			// Per process, that is this node's own last state.
+			announced := st.announced[si]
+			if e.redis != nil {
+				v, err := e.fleetAlert(ctx, st.name, sev)
+				if err != nil {
+					e.logger.Warn("slo: reading alert state from redis", "slo", st.name, "err", err)
+					continue
+				}
+				announced = v
+			}
+			if firing[si] == announced {
+				continue
+			}
+			if e.redis != nil {
+				if err := e.setFleetAlert(ctx, st.name, sev, firing[si], cfg.window); err != nil {
+					e.logger.Warn("slo: storing alert state in redis", "slo", st.name, "err", err)
+					continue
+				}
+			}
+			st.announced[si] = firing[si]
+			e.send(cfg.webhook, Notification{
+				SLO: st.name, Route: cfg.route, Severity: sev, State: state, Objective: cfg.objective,
+				BudgetRemaining: status.BudgetRemaining, BurnRates: status.BurnRates, Time: now.UTC(), Node: e.nodeID,
+			})
 		}
 		st.status = status
 	}

@@ -173,3 +173,25 @@ func (e *Engine) holdLease(ctx context.Context) bool {
 	}
 	return n == 1
 }
+
+func (e *Engine) alertKey(name, severity string) string {
+	return e.prefix + "{" + name + "}:alert:" + severity
+}
+
+// fleetAlert reports whether the fleet last announced severity as firing.
+func (e *Engine) fleetAlert(ctx context.Context, name, severity string) (bool, error) {
+	v, err := e.redis.Do(ctx, e.redis.B().Get().Key(e.alertKey(name, severity)).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return false, nil
+	}
+	return v == "1", err
+}
+
+func (e *Engine) setFleetAlert(ctx context.Context, name, severity string, firing bool, window time.Duration) error {
+	v := "0"
+	if firing {
+		v = "1"
+	}
+	return e.redis.Do(ctx, e.redis.B().Set().Key(e.alertKey(name, severity)).Value(v).
+		Px(window+24*time.Hour).Build()).Error()
+}

@@ -140,6 +140,20 @@ func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
 			t.Errorf("webhook %d = %+v, transition %+v", i, got[i], tr[i])
 		}
 	}
+	// Node 0 restarts (same node id, so it still holds the lease) while the
+	// ticket fires: it must not announce the ticket again.
+	again := newNode(0)
+	again.Evaluate(clk.Now())
+	if st := again.Snapshot()[0]; !st.Alerts["ticket"] {
+		t.Errorf("restarted node does not see the ticket firing: %+v", st)
+	}
+	again.Close()
+	h.mu.Lock()
+	if len(h.got) != n {
+		t.Errorf("a restarted node announced again: %+v", h.got[n:])
+	}
+	h.mu.Unlock()
+
 	// A restarted node reads the budget back from Redis.
 	fresh := newNode(3)
 	defer fresh.Close()

@@ -114,10 +114,12 @@ type sloState struct {
 	cfg  atomic.Pointer[sloConfig]
 	ring atomic.Pointer[minuteRing]
 
-	// Evaluation state, guarded by Engine.evalMu.
-	firing [2]bool
-	fleet  fleetCache
-	status SLOStatus
+	// Evaluation state, guarded by Engine.evalMu: alerts firing as last
+	// evaluated, and as last announced by webhook from this node.
+	firing    [2]bool
+	announced [2]bool
+	fleet     fleetCache
+	status    SLOStatus
 }
 
 type routeTrack struct {

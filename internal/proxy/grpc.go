@@ -127,9 +127,11 @@ type grpcBody struct {
 
 func (g *grpcBody) Read(p []byte) (int, error) {
 	n, err := g.rc.Read(p)
-	if err == nil || err == io.EOF || !g.ex.timedOut.Load() {
+	if err == nil || err == io.EOF || !(g.ex.timedOut.Load() || g.ex.grpcDeadlinePassed()) {
 		return n, err
 	}
+	// Our timer fired, or the deadline passed and the upstream (which got
+	// the same grpc-timeout) reset the stream first.
 	// The transport applies received trailers from within Read, on this
 	// goroutine, and none came (the read failed): resp.Trailer is ours.
 	// Keys the upstream announced stay, so ReverseProxy's count of

@@ -359,11 +359,16 @@ func (ex *exchange) expire() {
 	ex.cancel(cause)
 }
 
+// grpcDeadlinePassed reports whether the call's grpc-timeout has passed.
+func (ex *exchange) grpcDeadlinePassed() bool {
+	return !ex.grpcDeadline.IsZero() && !time.Now().Before(ex.grpcDeadline)
+}
+
 // timeoutCause tells which deadline a fired timer stood for. A timer never
 // fires early, and grpcDeadline was computed from the instant the timer was
 // armed, so "past grpcDeadline" means the call's own deadline passed.
 func (ex *exchange) timeoutCause() error {
-	if !ex.grpcDeadline.IsZero() && !time.Now().Before(ex.grpcDeadline) {
+	if ex.grpcDeadlinePassed() {
 		return errGRPCDeadline
 	}
 	return errRouteTimeout
@@ -541,7 +546,10 @@ func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case ex != nil && ex.body.exceeded.Load():
 		pe = problem.Wrap(h.tooLarge.Status, h.tooLarge.Code, h.tooLarge.Detail, err)
-	case ex != nil && (ex.grpcExpired.Load() || errors.Is(err, errGRPCDeadline)):
+	case ex != nil && (ex.grpcExpired.Load() || errors.Is(err, errGRPCDeadline) || ex.grpcDeadlinePassed()):
+		// Past the call's deadline any failure is DEADLINE_EXCEEDED, even
+		// when the upstream, which got the same grpc-timeout, reset the
+		// stream before our timer's goroutine ran.
 		pe = problem.Wrap(http.StatusGatewayTimeout, "grpc_deadline_exceeded",
 			"the upstream did not answer within the call's grpc-timeout", err)
 	case ex != nil && ex.timedOut.Load():

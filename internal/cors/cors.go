@@ -96,6 +96,13 @@ func compile(cfg *config.CORS) (*policy, error) {
 	}
 	for _, o := range cfg.Origins {
 		lo := strings.ToLower(strings.TrimSpace(o))
+		if !printableASCII(lo) {
+			// A browser serialises an origin in ASCII (RFC 6454 section 6.2,
+			// internationalised hosts in punycode), so a pattern with other
+			// bytes would never match; Unicode case folding would also let
+			// different invalid bytes compare equal.
+			return nil, fmt.Errorf("cors: origin %q: only printable ASCII (write internationalised hosts in punycode, xn--...)", o)
+		}
 		switch {
 		case lo == "*":
 			p.anyOrigin = true
@@ -207,7 +214,7 @@ func (p *policy) allowed(origin string) bool {
 		}
 	}
 	if hasUpper(origin) {
-		return p.allowed(strings.ToLower(origin))
+		return p.allowed(asciiLower(origin))
 	}
 	return false
 }
@@ -351,6 +358,28 @@ func hasUpper(s string) bool {
 		}
 	}
 	return false
+}
+
+// asciiLower lower-cases ASCII letters only: origins are ASCII, and Unicode
+// lowering would map other characters onto ASCII ones (U+212A KELVIN SIGN
+// to "k") and so match a listed origin the client never sent.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func validToken(s string) bool {

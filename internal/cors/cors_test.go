@@ -63,6 +63,8 @@ func TestActualRequests(t *testing.T) {
 		{"port must match", appCfg, "http://localhost:3001", "", true},
 		{"unlisted origin", appCfg, "https://evil.test", "", true},
 		{"null origin", appCfg, "null", "", true},
+		// Unicode lowering would turn U+212A KELVIN SIGN into "k".
+		{"kelvin sign is not k", &config.CORS{Origins: []string{"https://kb.test"}}, "HTTPS://\u212Ab.test", "", true},
 		{"no origin", appCfg, "", "", true},
 		{"any origin", &config.CORS{Origins: []string{"*"}}, "https://x.test", "*", false},
 	}
@@ -192,6 +194,8 @@ func TestNewRejects(t *testing.T) {
 		"origin with path":      {Origins: []string{"https://app.example.com/x"}},
 		"bad wildcard":          {Origins: []string{"https://a.*.example.com"}},
 		"bare wildcard":         {Origins: []string{"https://*"}},
+		"non-ASCII origin":      {Origins: []string{"https://café.example"}},
+		"invalid UTF-8 origin":  {Origins: []string{"https://\xc2.0"}},
 		"bad method":            {Origins: []string{"*"}, Methods: []string{"GE T"}},
 		"bad header":            {Origins: []string{"*"}, Headers: []string{"a:b"}},
 		"negative max age":      {Origins: []string{"*"}, MaxAge: -1},
@@ -247,8 +251,10 @@ func FuzzOrigins(f *testing.F) {
 			if got != "" && got != "*" && got != origin {
 				t.Fatalf("pattern %q, origin %q: Allow-Origin %q", pattern, origin, got)
 			}
-			// A listed origin is always allowed, whatever its case.
-			if !strings.Contains(pattern, "*") && strings.EqualFold(strings.TrimSpace(pattern), origin) && got == "" {
+			// A listed origin is always allowed, whatever its ASCII case
+			// (strings.EqualFold folds Unicode, under which distinct
+			// invalid bytes are equal).
+			if !strings.Contains(pattern, "*") && asciiLower(strings.TrimSpace(pattern)) == asciiLower(origin) && got == "" {
 				t.Fatalf("pattern %q does not allow %q", pattern, origin)
 			}
 			// A wildcard never allows an origin outside its suffix.

@@ -68,6 +68,7 @@ type Gateway struct {
 
 	certs    *listener.CertStore // nil without TLS
 	tlsCfg   *tls.Config
+	loader   config.Loader // keeps parsed files, so a reload re-parses only changed ones
 	ids      *requestIDs
 	buffers  httputil.BufferPool // shared by every route's proxy
 	current  atomic.Pointer[runtime]
@@ -200,7 +201,7 @@ func (g *Gateway) Routes() []RouteInfo { return g.current.Load().routes }
 // to load, validate or compile leaves the running one in force; the error
 // lists every problem. Changes that need a new socket or store are refused.
 func (g *Gateway) Reload() error {
-	cfg, err := config.Load(g.opts.Paths...)
+	cfg, err := g.loader.Load(g.opts.Paths...)
 	if err != nil {
 		g.tel.ConfigReload(false)
 		g.log.Error("config reload failed; keeping the running config", "err", err.Error())

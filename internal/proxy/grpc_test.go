@@ -669,3 +669,32 @@ func TestGRPCThroughUpstreamPool(t *testing.T) {
 	_, err = down.Check(context.Background(), &healthpb.HealthCheckRequest{})
 	wantCode(t, err, codes.Unavailable, "")
 }
+
+func TestGRPCUpstreamResetMidStream(t *testing.T) {
+	// An upstream that dies after its first message: the gateway cannot
+	// invent a status for the upstream's failure, so it resets the stream,
+	// and the client must not take the cut stream for a finished one.
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.WriteHeader(200)
+		_, _ = w.Write(append([]byte{0, 0, 0, 0, 2}, servingMessage...))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	up.Config.Protocols = h2cProtocols()
+	up.Config.ErrorLog = slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
+	up.Start()
+	t.Cleanup(up.Close)
+	hc := healthpb.NewHealthClient(grpcClient(t, grpcFront(t,
+		Config{Route: "grpc", Backends: []Backend{h2cBackend(t, up.Listener.Addr().String())}}, Deps{})))
+	stream, err := hc.Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first message: %v %v", msg, err)
+	}
+	// RST_STREAM INTERNAL_ERROR, which grpc clients report as INTERNAL.
+	_, err = stream.Recv()
+	wantCode(t, err, codes.Internal, "")
+}

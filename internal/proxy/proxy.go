@@ -12,6 +12,13 @@
 // (ReverseProxy's own rule), other responses are written through the server's
 // buffer.
 //
+// gRPC (HTTP/2 with Content-Type application/grpc*) passes through the same
+// way: trailers and both streams are ReverseProxy's. The proxy adds the
+// call's deadline: grpc-timeout, when shorter than the route timeout,
+// bounds the exchange until response headers, and then the stream too; past
+// it the call ends with grpc-status 4 (DEADLINE_EXCEEDED), in a
+// trailers-only answer before the headers, in the trailers after (grpc.go).
+//
 // What the handler expects of the inbound request (the gateway prepares it):
 //   - r.URL carries the cleaned path: Path decoded and RawPath escaped, as
 //     router.SetPath stores a router.CleanPath result, so that

@@ -14,8 +14,10 @@ import (
 // TestQuantilesThroughProxy measures real upstream delays through
 // httputil.ReverseProxy (as the gateway proxies): 24 x 10 ms, 14 x 50 ms and
 // 2 x 200 ms. A measured request is never faster than its upstream's sleep,
-// so each quantile is at least its delay less the 1% bound; the upper side
-// allows for scheduling on a busy machine.
+// so each quantile is at least its delay less the 1% bound (order statistics
+// keep that); the upper side allows half a second of scheduling delay on a
+// busy machine and still catches a wrong unit or clock. The exact check
+// against the bound is TestQuantilesFromKnownDelays, with an injected clock.
 func TestQuantilesThroughProxy(t *testing.T) {
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		d, _ := time.ParseDuration(r.URL.Query().Get("d"))
@@ -72,7 +74,7 @@ func TestQuantilesThroughProxy(t *testing.T) {
 		name       string
 		got, delay float64
 	}{{"p50", st.P50ms, 10}, {"p95", st.P95ms, 50}, {"p99", st.P99ms, 200}} {
-		if q.got < q.delay*(1-sketchAlpha) || q.got > q.delay*(1+sketchAlpha)+100 {
+		if q.got < q.delay*(1-sketchAlpha) || q.got > q.delay*(1+sketchAlpha)+500 {
 			t.Errorf("%s = %vms for an upstream delay of %vms", q.name, q.got, q.delay)
 		}
 	}

@@ -90,3 +90,52 @@ func TestFromUpstream(t *testing.T) {
 		}
 	}
 }
+
+// TestBodyEscaping: details echo request data; the hand-written encoder must
+// produce valid JSON that decodes to the same text encoding/json would.
+func TestBodyEscaping(t *testing.T) {
+	for _, detail := range []string{
+		`plain`, `quote " and \ backslash`, "ctrl \x00\x01\n\t\x1f", `<script>&</script>`,
+		"utf8 é ✓ \u2028\u2029", "bad utf8 \xff\xfe end", "",
+	} {
+		checkDetail(t, detail)
+	}
+}
+
+func FuzzBody(f *testing.F) {
+	f.Add("no route matches GET /x", "code")
+	f.Add("\xff<\"\\>", "a\"b")
+	f.Fuzz(func(t *testing.T, detail, code string) {
+		checkDetail(t, detail)
+		b := appendBody(nil, 400, &Error{Status: 400, Code: code, Detail: detail}, "id")
+		if !json.Valid(b) {
+			t.Fatalf("invalid JSON for code %q: %s", code, b)
+		}
+	})
+}
+
+func checkDetail(t *testing.T, detail string) {
+	t.Helper()
+	b := appendBody(nil, 404, &Error{Status: 404, Code: "route_not_found", Detail: detail}, "r1")
+	var got struct{ Detail string }
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatalf("invalid JSON for %q: %v: %s", detail, err, b)
+	}
+	want, _ := json.Marshal(detail)
+	var wantS string
+	_ = json.Unmarshal(want, &wantS)
+	if got.Detail != wantS {
+		t.Errorf("detail %q decoded as %q, want %q", detail, got.Detail, wantS)
+	}
+}
+
+func BenchmarkWrite(b *testing.B) {
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	e := New(http.StatusTooManyRequests, "rate_limited", "the rate limit of policy per-ip is exhausted")
+	e.RetryAfter = time.Second
+	b.ReportAllocs()
+	for b.Loop() {
+		w := httptest.NewRecorder()
+		Write(w, r, e)
+	}
+}

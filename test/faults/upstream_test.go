@@ -247,6 +247,32 @@ routes:
 			t.Errorf("%s: Go client read a clean body", path)
 		}
 	}
+	// Counted (each route twice) and logged.
+	var m Metrics
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m = scrape(t, p)
+		if m.Sum("portico_requests_total", map[string]string{"route": "length"})+
+			m.Sum("portico_requests_total", map[string]string{"route": "chunked"}) >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, route := range []string{"length", "chunked"} {
+		if v := m.Sum("portico_requests_total", map[string]string{"route": route}); v != 2 {
+			t.Errorf("portico_requests_total{route=%s} = %v, want 2:\n%s", route, v, m.Series("portico_requests_total"))
+		}
+	}
+	t.Logf("counted as:\n%s", m.Series("portico_requests_total"))
+	n := 0
+	for _, l := range p.Stderr.JSONLines() {
+		if msg, _ := l["msg"].(string); strings.Contains(msg, "error during body copy") {
+			n++
+		}
+	}
+	if n < 4 {
+		t.Errorf("%d body-copy failures logged, want 4", n)
+	}
 }
 
 // Fault 4: a target that does not speak HTTP gets 502 problem+json.

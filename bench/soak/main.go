@@ -492,6 +492,9 @@ loop:
 			m.Sum("portico_config_reloads_total", map[string]string{"result": "failure"}))
 	}
 	mcancel()
+	if fails := p.Stderr.Find("rate-limit store failed", nil); len(fails) > 0 {
+		fmt.Fprintf(&w, "Rate-limit store failures logged: %d, the first: %.160s.\n\n", len(fails), fmt.Sprint(fails[0]["error"]))
+	}
 	fmt.Fprintf(&w, "Access-log lines written: %d. Result: **%s**.\n", p.Stdout.Count(), map[bool]string{true: "pass", false: "FAIL"}[ok])
 
 	// Shut down as in production, and require a clean exit.

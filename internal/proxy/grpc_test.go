@@ -698,3 +698,109 @@ func TestGRPCUpstreamResetMidStream(t *testing.T) {
 	_, err = stream.Recv()
 	wantCode(t, err, codes.Internal, "")
 }
+
+// grpcCannedRequest is cannedHandler's request turned into a gRPC call with
+// a deadline; the canned answer is a gRPC response.
+func grpcCannedRequest(tb testing.TB, cfg Config) (http.Handler, *http.Request) {
+	h, r := cannedHandler(tb, cfg)
+	h.(*handler).backends[0].rp.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{
+			StatusCode: 200, ProtoMajor: 2, Request: r, ContentLength: -1,
+			Header:  http.Header{"Content-Type": {"application/grpc"}},
+			Body:    io.NopCloser(bytes.NewReader(append([]byte{0, 0, 0, 0, 2}, servingMessage...))),
+			Trailer: http.Header{"Grpc-Status": {"0"}},
+		}, nil
+	})
+	r.Method, r.ProtoMajor, r.ProtoMinor = "POST", 2, 0
+	r.Header = http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}, "Grpc-Timeout": {"5S"}}
+	return h, r
+}
+
+// TestGRPCAllocationBudget checks that the call's deadline costs no
+// allocation (the re-armed timer and the body wrapper live in the
+// exchange), and bounds the whole: ReverseProxy's trailer copy and
+// per-write flushing and this test's canned response make a gRPC call
+// dearer than a plain GET.
+func TestGRPCAllocationBudget(t *testing.T) {
+	measure := func(grpcTimeout string) float64 {
+		h, r := grpcCannedRequest(t, Config{Timeout: config.Duration(10 * time.Second)})
+		if grpcTimeout == "" {
+			delete(r.Header, "Grpc-Timeout")
+		} else {
+			r.Header.Set("Grpc-Timeout", grpcTimeout)
+		}
+		w := &discardWriter{h: http.Header{}}
+		return testing.AllocsPerRun(200, func() {
+			clear(w.h)
+			h.ServeHTTP(w, r)
+			if w.code != 200 || w.h.Get("Grpc-Status") != "0" {
+				t.Fatalf("status %d headers %v", w.code, w.h)
+			}
+		})
+	}
+	without, with := measure(""), measure("5S")
+	t.Logf("allocs per gRPC call: %v without grpc-timeout, %v with", without, with)
+	if with > without {
+		t.Errorf("grpc-timeout costs %v allocations", with-without)
+	}
+	if with > 48 {
+		t.Errorf("%v allocs per gRPC call, budget 48", with)
+	}
+}
+
+// BenchmarkGRPCOverhead is BenchmarkProxyOverhead for a gRPC call with
+// grpc-timeout shorter than the route timeout.
+func BenchmarkGRPCOverhead(b *testing.B) {
+	h, r := grpcCannedRequest(b, Config{Route: "r", Timeout: config.Duration(10 * time.Second)})
+	w := &discardWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, r)
+	}
+}
+
+// BenchmarkGRPCUnary is a unary Check from a grpc client, through the
+// proxy and directly; their difference is the gateway's share.
+func BenchmarkGRPCUnary(b *testing.B) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(l) }()
+	defer func() { gs.Stop(); <-done }()
+	addr := l.Addr().String()
+
+	tr := &http.Transport{Protocols: h2cProtocols()}
+	defer tr.CloseIdleConnections()
+	h, err := New(Config{Route: "grpc", Backends: []Backend{{Name: "grpc", Weight: 1, Transport: tr,
+		Target: &url.URL{Scheme: "http", Host: addr}}}}, Deps{BufferPool: NewBufferPool()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	front := httptest.NewUnstartedServer(h)
+	front.Config.Protocols = h2cProtocols()
+	front.Start()
+	defer front.Close()
+
+	for _, bc := range []struct{ name, addr string }{{"gateway", front.Listener.Addr().String()}, {"direct", addr}} {
+		b.Run(bc.name, func(b *testing.B) {
+			cc, err := grpc.NewClient("passthrough:///"+bc.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cc.Close()
+			hc := healthpb.NewHealthClient(cc)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -76,19 +76,19 @@ func (e *Engine) Evaluate(now time.Time) {
 			status.BudgetRemaining = round6(1 - burn(s.budget[1], total, cfg.objective))
 		}
 		var rates [numWindows]float64
-		for i := range Windows {
+		for i := range windows {
 			rates[i] = burn(s.win[i][1], s.win[i][0]+s.win[i][1], cfg.objective)
-			status.BurnRates[WindowNames[i]] = round6(rates[i])
-			e.burnG.WithLabelValues(st.name, WindowNames[i]).Set(rates[i])
+			status.BurnRates[windowNames[i]] = round6(rates[i])
+			e.burnG.WithLabelValues(st.name, windowNames[i]).Set(rates[i])
 		}
 		e.budgetG.WithLabelValues(st.name).Set(status.BudgetRemaining)
 		var firing [2]bool
-		for _, a := range Alerts {
+		for _, a := range alertRules {
 			if rates[a.Long] > a.Factor && rates[a.Short] > a.Factor {
 				firing[severityIndex(a.Severity)] = true
 			}
 		}
-		for si, sev := range Severities {
+		for si, sev := range severities {
 			status.Alerts[sev] = firing[si]
 			v := 0.0
 			if firing[si] {
@@ -160,7 +160,7 @@ func (e *Engine) Snapshot() []SLOStatus {
 			cfg := st.cfg.Load()
 			s = SLOStatus{Name: st.name, Route: cfg.route, Objective: cfg.objective, Window: fmtDuration(cfg.window),
 				BudgetRemaining: 1, BurnRates: map[string]float64{}, Alerts: map[string]bool{"page": false, "ticket": false}}
-			for _, w := range WindowNames {
+			for _, w := range windowNames {
 				s.BurnRates[w] = 0
 			}
 		}

@@ -23,8 +23,8 @@ type mbucket struct {
 
 func ringMinutes(window time.Duration) int {
 	span := window
-	if span < Windows[len(Windows)-1] {
-		span = Windows[len(Windows)-1]
+	if span < windows[len(windows)-1] {
+		span = windows[len(windows)-1]
 	}
 	return int(span/time.Minute) + 10
 }
@@ -121,7 +121,7 @@ func windowSums(get func(int64) (uint64, uint64), nowMin int64, window time.Dura
 		mg, mb := get(nowMin - k + 1)
 		g += mg
 		b += mb
-		for wi < numWindows && int64(Windows[wi]/time.Minute) == k {
+		for wi < numWindows && int64(windows[wi]/time.Minute) == k {
 			s.win[wi] = [2]uint64{g, b}
 			wi++
 		}

@@ -73,7 +73,7 @@ func writeGroup(b *bytes.Buffer, name string, c *sloConfig) {
 		return "{slo: " + q(name) + ", route: " + q(c.route) + extra + "}"
 	}
 	fmt.Fprintf(b, "  - name: %s\n    rules:\n", q("portico-slo-"+name))
-	for _, w := range WindowNames {
+	for _, w := range windowNames {
 		fmt.Fprintf(b, "      - record: %s\n        expr: %s\n        labels: %s\n",
 			"portico:slo_error_ratio:rate"+w, q(errorRatio(c, w)), labels(""))
 	}
@@ -81,11 +81,11 @@ func writeGroup(b *bytes.Buffer, name string, c *sloConfig) {
 	fmt.Fprintf(b, "      - record: portico:slo_error_budget_remaining:ratio\n        expr: %s\n        labels: %s\n",
 		q(fmt.Sprintf("1 - (%s) / %s", errorRatio(c, win), allowed)), labels(""))
 	ratio := func(w int) string {
-		return fmt.Sprintf("portico:slo_error_ratio:rate%s{slo=%s}", WindowNames[w], q(name))
+		return fmt.Sprintf("portico:slo_error_ratio:rate%s{slo=%s}", windowNames[w], q(name))
 	}
-	for _, sev := range Severities {
+	for _, sev := range severities {
 		var expr string
-		for _, a := range Alerts {
+		for _, a := range alertRules {
 			if a.Severity != sev {
 				continue
 			}

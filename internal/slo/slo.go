@@ -60,8 +60,8 @@ type Deps struct {
 
 // Burn-rate windows, shortest first, and their label values.
 var (
-	Windows     = []time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 6 * time.Hour, 24 * time.Hour, 72 * time.Hour}
-	WindowNames = []string{"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
+	windows     = []time.Duration{5 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 6 * time.Hour, 24 * time.Hour, 72 * time.Hour}
+	windowNames = []string{"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
 )
 
 const (
@@ -75,27 +75,27 @@ const (
 	numWindows
 )
 
-// Alert is one multi-window rule: the burn rate must exceed Factor over
+// alertRule is one multi-window rule: the burn rate must exceed Factor over
 // both the long and the short window.
-type Alert struct {
+type alertRule struct {
 	Severity    string
 	Factor      float64
-	Long, Short int // indexes into Windows
+	Long, Short int // indexes into windows
 }
 
-// Alerts are the SRE workbook's recommended rules for a 30-day-ish budget:
+// alertRules are the SRE workbook's recommended rules for a 30-day-ish budget:
 // page at 14.4x over 1h and 5m (2% of the budget in an hour) or 6x over 6h
 // and 30m (5% in six hours); ticket at 3x over 1d and 2h (10% in a day) or
 // 1x over 3d and 6h.
-var Alerts = []Alert{
+var alertRules = []alertRule{
 	{"page", 14.4, w1h, w5m},
 	{"page", 6, w6h, w30m},
 	{"ticket", 3, w1d, w2h},
 	{"ticket", 1, w3d, w6h},
 }
 
-// Severities in a fixed order.
-var Severities = []string{"page", "ticket"}
+// severities in a fixed order.
+var severities = []string{"page", "ticket"}
 
 // DefaultWindow is the budget window of an SLO that sets none.
 const DefaultWindow = 28 * 24 * time.Hour
@@ -278,10 +278,10 @@ func checkSLO(s *config.SLO) (*sloConfig, error) {
 
 func (e *Engine) deleteSeries(name string) {
 	e.budgetG.DeleteLabelValues(name)
-	for _, w := range WindowNames {
+	for _, w := range windowNames {
 		e.burnG.DeleteLabelValues(name, w)
 	}
-	for _, s := range Severities {
+	for _, s := range severities {
 		e.firingG.DeleteLabelValues(name, s)
 	}
 }

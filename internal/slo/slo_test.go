@@ -190,7 +190,7 @@ func simulate(t *testing.T, clk *clock, engines []*Engine, shares [][2]float64, 
 				e.Evaluate(clk.Now())
 			}
 			st := engines[0].Snapshot()[0]
-			for _, sev := range Severities {
+			for _, sev := range severities {
 				if st.Alerts[sev] != prev[sev] {
 					out = append(out, transition{m, sev, st.Alerts[sev]})
 				}

@@ -57,9 +57,9 @@ type SLOObserver interface {
 	Observer(route string) func(status int, d time.Duration, end time.Time)
 }
 
-// DefaultBuckets are the standard upper bounds (seconds) of
+// defaultBuckets are the standard upper bounds (seconds) of
 // portico_request_duration_seconds.
-var DefaultBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+var defaultBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 
 // Method labels: every other method is folded to OTHER to bound cardinality.
 const (
@@ -220,10 +220,10 @@ func New(deps Deps) *Telemetry {
 	return t
 }
 
-// Buckets returns the histogram bounds: DefaultBuckets plus the extra
+// Buckets returns the histogram bounds: the standard ones (1 ms to 10 s) plus the extra
 // thresholds, sorted and without duplicates.
 func Buckets(extra []time.Duration) []float64 {
-	b := append([]float64(nil), DefaultBuckets...)
+	b := append([]float64(nil), defaultBuckets...)
 	for _, d := range extra {
 		if d > 0 {
 			b = append(b, d.Seconds())

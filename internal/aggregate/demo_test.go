@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/portico-gw/portico/examples/socialfeed"
@@ -39,9 +40,18 @@ func TestDemoBFFs(t *testing.T) {
 		if err != nil {
 			t.Fatalf("bff %s: %v", name, err)
 		}
-		r := gatewayRequest("GET", "/"+name+"/feed")
-		reqctx.From(r.Context()).Identity.Claims["sub"] = "alice" // the demo's user
-		rec := do(h, r)
+		// The demo's optional backends have short timeouts (300ms); on a
+		// loaded machine one may miss it, which the endpoint answers as a
+		// partial response. A few tries must give one whole response.
+		var rec *httptest.ResponseRecorder
+		for range 3 {
+			r := gatewayRequest("GET", "/"+name+"/feed")
+			reqctx.From(r.Context()).Identity.Claims["sub"] = "alice" // the demo's user
+			rec = do(h, r)
+			if rec.Code != 200 || rec.Header().Get("Portico-Partial") == "" {
+				break
+			}
+		}
 		if rec.Code != 200 || rec.Header().Get("Portico-Partial") != "" {
 			t.Fatalf("%s feed: status %d partial %q: %s", name, rec.Code, rec.Header().Get("Portico-Partial"), rec.Body)
 		}

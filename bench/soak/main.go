@@ -344,6 +344,7 @@ bffs:
 	tick := time.NewTicker(250 * time.Millisecond)
 	lastSample := time.Duration(0)
 	tag := "a"
+	targetUp, redisUp := true, true // Target and Redis do not say
 loop:
 	for {
 		select {
@@ -353,30 +354,30 @@ loop:
 		}
 		e := time.Since(begin)
 		if pl.targetKill(e) {
-			if isUp(b) {
+			if targetUp {
 				b.Kill()
-				setUp(b, false)
+				targetUp = false
 				targetKills++
 			}
-		} else if !isUp(b) {
+		} else if !targetUp {
 			if err := b.Restart(); err != nil {
 				fmt.Fprintln(os.Stderr, "restart target:", err)
 			} else {
-				setUp(b, true)
+				targetUp = true
 			}
 		}
 		if rds != nil {
 			if pl.redisKill(e) {
-				if redisUp(rds) {
+				if redisUp {
 					rds.Kill()
-					setRedisUp(rds, false)
+					redisUp = false
 					redisKills++
 				}
-			} else if !redisUp(rds) {
+			} else if !redisUp {
 				if err := rds.Restart(); err != nil {
 					fmt.Fprintln(os.Stderr, "restart redis:", err)
 				} else {
-					setRedisUp(rds, true)
+					redisUp = true
 				}
 			}
 		}
@@ -505,17 +506,6 @@ loop:
 	}
 	return w.String(), ok, nil
 }
-
-// up tracks which killable things are up (Target and Redis do not say).
-var (
-	upMu    sync.Mutex
-	downSet = map[any]bool{}
-)
-
-func isUp(x any) bool                     { upMu.Lock(); defer upMu.Unlock(); return !downSet[x] }
-func setUp(x any, up bool)                { upMu.Lock(); defer upMu.Unlock(); downSet[x] = !up }
-func redisUp(r *faults.Redis) bool        { return isUp(r) }
-func setRedisUp(r *faults.Redis, up bool) { setUp(r, up) }
 
 func pct(a, b int64) float64 {
 	if b == 0 {

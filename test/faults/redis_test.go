@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -227,4 +228,70 @@ routes:
 			t.Errorf("DBSIZE %q, %v after restart: decisions did not go back to the store", n, err)
 		}
 	})
+}
+
+// Redis down when the gateway starts: it serves anyway (the policy's
+// on_store_error decides), and uses Redis once it comes up.
+func TestRedisDownAtStart(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		startRedis(t) // skips or fails as the environment asks
+	}
+	port, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := StartTarget("127.0.0.1:0", okHandler("up"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(up.Kill)
+	p := start(t, header+fmt.Sprintf(`upstreams:
+  up: {targets: [{url: %q}]}
+rate_limits:
+  store: {type: redis, url: "redis://127.0.0.1:%d", timeout: 250ms}
+  policies:
+    rl: {algorithm: fixed_window, limit: 3, window: 1m, key: "header:X-Key", on_store_error: local}
+routes:
+  - {name: limited, match: {path: "/*"}, upstream: up, public: true, rate_limit: [rl]}
+`, up.URL(), port))
+	if len(p.Stderr.Find("rate-limit store unreachable at start; decisions fail until it is back", nil)) == 0 {
+		t.Error("the unreachable store was not logged at start")
+	}
+	c := client(t)
+	statuses := func(key string) map[int]int {
+		out := map[int]int{}
+		for i := 0; i < 5; i++ {
+			resp, body := get(t, c, p.Base+"/x", map[string]string{"X-Key": key})
+			out[resp.StatusCode]++
+			if resp.StatusCode != http.StatusOK {
+				if _, err := checkProblem(resp, body, resp.StatusCode); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		return out
+	}
+	if got := statuses("before"); got[200] != 3 || got[429] != 2 {
+		t.Errorf("with Redis down: %v, want the local limit (3×200, 2×429)", got)
+	}
+	rds, err := StartRedis(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rds.Kill)
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; ; i++ {
+		get(t, c, p.Base+"/x", map[string]string{"X-Key": "probe-" + strconv.Itoa(i)})
+		if n, err := rds.Do("DBSIZE"); err == nil && n != ":0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no counter reached Redis 15s after it came up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := statuses("after"); got[200] != 3 || got[429] != 2 {
+		t.Errorf("with Redis up: %v, want 3×200, 2×429", got)
+	}
 }

@@ -1,8 +1,7 @@
 package proxy
 
 import (
-	"context"
-	"fmt"
+	"errors"
 	"io"
 	"log/slog"
 	"math"
@@ -109,9 +108,12 @@ const (
 )
 
 // errGRPCDeadline is the cancellation cause when a call's grpc-timeout
-// passes; like errRouteTimeout it matches context.DeadlineExceeded, so the
-// upstream pool counts it as the upstream's slowness, not a client leaving.
-var errGRPCDeadline = fmt.Errorf("grpc-timeout passed: %w", context.DeadlineExceeded)
+// passes. Unlike errRouteTimeout it does not match
+// context.DeadlineExceeded: the deadline is the client's choice, so the
+// upstream pool counts the cancelled attempt as neutral, as if the client
+// had left. Were it the upstream's failure, any client could eject targets
+// and open the circuit breaker by sending grpc-timeout: 1n.
+var errGRPCDeadline = errors.New("grpc-timeout passed")
 
 // grpcBody is a gRPC response body under the call's deadline. When the
 // deadline cancels the exchange mid-stream, the read error becomes a clean

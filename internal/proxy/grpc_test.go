@@ -804,3 +804,59 @@ func BenchmarkGRPCUnary(b *testing.B) {
 		})
 	}
 }
+
+func TestGRPCDeadlineIsNotTheUpstreamsFault(t *testing.T) {
+	// A client picks its grpc-timeout; were a passed one counted against
+	// the upstream, any client could open the circuit breaker (or eject
+	// targets) with grpc-timeout: 1n. The route timeout is the operator's
+	// and does count (the control).
+	hs, addr := grpcUpstream(t)
+	reg := upstreampkg.NewRegistry(upstreampkg.Deps{})
+	t.Cleanup(reg.Close)
+	ups := map[string]*config.Upstream{}
+	for _, name := range []string{"by-client", "by-route"} {
+		ups[name] = &config.Upstream{Targets: []config.Target{{URL: "h2c://" + addr, Weight: 1}},
+			CircuitBreaker: &config.CircuitBreaker{FailureRatio: 0.5, MinRequests: 3, OpenFor: config.Duration(time.Minute)}}
+	}
+	pools, err := reg.Apply(ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h2cClient(t)
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		open    bool
+	}{
+		{"by-client", 0, false},
+		{"by-route", 60 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, _ := url.Parse("http://" + tc.name + ".invalid")
+			front := grpcFront(t, Config{Route: tc.name, Timeout: config.Duration(tc.timeout),
+				Backends:       []Backend{{Name: tc.name, Weight: 1, Transport: pools[tc.name], Target: u}},
+				RequestHeaders: &config.HeaderRules{Remove: []string{"Grpc-Timeout"}}}, Deps{})
+			_, _ = io.Copy(io.Discard, rawCall(t, c, front, "Check", "").Body) // dial first
+			for range 3 {
+				var hdr []string
+				if tc.timeout == 0 {
+					hdr = []string{"Grpc-Timeout", "60m"}
+				}
+				resp := rawCall(t, c, front, "Check", "slow", hdr...)
+				switch got := resp.Header.Get("Grpc-Status"); {
+				case got == "14" && tc.open:
+					continue // the breaker opened already; the call never left
+				case got != "4":
+					t.Fatalf("headers %v, want grpc-status 4", resp.Header)
+				}
+				waitErr(t, hs.checkEnded, "upstream check end")
+			}
+			resp := rawCall(t, c, front, "Check", "")
+			_, _ = io.Copy(io.Discard, resp.Body)
+			got := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status")
+			if open := got == "14"; open != tc.open || (!open && got != "0") {
+				t.Fatalf("next call's grpc-status %q; want the breaker open: %v", got, tc.open)
+			}
+		})
+	}
+}

@@ -107,6 +107,22 @@ routes:
 		}
 	}
 	tick.Stop()
+	// SIGHUP reloads too (the same path as the admin API), under the same
+	// load; its outcome is visible only in the counters and the log.
+	const hups = 3
+	for i := 0; i < hups; i++ {
+		if err := p.WriteConfig(valid[i%2]); err != nil {
+			t.Fatal(err)
+		}
+		want := okReloads + i + 1
+		if err := p.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if !p.Stderr.WaitFor(10*time.Second, func(b *LineBuffer) bool { return len(b.Find("config reloaded", nil)) >= want }) {
+			t.Fatalf("SIGHUP %d: no reload logged", i+1)
+		}
+	}
+	okReloads += hups
 	close(stop)
 	wg.Wait()
 

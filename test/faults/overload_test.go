@@ -200,3 +200,59 @@ routes:
 		t.Errorf("portico_upstream_breaker_open = %v after recovery, want 0", v)
 	}
 }
+
+// Active health checks: a target that dies is marked down (gauge and log);
+// with every target down and all_unhealthy: fail, clients get 503
+// problem+json at once; the target coming back is marked up and served.
+func TestAllTargetsUnhealthy(t *testing.T) {
+	t.Parallel()
+	tg, err := StartTarget("127.0.0.1:0", okHandler("only"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tg.Kill)
+	p := start(t, header+fmt.Sprintf(`upstreams:
+  solo:
+    targets: [{url: %q}]
+    health_check: {path: /healthz, interval: 200ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 1, all_unhealthy: fail}
+routes:
+  - {name: solo, match: {path: "/*"}, upstream: solo, public: true}
+`, tg.URL()))
+	c := client(t)
+	healthy := func() float64 {
+		return scrape(t, p).Sum("portico_upstream_healthy", map[string]string{"upstream": "solo", "target": tg.URL()})
+	}
+	waitHealthy := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for healthy() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("portico_upstream_healthy stayed %v, want %v", healthy(), want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if resp, body := get(t, c, p.Base+"/x", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	tg.Kill()
+	waitHealthy(0)
+	if len(p.Stderr.Find("upstream target unhealthy", map[string]string{"upstream": "solo"})) == 0 {
+		t.Error("the unhealthy target was not logged")
+	}
+	begin := time.Now()
+	resp, body := get(t, c, p.Base+"/x", nil)
+	if _, err := checkProblem(resp, body, http.StatusServiceUnavailable); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(begin); d > time.Second {
+		t.Errorf("503 after %v: the dead target was tried", d)
+	}
+	if err := tg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(1)
+	if resp, body := get(t, c, p.Base+"/x", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after recovery: %d %s", resp.StatusCode, body)
+	}
+}

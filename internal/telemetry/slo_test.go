@@ -97,6 +97,7 @@ func BenchmarkMiddlewareWithSLO(b *testing.B) {
 	req := httptest.NewRequest("GET", "/api/posts/1", nil)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
+		req := req.Clone(req.Context()) // one request per goroutine, as per connection
 		w := &discardWriter{h: http.Header{}}
 		for pb.Next() {
 			h.ServeHTTP(w, req)

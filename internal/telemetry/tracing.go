@@ -93,10 +93,15 @@ func (t *Telemetry) ApplyTracing(cfg *config.Tracing) error {
 // carrying it; the span is nil without export.
 func (tr *tracer) start(r *http.Request, route string, info *reqctx.Info) (*http.Request, trace.Span) {
 	if tr.provider == nil {
-		sc := lightSpanContext(r.Header, info)
-		r = r.WithContext(trace.ContextWithSpanContext(r.Context(), sc))
+		// Without export nobody sees the gateway's span, only the trace's
+		// continuity matters: write the continued (or new) traceparent into
+		// the inbound headers, which the proxy and the aggregation backends
+		// copy upstream. That saves a request copy and a context value per
+		// request, and lets TraceTransport pass requests through untouched.
+		tp := formatTraceparent(lightSpanContext(r.Header, info))
+		r.Header["Traceparent"] = []string{tp}
 		if info != nil {
-			info.TraceID = sc.TraceID().String()
+			info.TraceID = tp[3:35]
 		}
 		return r, nil
 	}
@@ -140,6 +145,26 @@ func lightSpanContext(h http.Header, info *reqctx.Info) trace.SpanContext {
 	}
 	cfg.TraceID = newTraceID()
 	return trace.NewSpanContext(cfg)
+}
+
+// formatTraceparent renders sc as a version-00 traceparent (W3C Trace
+// Context level 1, section 3.2) in one allocation.
+func formatTraceparent(sc trace.SpanContext) string {
+	const hexdigits = "0123456789abcdef"
+	var b [55]byte
+	b[0], b[1], b[2] = '0', '0', '-'
+	tid, sid := sc.TraceID(), sc.SpanID()
+	for i, c := range tid {
+		b[3+2*i], b[4+2*i] = hexdigits[c>>4], hexdigits[c&0xf]
+	}
+	b[35] = '-'
+	for i, c := range sid {
+		b[36+2*i], b[37+2*i] = hexdigits[c>>4], hexdigits[c&0xf]
+	}
+	b[52] = '-'
+	f := byte(sc.TraceFlags())
+	b[53], b[54] = hexdigits[f>>4], hexdigits[f&0xf]
+	return string(b[:])
 }
 
 // parseTraceparent accepts version 00 exactly and later versions by their

@@ -96,7 +96,9 @@ func cookieValue(lines []string, name string) (string, bool) {
 			part, line, _ = strings.Cut(line, ";")
 			part = strings.TrimSpace(part)
 			k, v, ok := strings.Cut(part, "=")
-			if !ok || k != name {
+			// "session =x" is the cookie "session" to net/http (and so to a
+			// Go upstream): whitespace before '=' is not part of the name.
+			if !ok || strings.TrimRight(k, " \t\r\n") != name {
 				continue
 			}
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
@@ -123,7 +125,7 @@ func stripCookie(h http.Header, name string) {
 			if part == "" {
 				continue
 			}
-			if k, _, _ := strings.Cut(part, "="); k == name {
+			if k, _, _ := strings.Cut(part, "="); strings.TrimRight(k, " \t\r\n") == name {
 				continue
 			}
 			kept = append(kept, part)

@@ -336,6 +336,13 @@ func TestForwardTokenFalse(t *testing.T) {
 				t.Fatalf("Cookie %q", got)
 			}
 		}},
+		// net/http reads "session =" as the cookie "session": so must we,
+		// both to accept it and to strip it before the upstream.
+		{"cookie", func(r *http.Request) { r.Header.Set("Cookie", "a=1; session ="+tok+"; b=2") }, func(t *testing.T, s *seen) {
+			if got := s.header.Get("Cookie"); got != "a=1; b=2" {
+				t.Fatalf("Cookie %q", got)
+			}
+		}},
 		{"query", func(r *http.Request) { r.URL.RawQuery = "x=1&access_token=" + tok + "&y=%20" }, func(t *testing.T, s *seen) {
 			if s.query != "x=1&y=%20" {
 				t.Fatalf("query %q", s.query)

@@ -131,7 +131,10 @@ func TestOneOfTwoTargetsFailsMidTraffic(t *testing.T) {
 			env := newEnv(t, nil)
 			a, b := newModal(t), newModal(t)
 			p := env.apply(t, &config.Upstream{
-				Targets: targets(a.URL, b.URL), Retries: ptr(1), Timeout: config.Duration(200 * time.Millisecond),
+				// The per-attempt timeout is generous: under the race detector on
+				// a loaded two-core machine a healthy target can take hundreds
+				// of milliseconds, and a spurious timeout would eject it.
+				Targets: targets(a.URL, b.URL), Retries: ptr(1), Timeout: config.Duration(time.Second),
 				Passive: &config.Passive{ConsecutiveFailures: 3, Ejection: config.Duration(30 * time.Second)},
 			})
 			const total, workers = 2000, 8

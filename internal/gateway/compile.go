@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/portico-gw/portico/internal/aggregate"
@@ -90,9 +91,6 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		transports[name] = g.tel.TraceTransport(name, p)
 	}
 	stripIdentity := auth.StripIdentityHeaders(authSet.IdentityHeaders())
-	// On public routes no auth stage runs to remove an API key a client
-	// sends anyway; the key must still never reach an upstream.
-	stripKeys := auth.StripIdentityHeaders(apiKeyHeaders(cfg))
 	recover := recoverer(g.log)
 
 	rt := &runtime{cfg: cfg, trusted: trusted}
@@ -113,10 +111,8 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 			ce.add(field, err)
 			continue
 		}
-		mws := []middleware{g.tel.Middleware(r.Name), recover, routeNameMW(r.Name), stripIdentity}
-		if r.Public {
-			mws = append(mws, stripKeys)
-		}
+		mws := []middleware{g.tel.Middleware(r.Name), recover, routeNameMW(r.Name), stripIdentity,
+			stripForeignKeys(cfg, r.Auth)}
 		mws = append(mws, edge...)
 		entries = append(entries, router.Entry[http.Handler]{
 			Spec: router.Spec{Host: r.Match.Host, Path: r.Match.Path, Methods: r.Match.Methods,
@@ -152,10 +148,8 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 				ce.add(field, err)
 				continue
 			}
-			mws := []middleware{g.tel.Middleware(epName), recover, routeNameMW(epName), stripIdentity}
-			if b.Public {
-				mws = append(mws, stripKeys)
-			}
+			mws := []middleware{g.tel.Middleware(epName), recover, routeNameMW(epName), stripIdentity,
+				stripForeignKeys(cfg, b.Auth)}
 			mws = append(mws, edge...)
 			path := joinPath(b.Prefix, ep.Path)
 			method := ep.Method
@@ -304,15 +298,67 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
-// apiKeyHeaders names the headers that carry API keys in this config.
-func apiKeyHeaders(cfg *config.Config) []string {
-	var names []string
-	for _, p := range cfg.Auth {
-		if p.Type == "api_key" && p.Header != "" {
-			names = append(names, p.Header)
+// stripForeignKeys removes the API keys of providers a route does not use.
+// The auth stage removes the credentials of the route's own providers;
+// a key sent to any other route (public, or guarded by a JWT) must not reach
+// the upstream either. Nil when there is nothing to remove.
+func stripForeignKeys(cfg *config.Config, routeAuth []string) middleware {
+	var headers, params []string
+	for _, name := range sortedKeys(cfg.Auth) {
+		p := cfg.Auth[name]
+		if p.Type != "api_key" || slices.Contains(routeAuth, name) {
+			continue
+		}
+		if p.Header != "" {
+			headers = append(headers, http.CanonicalHeaderKey(p.Header))
+		}
+		if p.Query != "" {
+			params = append(params, p.Query)
 		}
 	}
-	return names
+	if len(headers) == 0 && len(params) == 0 {
+		return nil
+	}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for _, h := range headers {
+				delete(r.Header, h)
+			}
+			if len(params) > 0 && r.URL.RawQuery != "" {
+				r.URL.RawQuery = dropQueryParams(r.URL.RawQuery, params)
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// dropQueryParams removes the named parameters from a raw query, keeping
+// every other pair exactly as the client wrote it. It allocates only when
+// a named parameter is present.
+func dropQueryParams(raw string, names []string) string {
+	// A name may arrive percent-encoded, so any escape means a closer look.
+	present := strings.IndexByte(raw, '%') >= 0
+	for _, n := range names {
+		if present || strings.Contains(raw, n) {
+			present = true
+			break
+		}
+	}
+	if !present {
+		return raw
+	}
+	var b strings.Builder
+	for pair := range strings.SplitSeq(raw, "&") {
+		key, _, _ := strings.Cut(pair, "=")
+		if k, err := url.QueryUnescape(key); err == nil && slices.Contains(names, k) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(pair)
+	}
+	return b.String()
 }
 
 // credentialQueryParams names the query parameters that carry credentials

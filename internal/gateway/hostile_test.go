@@ -232,3 +232,21 @@ func rawExchangeStatus(t *testing.T, addr, raw string) string {
 	line, _, _ := strings.Cut(out, "\r\n")
 	return line
 }
+
+func TestDropQueryParams(t *testing.T) {
+	names := []string{"api_key", "partner_key"}
+	cases := map[string]string{
+		"":                           "",
+		"a=1&b=2":                    "a=1&b=2",
+		"api_key=s3cret":             "",
+		"a=1&api_key=s3cret&b=%2F":   "a=1&b=%2F",
+		"partner%5Fkey=s3cret&x=1":   "x=1",
+		"api_key&api_key=2&keep=api": "keep=api",
+		"x=api_key":                  "x=api_key",
+	}
+	for in, want := range cases {
+		if got := dropQueryParams(in, names); got != want {
+			t.Errorf("dropQueryParams(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -698,6 +698,11 @@ func (s *Service) decide(ctx context.Context, store Store, rt *runtime, subject 
 	for i, p := range pols {
 		switch p.onError {
 		case failClosed:
+			// The refusal is the on_store_error policy at work: count it,
+			// also while the breaker is open and no error is counted.
+			for _, q := range pols {
+				q.counters.fallback.Inc()
+			}
 			return 0, errUnavailable
 		case failLocal:
 			c := checks[i]

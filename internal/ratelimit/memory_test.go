@@ -317,3 +317,29 @@ func TestAllocationBudget(t *testing.T) {
 		t.Fatalf("memory decision allocates %v times", n)
 	}
 }
+
+// TestMemorySlidingLogUntouchedWhenAnotherCheckRejects: a sliding-log check
+// that would pass must leave its stored log as it was when another check of
+// the same subject rejects (all-or-nothing), even though its step trimmed
+// expired entries.
+func TestMemorySlidingLogUntouchedWhenAnotherCheckRejects(t *testing.T) {
+	m := NewMemory(MemoryConfig{})
+	log := algo.Params{Kind: algo.SlidingWindowLog, Limit: 3, Window: 10_000_000}
+	fixed := algo.Params{Kind: algo.FixedWindow, Limit: 1, Window: 100_000_000}
+	checks := []Check{{Policy: "log", Params: log, Cost: 1}, {Policy: "fixed", Params: fixed, Cost: 1}}
+	out := make([]algo.Decision, 2)
+	if err := m.DecideAt(1, "s", checks, out); err != nil || !out[0].Allowed || !out[1].Allowed {
+		t.Fatalf("first decision: %+v %v", out, err)
+	}
+	// 11 s later the log's entry has expired; the fixed window still rejects.
+	if err := m.DecideAt(11_000_001, "s", checks, out); err != nil || out[1].Allowed {
+		t.Fatalf("second decision: %+v %v", out, err)
+	}
+	peek := []Check{{Policy: "log", Params: log, Cost: 0}}
+	if err := m.DecideAt(12_000_000, "s", peek, out[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Remaining != 3 {
+		t.Fatalf("log remaining %d after a rejected joint decision, want 3 (nothing consumed)", out[0].Remaining)
+	}
+}

@@ -267,7 +267,7 @@ func TestGRPCDeadlines(t *testing.T) {
 		if _, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 			t.Fatal(err) // dial first: the slow call must reach the upstream
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 		defer cancel()
 		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "slow"})
 		wantCode(t, err, codes.DeadlineExceeded, "")
@@ -276,7 +276,7 @@ func TestGRPCDeadlines(t *testing.T) {
 		}
 	})
 	t.Run("route timeout shorter than the client's", func(t *testing.T) {
-		cfg := Config{Route: "grpc", Backends: []Backend{h2cBackend(t, addr)}, Timeout: config.Duration(100 * time.Millisecond)}
+		cfg := Config{Route: "grpc", Backends: []Backend{h2cBackend(t, addr)}, Timeout: config.Duration(300 * time.Millisecond)}
 		hc := healthpb.NewHealthClient(grpcClient(t, grpcFront(t, cfg, Deps{})))
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -389,7 +389,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 
 	t.Run("passes before the upstream answers", func(t *testing.T) {
 		start := time.Now()
-		resp := rawCall(t, c, front, "Check", "slow", "Grpc-Timeout", "150m")
+		resp := rawCall(t, c, front, "Check", "slow", "Grpc-Timeout", "300m")
 		// Trailers-only: the status is in the headers, the body empty.
 		if got := resp.Header.Get("Grpc-Status"); got != "4" {
 			t.Fatalf("headers %v, want grpc-status 4", resp.Header)
@@ -397,7 +397,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 		if got := resp.Header.Get("Grpc-Message"); got != "the upstream did not answer within the call's grpc-timeout" {
 			t.Fatalf("grpc-message %q", got)
 		}
-		if d := time.Since(start); d < 150*time.Millisecond {
+		if d := time.Since(start); d < 300*time.Millisecond {
 			t.Fatalf("answered after %v, before the deadline", d)
 		}
 		if err := waitErr(t, hs.checkEnded, "upstream check end"); !errors.Is(err, context.Canceled) {
@@ -406,7 +406,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 	})
 	t.Run("passes mid-stream", func(t *testing.T) {
 		start := time.Now()
-		resp := rawCall(t, c, front, "Watch", "feed", "Grpc-Timeout", "200m")
+		resp := rawCall(t, c, front, "Watch", "feed", "Grpc-Timeout", "400m")
 		msg, err := readMessage(resp.Body)
 		if err != nil || !bytes.Equal(msg, servingMessage) {
 			t.Fatalf("first message %x %v", msg, err)
@@ -414,7 +414,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 		if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
 			t.Fatalf("after the message: %q %v", rest, err)
 		}
-		if d := time.Since(start); d < 200*time.Millisecond {
+		if d := time.Since(start); d < 400*time.Millisecond {
 			t.Fatalf("stream ended after %v, before the deadline", d)
 		}
 		if resp.Trailer.Get("Grpc-Status") != grpcDeadlineExceeded || resp.Trailer.Get("Grpc-Message") != grpcDeadlineMessage {
@@ -423,6 +423,25 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 		if err := waitErr(t, hs.watchEnded, "upstream watch end"); !errors.Is(err, context.Canceled) {
 			t.Fatalf("upstream stream ended with %v, want Canceled", err)
 		}
+	})
+	t.Run("stream outlives the route timeout, not its deadline", func(t *testing.T) {
+		cfg := cfg
+		cfg.Timeout = config.Duration(300 * time.Millisecond)
+		front := grpcFront(t, cfg, Deps{})
+		_, _ = io.Copy(io.Discard, rawCall(t, c, front, "Check", "").Body) // dial first
+		start := time.Now()
+		resp := rawCall(t, c, front, "Watch", "feed", "Grpc-Timeout", "700m")
+		if msg, err := readMessage(resp.Body); err != nil || !bytes.Equal(msg, servingMessage) {
+			t.Fatalf("first message %x %v", msg, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if d := time.Since(start); d < 700*time.Millisecond {
+			t.Fatalf("stream ended after %v, before its deadline", d)
+		}
+		if resp.Trailer.Get("Grpc-Status") != grpcDeadlineExceeded {
+			t.Fatalf("trailers %v, want DEADLINE_EXCEEDED", resp.Trailer)
+		}
+		waitErr(t, hs.watchEnded, "upstream watch end")
 	})
 	t.Run("malformed is ignored", func(t *testing.T) {
 		for _, v := range []string{"123456789m", "1x", "-1S", "S"} {
@@ -444,7 +463,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 	})
 	t.Run("longer than the route timeout", func(t *testing.T) {
 		cfg := cfg
-		cfg.Timeout = config.Duration(80 * time.Millisecond)
+		cfg.Timeout = config.Duration(300 * time.Millisecond)
 		front := grpcFront(t, cfg, Deps{})
 		_, _ = io.Copy(io.Discard, rawCall(t, c, front, "Check", "").Body) // dial first
 		resp := rawCall(t, c, front, "Check", "slow", "Grpc-Timeout", "1H")
@@ -740,7 +759,7 @@ func TestGRPCAllocationBudget(t *testing.T) {
 	}
 	without, with := measure(""), measure("5S")
 	t.Logf("allocs per gRPC call: %v without grpc-timeout, %v with", without, with)
-	if with > without {
+	if with > without && !raceEnabled {
 		t.Errorf("grpc-timeout costs %v allocations", with-without)
 	}
 	if with > 48 {
@@ -829,7 +848,7 @@ func TestGRPCDeadlineIsNotTheUpstreamsFault(t *testing.T) {
 		open    bool
 	}{
 		{"by-client", 0, false},
-		{"by-route", 60 * time.Millisecond, true},
+		{"by-route", 300 * time.Millisecond, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, _ := url.Parse("http://" + tc.name + ".invalid")
@@ -840,7 +859,7 @@ func TestGRPCDeadlineIsNotTheUpstreamsFault(t *testing.T) {
 			for range 3 {
 				var hdr []string
 				if tc.timeout == 0 {
-					hdr = []string{"Grpc-Timeout", "60m"}
+					hdr = []string{"Grpc-Timeout", "300m"}
 				}
 				resp := rawCall(t, c, front, "Check", "slow", hdr...)
 				switch got := resp.Header.Get("Grpc-Status"); {

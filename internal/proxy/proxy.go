@@ -345,10 +345,12 @@ func (ex *exchange) Value(key any) any {
 	return ex.Context.Value(key)
 }
 
-// Deadline reports the route deadline, so that the dialer and the upstream
-// pool (which never starts a retry past it) see the remaining budget. The
-// context is not a deadline context because a deadline would also cut the
-// response body short; the timer behind it stops once headers arrive.
+// Deadline reports the route deadline (or the call's grpc-timeout when that
+// is earlier), so that the dialer and the upstream pool (which never starts
+// a retry past it) see the remaining budget. The context is not a deadline
+// context because a deadline would also cut the response body short; the
+// timer behind it stops once headers arrive (or, for a gRPC call's
+// deadline, is re-armed for the stream and ends it with trailers).
 func (ex *exchange) Deadline() (time.Time, bool) {
 	d, ok := ex.Context.Deadline()
 	if !ex.deadline.IsZero() && (!ok || ex.deadline.Before(d)) {

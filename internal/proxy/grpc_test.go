@@ -879,3 +879,38 @@ func TestGRPCDeadlineIsNotTheUpstreamsFault(t *testing.T) {
 		})
 	}
 }
+
+func TestGRPCRequestReachesUpstreamIntact(t *testing.T) {
+	// What a gRPC server needs of the request: te: trailers (gRPC servers
+	// may refuse a call without it), grpc-timeout as the client sent it,
+	// its content type and metadata, over HTTP/2.
+	got := make(chan http.Header, 1)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		h.Set("X-Proto", r.Proto)
+		got <- h
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		_, _ = w.Write(append([]byte{0, 0, 0, 0, 2}, servingMessage...))
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	up.Config.Protocols = h2cProtocols()
+	up.Start()
+	t.Cleanup(up.Close)
+	front := grpcFront(t, Config{Route: "grpc", Backends: []Backend{h2cBackend(t, up.Listener.Addr().String())}}, Deps{})
+	resp := rawCall(t, h2cClient(t), front, "Check", "", "Grpc-Timeout", "250m", "X-Tenant", "acme")
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Fatalf("trailers %v", resp.Trailer)
+	}
+	h := <-got
+	for k, want := range map[string]string{
+		"X-Proto": "HTTP/2.0", "Te": "trailers", "Grpc-Timeout": "250m", "Content-Type": "application/grpc",
+		"X-Tenant": "acme", "X-Forwarded-For": "127.0.0.1", "X-Request-Id": "rid-1",
+	} {
+		if h.Get(k) != want {
+			t.Errorf("upstream got %s %q, want %q", k, h.Get(k), want)
+		}
+	}
+}

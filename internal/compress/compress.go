@@ -416,6 +416,11 @@ func Compressible(contentType string) bool {
 	if strings.HasPrefix(mt, "text/") {
 		return mt != "text/event-stream"
 	}
+	if strings.HasPrefix(mt, "application/grpc") {
+		// gRPC frames its own (optionally compressed) messages; an HTTP
+		// Content-Encoding would break every client.
+		return false
+	}
 	if strings.HasSuffix(mt, "+json") || strings.HasSuffix(mt, "+xml") {
 		return true
 	}

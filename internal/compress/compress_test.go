@@ -425,3 +425,15 @@ func TestInformationalAndFlusher(t *testing.T) {
 		t.Fatalf("body %q", got)
 	}
 }
+
+func TestCompressibleTypes(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/json": true, "application/problem+json": true, "text/html; charset=utf-8": true,
+		"text/event-stream": false, "image/png": false, "application/grpc": false,
+		"application/grpc+json": false, "application/grpc-web+proto": false,
+	} {
+		if got := Compressible(ct); got != want {
+			t.Errorf("Compressible(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}

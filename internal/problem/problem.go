@@ -201,8 +201,15 @@ func WriteStatus(w http.ResponseWriter, r *http.Request, status int, code, detai
 	Write(w, r, New(status, code, detail))
 }
 
+// isGRPC reports a gRPC call: HTTP/2 with Content-Type application/grpc or
+// application/grpc+FORMAT (not gRPC-Web, which browsers read as HTTP).
 func isGRPC(r *http.Request) bool {
-	return r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+	if r.ProtoMajor != 2 {
+		return false
+	}
+	ct := r.Header.Get("Content-Type")
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 // writeGRPC answers a gRPC call with a trailers-only response (gRPC over
@@ -210,9 +217,35 @@ func isGRPC(r *http.Request) bool {
 func writeGRPC(w http.ResponseWriter, e *Error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/grpc")
+	h.Del("Content-Encoding")
+	h.Del("Content-Length")
 	h.Set("Grpc-Status", strconv.Itoa(grpcCode(e.Status)))
-	h.Set("Grpc-Message", e.Detail)
+	h.Set("Grpc-Message", grpcMessage(e.Detail))
 	w.WriteHeader(http.StatusOK)
+}
+
+// grpcMessage percent-encodes a status message as the gRPC over HTTP/2
+// spec asks: bytes outside printable ASCII, and '%' itself.
+func grpcMessage(s string) string {
+	const hexdigits = "0123456789ABCDEF"
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c <= 0x7e && c != '%' {
+			if b != nil {
+				b = append(b, c)
+			}
+			continue
+		}
+		if b == nil {
+			b = append(make([]byte, 0, len(s)+8), s[:i]...)
+		}
+		b = append(b, '%', hexdigits[c>>4], hexdigits[c&0xf])
+	}
+	if b == nil {
+		return s
+	}
+	return string(b)
 }
 
 // grpcCode maps an HTTP status to a gRPC code (the inverse of the table in
@@ -235,6 +268,8 @@ func grpcCode(status int) int {
 		return 4 // DEADLINE_EXCEEDED
 	case http.StatusBadGateway, http.StatusServiceUnavailable:
 		return 14 // UNAVAILABLE
+	case http.StatusInternalServerError:
+		return 13 // INTERNAL: the gateway's own failure
 	}
 	return 2 // UNKNOWN
 }

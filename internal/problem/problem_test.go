@@ -63,6 +63,18 @@ func TestWriteGRPC(t *testing.T) {
 	if w.Code != 200 || w.Header().Get("Grpc-Status") != "4" || w.Body.Len() != 0 {
 		t.Errorf("gRPC error: %d %v %q", w.Code, w.Header(), w.Body.String())
 	}
+	w = httptest.NewRecorder()
+	Write(w, r, New(http.StatusInternalServerError, "internal_error", "100% broken: é"))
+	if w.Header().Get("Grpc-Status") != "13" || w.Header().Get("Grpc-Message") != "100%25 broken: %C3%A9" {
+		t.Errorf("gRPC internal error: %v", w.Header())
+	}
+	// gRPC-Web is read by browsers as HTTP: it gets problem+json.
+	r.Header.Set("Content-Type", "application/grpc-web+proto")
+	w = httptest.NewRecorder()
+	Write(w, r, New(http.StatusNotFound, "route_not_found", "no route"))
+	if w.Code != 404 || w.Header().Get("Content-Type") != "application/problem+json" {
+		t.Errorf("gRPC-Web error: %d %v", w.Code, w.Header())
+	}
 }
 
 type timeoutErr struct{}

@@ -482,3 +482,32 @@ func grepLines(text, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestAdminProfilerNeedsToken: /debug/pprof/ sits behind the admin token.
+func TestAdminProfilerNeedsToken(t *testing.T) {
+	a := echoUpstream(t, "a")
+	h := start(t, strings.Replace(fmt.Sprintf(baseConfig, a.URL), `admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token: "s3cret-admin-token"}`, 1))
+	resp, err := http.Get(h.admin + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Errorf("pprof without token: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodGet, h.admin+"/debug/pprof/cmdline", nil)
+	req.Header.Set("Authorization", "Bearer s3cret-admin-token")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("pprof with token: %d", resp.StatusCode)
+	}
+	if resp, err := http.Get(h.admin + "/metrics"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("metrics must not need the token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+}

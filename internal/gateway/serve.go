@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/admin"
 	"github.com/portico-gw/portico/internal/listener"
+	"github.com/portico-gw/portico/internal/problem"
 )
 
 // Listeners are the gateway's bound sockets, opened before serving so that
@@ -145,8 +148,32 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	return serveErr
 }
 
-// AdminHandler is the admin listener's handler.
+// AdminHandler is the admin listener's handler: the admin API, and the Go
+// profiler under /debug/pprof/ (behind the admin token when one is set), so
+// an operator can profile a live gateway as the benchmarks do.
 func (g *Gateway) AdminHandler() http.Handler {
+	api := g.adminAPI()
+	token := g.Config().Admin.Token
+	mux := http.NewServeMux()
+	mux.Handle("/", api)
+	prof := http.NewServeMux()
+	prof.HandleFunc("/debug/pprof/", pprof.Index)
+	prof.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="portico-admin"`)
+			problem.WriteStatus(w, r, http.StatusUnauthorized, "admin_unauthorized", "the admin token is required")
+			return
+		}
+		prof.ServeHTTP(w, r)
+	}))
+	return mux
+}
+
+func (g *Gateway) adminAPI() http.Handler {
 	return admin.New(admin.Deps{
 		Token:     g.Config().Admin.Token,
 		Metrics:   g.tel.MetricsHandler(),

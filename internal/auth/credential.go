@@ -95,10 +95,12 @@ func cookieValue(lines []string, name string) (string, bool) {
 			var part string
 			part, line, _ = strings.Cut(line, ";")
 			part = strings.TrimSpace(part)
-			k, v, ok := strings.Cut(part, "=")
-			// "session =x" is the cookie "session" to net/http (and so to a
-			// Go upstream): whitespace before '=' is not part of the name.
-			if !ok || strings.TrimRight(k, " \t\r\n") != name {
+			// net/http (and so a Go upstream) reads "session =x" as the
+			// cookie "session", and a bare "session" as that cookie with an
+			// empty value: whitespace before '=' is not part of the name, and
+			// the first "session" counts even without '='.
+			k, v, _ := strings.Cut(part, "=")
+			if strings.TrimRight(k, " \t\r\n") != name {
 				continue
 			}
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {

@@ -316,3 +316,40 @@ routes:
 	}
 	t.Logf("lease mode: %d admitted of limit %d over 3 nodes", admitted, limit)
 }
+
+// TestFleetLocalFallback: with the store unreachable, each of 3 nodes
+// enforces its share ceil(L/3) of the limit (expected_nodes before any
+// heartbeat), so the fleet admits at most 1.1x the limit, not 3x.
+func TestFleetLocalFallback(t *testing.T) {
+	up := upstream(t)
+	closed := freeAddr(t) // nothing listens here: the store is down from the start
+	const limit = 90
+	cfg := fmt.Sprintf(`version: 1
+server: {listen: "$PUBLIC"}
+admin: {listen: "$ADMIN"}
+logging: {level: error, access_log: false}
+upstreams:
+  up: {targets: [{url: "http://%s"}]}
+rate_limits:
+  store: {type: redis, url: "redis://%s/0", timeout: 50ms}
+  expected_nodes: 3
+  on_store_error: local
+  policies:
+    fixed: {algorithm: fixed_window, limit: %d, window: 1h, key: "header:X-Subject"}
+routes:
+  - {name: fixed, match: {path: /fixed}, upstream: up, public: true, rate_limit: [fixed]}
+`, up, closed, limit)
+	nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+	waitForWindowStart(time.Hour, 30*time.Second)
+	admitted, limited, unavailable := hammer(t, nodes, "/fixed", randomSubject(), 3*limit, 12)
+	if unavailable != 0 {
+		t.Errorf("%d requests answered 503 under on_store_error: local", unavailable)
+	}
+	if float64(admitted) > 1.1*limit {
+		t.Fatalf("with the store down the fleet admitted %d of %d offered; the local fallback allows at most 1.1x the limit %d", admitted, 3*limit, limit)
+	}
+	if admitted < limit*9/10 {
+		t.Errorf("with the store down the fleet admitted only %d (limited %d); each node should admit its share of %d", admitted, limited, limit)
+	}
+	t.Logf("store down: %d admitted of %d offered (limit %d over 3 nodes)", admitted, 3*limit, limit)
+}

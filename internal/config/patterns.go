@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The small languages inside config values (route path patterns, hosts,
@@ -121,23 +123,6 @@ func isIdent(s string) bool {
 	return true
 }
 
-// isToken reports whether s is an RFC 9110 token (header names, methods).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
-			continue
-		}
-		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
-			return false
-		}
-	}
-	return true
-}
-
 // isMethod reports whether s is an upper-case HTTP method token.
 func isMethod(s string) bool {
 	if s == "" {
@@ -229,7 +214,7 @@ func checkKeyPart(part string, rateLimit bool) error {
 		}
 	}
 	if name, ok := strings.CutPrefix(part, "header:"); ok {
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return fmt.Errorf("invalid header name in %q", part)
 		}
 		return nil

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // validator checks a merged, defaulted config and collects every problem.
@@ -326,12 +328,12 @@ func (v *validator) jwt(f string, a *AuthProvider) {
 		if set != 1 {
 			v.errf(f+".token_from", "needs exactly one of header, cookie and query")
 		}
-		if t.Header != "" && !isToken(t.Header) {
+		if t.Header != "" && !httpguts.ValidHeaderFieldName(t.Header) {
 			v.errf(f+".token_from.header", "invalid header name %q", t.Header)
 		}
 	}
 	for _, claim := range sortedKeys(a.ForwardClaims) {
-		if h := a.ForwardClaims[claim]; !isToken(h) {
+		if h := a.ForwardClaims[claim]; !httpguts.ValidHeaderFieldName(h) {
 			v.errf(f+".forward_claims."+claim, "invalid header name %q", h)
 		}
 	}
@@ -356,10 +358,10 @@ func (v *validator) apiKey(f string, a *AuthProvider) {
 	if a.Header != "" && a.Query != "" {
 		v.errf(f, "an api_key provider reads the key from header or query, not both")
 	}
-	if a.Header != "" && !isToken(a.Header) {
+	if a.Header != "" && !httpguts.ValidHeaderFieldName(a.Header) {
 		v.errf(f+".header", "invalid header name %q", a.Header)
 	}
-	if a.ForwardID != "" && !isToken(a.ForwardID) {
+	if a.ForwardID != "" && !httpguts.ValidHeaderFieldName(a.ForwardID) {
 		v.errf(f+".forward_id", "invalid header name %q", a.ForwardID)
 	}
 	if len(a.Keys) == 0 {
@@ -600,12 +602,12 @@ func (v *validator) cors(f string, c *CORS) {
 		}
 	}
 	for i, h := range c.Headers {
-		if !isToken(h) {
+		if !httpguts.ValidHeaderFieldName(h) {
 			v.errf(idx(f+".headers", i), "invalid header name %q", h)
 		}
 	}
 	for i, h := range c.ExposeHeaders {
-		if !isToken(h) {
+		if !httpguts.ValidHeaderFieldName(h) {
 			v.errf(idx(f+".expose_headers", i), "invalid header name %q", h)
 		}
 	}
@@ -616,12 +618,12 @@ func (v *validator) headerRules(f string, h *HeaderRules) {
 		return
 	}
 	for _, name := range sortedKeys(h.Set) {
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			v.errf(f+".set."+name, "invalid header name %q", name)
 		}
 	}
 	for i, name := range h.Remove {
-		if !isToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			v.errf(idx(f+".remove", i), "invalid header name %q", name)
 		}
 	}
@@ -648,7 +650,7 @@ func (v *validator) route(f string, r *Route) {
 	}
 	v.methods(f+".match.methods", m.Methods)
 	for _, h := range sortedKeys(m.Headers) {
-		if !isToken(h) {
+		if !httpguts.ValidHeaderFieldName(h) {
 			v.errf(f+".match.headers."+h, "invalid header name %q", h)
 		}
 	}

@@ -30,6 +30,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/problem"
 )
@@ -131,7 +133,7 @@ func compile(cfg *config.CORS) (*policy, error) {
 	var names []string
 	for _, m := range methods {
 		m = strings.ToUpper(strings.TrimSpace(m))
-		if !validToken(m) {
+		if !httpguts.ValidHeaderFieldName(m) {
 			return nil, fmt.Errorf("cors: invalid method %q", m)
 		}
 		if !p.methods[m] {
@@ -147,7 +149,7 @@ func compile(cfg *config.CORS) (*policy, error) {
 			p.anyHeader = true
 			continue
 		}
-		if !validToken(h) {
+		if !httpguts.ValidHeaderFieldName(h) {
 			return nil, fmt.Errorf("cors: invalid header name %q", h)
 		}
 		if !p.headers[strings.ToLower(h)] {
@@ -161,7 +163,7 @@ func compile(cfg *config.CORS) (*policy, error) {
 	var expose []string
 	for _, h := range cfg.ExposeHeaders {
 		h = strings.TrimSpace(h)
-		if h != "*" && !validToken(h) {
+		if h != "*" && !httpguts.ValidHeaderFieldName(h) {
 			return nil, fmt.Errorf("cors: invalid expose header %q", h)
 		}
 		expose = append(expose, h)
@@ -376,22 +378,6 @@ func asciiLower(s string) string {
 func printableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] <= ' ' || s[i] >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
 			return false
 		}
 	}

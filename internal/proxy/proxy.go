@@ -46,6 +46,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/problem"
 	"github.com/portico-gw/portico/internal/reqctx"
@@ -279,7 +281,7 @@ func compileRules(hr *config.HeaderRules) (set []headerKV, remove []string, err 
 		return nil, nil, nil
 	}
 	for _, k := range sortedKeys(hr.Set) {
-		if !validHeaderName(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			return nil, nil, fmt.Errorf("invalid header name %q", k)
 		}
 		v := hr.Set[k]
@@ -289,7 +291,7 @@ func compileRules(hr *config.HeaderRules) (set []headerKV, remove []string, err 
 		set = append(set, headerKV{http.CanonicalHeaderKey(k), []string{v}})
 	}
 	for _, k := range hr.Remove {
-		if !validHeaderName(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			return nil, nil, fmt.Errorf("invalid header name %q", k)
 		}
 		remove = append(remove, http.CanonicalHeaderKey(k))

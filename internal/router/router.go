@@ -39,6 +39,8 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Spec is what one route matches. Host is "" (any host), an exact name or
@@ -225,7 +227,7 @@ func (rt *Router[T]) add(e *Entry[T]) error {
 	rt.maxDepth = max(rt.maxDepth, len(p.segs))
 	r := &route[T]{value: e.Value, anyMethod: len(e.Spec.Methods) == 0}
 	for _, m := range e.Spec.Methods {
-		if !validToken(m) {
+		if !httpguts.ValidHeaderFieldName(m) {
 			return fmt.Errorf("invalid method %q", m)
 		}
 		m = strings.ToUpper(m)
@@ -240,7 +242,7 @@ func (rt *Router[T]) add(e *Entry[T]) error {
 		r.impliedHead = true
 	}
 	for _, name := range sortedKeys(e.Spec.Headers) {
-		if !validToken(name) {
+		if !httpguts.ValidHeaderFieldName(name) {
 			return fmt.Errorf("invalid header name %q", name)
 		}
 		r.headers = append(r.headers, kv{http.CanonicalHeaderKey(name), e.Spec.Headers[name]})
@@ -367,23 +369,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// validToken reports whether s is an RFC 9110 token (method or header name).
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func validHost(h string) bool {

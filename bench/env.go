@@ -92,6 +92,37 @@ type system struct {
 	proc *proc
 }
 
+// lineup starts portico with yaml and, when installed, nginx with a
+// keep-alive pool of conns, beside the direct upstream: the three systems
+// most scenarios compare. On error nothing is left running; the caller
+// stops the others with stopAll.
+func (e *env) lineup(ctx context.Context, tag, yaml string, conns int, tls *tlsFiles) (direct, ng, pt *system, err error) {
+	pt, err = e.startPortico(ctx, tag, yaml)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ng, err = e.startNginx(ctx, conns, tls)
+	if err != nil {
+		pt.stop()
+		return nil, nil, nil, err
+	}
+	return &system{name: "direct", base: "http://" + e.upAddr}, ng, pt, nil
+}
+
+// stop ends the system's process; nil systems and the direct call (no
+// process) are fine.
+func (s *system) stop() {
+	if s != nil && s.proc != nil {
+		s.proc.stop()
+	}
+}
+
+func stopAll(systems ...*system) {
+	for _, s := range systems {
+		s.stop()
+	}
+}
+
 // startPortico runs portico with config yaml; it returns once /readyz answers.
 func (e *env) startPortico(ctx context.Context, tag, yaml string) (*system, error) {
 	pub, err := freePort()

@@ -63,19 +63,11 @@ func (e *env) scenario(ctx context.Context, name string, o options) (*table, err
 // throughput: direct, nginx and portico (plain route: metrics and stats on,
 // access log off) under wrk, interleaved.
 func (e *env) throughput(ctx context.Context, o options, title, path string, conns int) (*table, error) {
-	pt, err := e.startPortico(ctx, "plain", porticoConfig("", plainRoute))
+	direct, ng, pt, err := e.lineup(ctx, "plain", porticoConfig("", plainRoute), conns, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, conns, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
-	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	defer stopAll(ng, pt)
 	t := newTable(title, fmt.Sprintf("`wrk -t2 -c%d -d%s --latency URL%s`", conns, o.duration, path), "direct", "nginx", "portico")
 	for r := 0; r < o.rounds; r++ {
 		for _, s := range []*system{direct, ng, pt} {
@@ -96,19 +88,11 @@ func (e *env) throughput(ctx context.Context, o options, title, path string, con
 // latency: a constant request rate (open loop) below saturation; added
 // latency over the direct call.
 func (e *env) latency(ctx context.Context, o options) (*table, error) {
-	pt, err := e.startPortico(ctx, "plain", porticoConfig("", plainRoute))
+	direct, ng, pt, err := e.lineup(ctx, "plain", porticoConfig("", plainRoute), 64, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, 64, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
-	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	defer stopAll(ng, pt)
 	t := newTable(fmt.Sprintf("Latency at a constant %d req/s (open loop), 100-byte JSON", o.rate),
 		"latency measured from each request's scheduled send time, so queueing counts (no coordinated omission); req/s is the achieved rate",
 		"direct", "nginx", "portico")
@@ -305,18 +289,11 @@ func (e *env) h2(ctx context.Context, o options) (*table, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt, err := e.startPortico(ctx, "h2", porticoConfig(fmt.Sprintf(", tls: {cert: %q, key: %q}", tf.cert, tf.key), plainRoute))
+	_, ng, pt, err := e.lineup(ctx, "h2", porticoConfig(fmt.Sprintf(", tls: {cert: %q, key: %q}", tf.cert, tf.key), plainRoute), 64, tf)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, 64, tf)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
+	defer stopAll(ng, pt)
 	t := newTable("HTTPS with HTTP/2, 100-byte JSON, 64 connections × 10 streams",
 		fmt.Sprintf("`h2load -c64 -m10 -D %d URL/small`; TLS is terminated by the proxy, the upstream is plain HTTP/1.1", int(o.duration.Seconds())),
 		"nginx", "portico")
@@ -387,19 +364,11 @@ routes:
     public: true
     rate_limit: [per-ip]
 `, mode))
-	pt, err := e.startPortico(ctx, "redis-"+mode, cfg)
+	direct, ng, pt, err := e.lineup(ctx, "redis-"+mode, cfg, 64, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, 64, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
-	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	defer stopAll(ng, pt)
 	label := "portico-redis-" + mode
 	t := newTable(fmt.Sprintf("Rate limiting with the Redis store, %s mode (one hot key, never limiting), 64 connections", mode),
 		"Redis on 127.0.0.1:6379 shares the two cores", "direct", "nginx", "portico-plain", label)
@@ -427,18 +396,11 @@ routes:
 // growth per connection.
 func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	const n = 10000
-	pt, err := e.startPortico(ctx, "idle", porticoConfig("", plainRoute))
+	_, ng, pt, err := e.lineup(ctx, "idle", porticoConfig("", plainRoute), 64, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, 64, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
+	defer stopAll(ng, pt)
 	t := newTable(fmt.Sprintf("%d idle HTTP/1.1 keep-alive client connections", n),
 		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open", "nginx", "portico")
 	for _, s := range []*system{ng, pt} {

@@ -47,19 +47,11 @@ func (e *env) engineSpike(ctx context.Context, o options) (*table, error) {
 		return nil, err
 	}
 	defer fh.proc.stop()
-	pt, err := e.startPortico(ctx, "plain", porticoConfig("", plainRoute))
+	direct, ng, pt, err := e.lineup(ctx, "plain", porticoConfig("", plainRoute), 64, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer pt.proc.stop()
-	ng, err := e.startNginx(ctx, 64, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ng != nil {
-		defer ng.proc.stop()
-	}
-	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	defer stopAll(ng, pt)
 	t := newTable("Engine spike: tuned net/http vs fasthttp for the same proxy route, 100-byte JSON, 64 connections",
 		"nethttp and fasthttp are bench/enginespike: the same edge work (request id, X-Forwarded-*, hop-by-hop both ways, timeouts, streaming) and nothing else; portico is the full gateway's plain route (routing, metrics, stats)",
 		"direct", "nginx", "nethttp", "fasthttp", "portico")

@@ -256,7 +256,7 @@ routes:
 	for _, mode := range []string{"exact", "lease"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := fmt.Sprintf(config, mode)
-			nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+			nodes := startFleet(t, cfg)
 			waitForWindowStart(time.Hour, 30*time.Second)
 			for _, a := range algos {
 				subject := randomSubject()
@@ -292,23 +292,8 @@ func TestFleetLeaseAccuracy(t *testing.T) {
 	if os.Getenv("PORTICO_LONG") == "1" {
 		limit = 10000
 	}
-	cfg := fmt.Sprintf(`version: 1
-server: {listen: "$PUBLIC"}
-admin: {listen: "$ADMIN"}
-logging: {level: warn, access_log: false}
-upstreams:
-  up: {targets: [{url: "http://%s"}]}
-rate_limits:
-  store: {type: redis, url: "redis://%s/0", timeout: 1s}
-  mode: lease
-  expected_nodes: 3
-  on_store_error: fail_closed
-  policies:
-    fixed: {algorithm: fixed_window, limit: %d, window: 1h, key: "header:X-Subject"}
-routes:
-  - {name: fixed, match: {path: /fixed}, upstream: up, public: true, rate_limit: [fixed]}
-`, up, addr, limit)
-	nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+	cfg := fixedWindowFleet(up, addr, "timeout: 1s", "mode: lease\n  on_store_error: fail_closed", "warn", limit)
+	nodes := startFleet(t, cfg)
 	waitForWindowStart(time.Hour, 60*time.Second)
 	admitted, _, unavailable := hammer(t, nodes, "/fixed", randomSubject(), 2*limit, 24)
 	if admitted > int64(limit) || unavailable == 0 && float64(admitted) < 0.99*float64(limit) {
@@ -324,22 +309,8 @@ func TestFleetLocalFallback(t *testing.T) {
 	up := upstream(t)
 	closed := freeAddr(t) // nothing listens here: the store is down from the start
 	const limit = 90
-	cfg := fmt.Sprintf(`version: 1
-server: {listen: "$PUBLIC"}
-admin: {listen: "$ADMIN"}
-logging: {level: error, access_log: false}
-upstreams:
-  up: {targets: [{url: "http://%s"}]}
-rate_limits:
-  store: {type: redis, url: "redis://%s/0", timeout: 50ms}
-  expected_nodes: 3
-  on_store_error: local
-  policies:
-    fixed: {algorithm: fixed_window, limit: %d, window: 1h, key: "header:X-Subject"}
-routes:
-  - {name: fixed, match: {path: /fixed}, upstream: up, public: true, rate_limit: [fixed]}
-`, up, closed, limit)
-	nodes := []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+	cfg := fixedWindowFleet(up, closed, "timeout: 50ms", "on_store_error: local", "error", limit)
+	nodes := startFleet(t, cfg)
 	waitForWindowStart(time.Hour, 30*time.Second)
 	admitted, limited, unavailable := hammer(t, nodes, "/fixed", randomSubject(), 3*limit, 12)
 	if unavailable != 0 {
@@ -352,4 +323,30 @@ routes:
 		t.Errorf("with the store down the fleet admitted only %d (limited %d); each node should admit its share of %d", admitted, limited, limit)
 	}
 	t.Logf("store down: %d admitted of %d offered (limit %d over 3 nodes)", admitted, 3*limit, limit)
+}
+
+// startFleet starts three portico processes with the same config.
+func startFleet(t *testing.T, cfg string) []*node {
+	return []*node{startNode(t, cfg), startNode(t, cfg), startNode(t, cfg)}
+}
+
+// fixedWindowFleet is the config of a fleet limiting one route with a
+// fixed-window policy of limit per hour keyed by X-Subject; store is the
+// Redis address, storeOpts extra store keys, settings extra rate_limits keys.
+func fixedWindowFleet(up, store, storeOpts, settings, logLevel string, limit int) string {
+	return fmt.Sprintf(`version: 1
+server: {listen: "$PUBLIC"}
+admin: {listen: "$ADMIN"}
+logging: {level: %s, access_log: false}
+upstreams:
+  up: {targets: [{url: "http://%s"}]}
+rate_limits:
+  store: {type: redis, url: "redis://%s/0", %s}
+  expected_nodes: 3
+  %s
+  policies:
+    fixed: {algorithm: fixed_window, limit: %d, window: 1h, key: "header:X-Subject"}
+routes:
+  - {name: fixed, match: {path: /fixed}, upstream: up, public: true, rate_limit: [fixed]}
+`, logLevel, up, store, storeOpts, settings, limit)
 }

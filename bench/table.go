@@ -88,7 +88,27 @@ func (t *table) markdown() string {
 	for _, l := range t.extra {
 		fmt.Fprintf(&b, "\n%s\n", l)
 	}
+	for _, l := range t.errorWarnings() {
+		fmt.Fprintf(&b, "\n%s\n", l)
+	}
 	return b.String()
+}
+
+// errorWarnings names every system that saw failed requests: its figures
+// then partly measure an error path, and a reader must not take them for
+// the success path's.
+func (t *table) errorWarnings() []string {
+	var out []string
+	for _, sys := range t.systems {
+		errs := 0
+		for _, s := range t.samples[sys] {
+			errs += s.errors
+		}
+		if errs > 0 {
+			out = append(out, fmt.Sprintf("**Warning: %s had %d failed requests (socket errors or non-2xx/3xx answers); its figures are not those of the success path.**", sys, errs))
+		}
+	}
+	return out
 }
 
 func num(v float64) string { return fmt.Sprintf("%.0f", v) }

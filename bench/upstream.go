@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net/http"
@@ -19,8 +20,11 @@ func runUpstream(args []string) {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	_ = fs.Parse(args)
 
-	small := []byte(`{"id":12345,"name":"portico bench","ok":true,"tags":["a","b"],"note":"one hundred byte body ......."}` + "\n")
-	small = small[:100]
+	// 99 bytes of valid JSON and a newline: the BFF scenario parses it.
+	small := []byte(`{"id":12345,"name":"portico bench","ok":true,"tags":["a","b"],"note":"one hundred byte body......"}` + "\n")
+	if len(small) != 100 || !json.Valid(small) {
+		panic("bench: the small body must be 100 bytes of valid JSON")
+	}
 	var big bytes.Buffer
 	big.WriteString(`{"items":[`)
 	for i := 0; big.Len() < 4000; i++ {

@@ -1,17 +1,25 @@
 package aggregate
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/upstream"
 )
 
 // feedBody builds a posts-service body of about size bytes.
@@ -195,5 +203,215 @@ func BenchmarkShape50KBViaMaps(b *testing.B) {
 		if _, err := json.Marshal(map[string]any{"items": out}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// backendProcessEnv makes the test binary, started again by
+// startBackendProcess, serve backends instead of running tests: its value
+// is "N,DELAY".
+const backendProcessEnv = "PORTICO_AGGREGATE_BACKENDS"
+
+// TestBackendProcess only serves, in the child process that
+// startBackendProcess starts: N JSON backends that each wait DELAY before
+// answering about 100 bytes. It prints their addresses on one line and
+// exits when its standard input closes.
+func TestBackendProcess(t *testing.T) {
+	spec := os.Getenv(backendProcessEnv)
+	if spec == "" {
+		t.Skip("only serves as the benchmarks' backend process")
+	}
+	ns, ds, _ := strings.Cut(spec, ",")
+	n, err := strconv.Atoi(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delay, err := time.ParseDuration(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := make([]string, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := fmt.Sprintf(`{"id":%d,"name":"svc %d","status":"ok","items":[1,2,3,4,5,6,7],"nested":{"a":{"b":"c"}},"pad":"xx"}`, i, i)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(delay)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, body)
+		})}
+		go func() { _ = srv.Serve(ln) }()
+		addrs[i] = ln.Addr().String()
+	}
+	fmt.Println(strings.Join(addrs, " "))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
+}
+
+// startBackendProcess runs n backends answering after delay in a child
+// process, so that this process's CPU time is the gateway side's alone.
+func startBackendProcess(b *testing.B, n int, delay time.Duration) []string {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBackendProcess$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%s", backendProcessEnv, n, delay))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatalf("backend process: %v", err)
+	}
+	addrs := strings.Fields(line)
+	if len(addrs) != n {
+		b.Fatalf("backend process printed %q", line)
+	}
+	return addrs
+}
+
+// BenchmarkFanOut6Sleep5ms prices one merged request as the gateway pays
+// for it: six backends in another process that each take 5ms (so every
+// backend call parks on the network, as in production), 16 concurrent
+// clients. cpu-ns/op is this process's CPU time per merged request.
+//
+//   - pools: the endpoint over the real upstream pools with the config
+//     defaults, as the gateway runs it;
+//   - transport: the endpoint over one bare http.Transport, which prices the
+//     endpoint's own work apart from the pools';
+//   - floor: the least a Go fan-out can cost: six fresh goroutines, each a
+//     Transport.RoundTrip and io.ReadAll, and the bodies appended.
+func BenchmarkFanOut6Sleep5ms(b *testing.B) {
+	addrs := startBackendProcess(b, 6, 5*time.Millisecond)
+	tr := &http.Transport{MaxIdleConnsPerHost: 1024}
+	b.Cleanup(tr.CloseIdleConnections)
+
+	b.Run("pools", func(b *testing.B) {
+		var yaml strings.Builder
+		yaml.WriteString("version: 1\nupstreams:\n")
+		for i, a := range addrs {
+			fmt.Fprintf(&yaml, "  svc%d: {targets: [{url: \"http://%s\"}]}\n", i, a)
+		}
+		yaml.WriteString("bffs:\n  mobile:\n    prefix: /mobile\n    public: true\n    endpoints:\n" +
+			"      - {name: feed, path: /feed, method: GET, timeout: 5s, backends: [\n")
+		for i := range addrs {
+			fmt.Fprintf(&yaml, "          {upstream: svc%d, path: \"/item/{claims.sub}\", into: svc%d, fields: [id, name, status]},\n", i, i)
+		}
+		yaml.WriteString("        ]}\n")
+		cfg, err := config.LoadBytes("bench.yaml", []byte(yaml.String()))
+		if err != nil {
+			b.Fatalf("%v\n%s", err, yaml.String())
+		}
+		reg := upstream.NewRegistry(upstream.Deps{})
+		defer reg.Close()
+		pools, err := reg.Apply(cfg.Upstreams)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rts := make(map[string]http.RoundTripper, len(pools))
+		for name, p := range pools {
+			rts[name] = p
+		}
+		bff := cfg.BFFs["mobile"]
+		h, err := NewEndpoint(bff, bff.Endpoints[0], Deps{Upstreams: rts})
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchClients(b, h)
+	})
+
+	b.Run("transport", func(b *testing.B) {
+		// The endpoint puts the upstream's name where the host goes, so
+		// naming each upstream by its address lets a bare Transport serve.
+		rts := map[string]http.RoundTripper{}
+		var backends []*config.Backend
+		for i, a := range addrs {
+			rts[a] = tr
+			backends = append(backends, &config.Backend{Upstream: a, Path: "/item/{claims.sub}",
+				Into: fmt.Sprintf("svc%d", i), Fields: []string{"id", "name", "status"}})
+		}
+		h := newEndpoint(b, &config.Endpoint{Name: "feed", Timeout: config.Duration(5 * time.Second), Backends: backends}, rts)
+		benchClients(b, h)
+	})
+
+	b.Run("floor", func(b *testing.B) {
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			bodies := make([][]byte, len(addrs))
+			var wg sync.WaitGroup
+			for i, a := range addrs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					req, err := http.NewRequestWithContext(r.Context(), "GET", "http://"+a+"/item/u42", nil)
+					if err != nil {
+						return
+					}
+					resp, err := tr.RoundTrip(req)
+					if err != nil {
+						return
+					}
+					bodies[i], _ = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}()
+			}
+			wg.Wait()
+			out := []byte{'{'}
+			for i, body := range bodies {
+				if body == nil {
+					w.WriteHeader(http.StatusBadGateway)
+					return
+				}
+				if i > 0 {
+					out = append(out, ',')
+				}
+				out = append(out, fmt.Sprintf("%q:", addrs[i])...)
+				out = append(out, body...)
+			}
+			out = append(out, '}')
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(out)
+		})
+		benchClients(b, h)
+	})
+}
+
+// benchClients drives h from 16 concurrent clients and reports this
+// process's CPU time per request.
+func benchClients(b *testing.B, h http.Handler) {
+	b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
+	b.ReportAllocs()
+	cpu0, ok := processCPU()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		r := gatewayRequest("GET", "/mobile/feed")
+		r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+		info := reqctx.From(r.Context())
+		w := &discardWriter{h: http.Header{}}
+		for pb.Next() {
+			info.Start = time.Now()
+			clear(w.h)
+			h.ServeHTTP(w, r)
+			if w.code != http.StatusOK {
+				b.Errorf("status %d: %v", w.code, w.h)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	if cpu1, ok1 := processCPU(); ok && ok1 && b.N > 0 {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 }

@@ -40,9 +40,21 @@ var allScenarios = []string{"plain", "plain-4k", "plain-512", "latency", "edge-o
 	"bff", "h2", "redis-exact", "redis-lease", "idle-conns", "engine-spike"}
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "upstream" {
-		runUpstream(os.Args[2:])
-		return
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "upstream":
+			runUpstream(os.Args[2:])
+			return
+		case "stdproxy":
+			runStdProxy(os.Args[2:])
+			return
+		case "fanout":
+			runFanout(os.Args[2:])
+			return
+		case "openloop":
+			runOpenLoop(os.Args[2:])
+			return
+		}
 	}
 	var o options
 	var scen string
@@ -100,13 +112,15 @@ func run(ctx context.Context, o options) error {
 			break
 		}
 		fmt.Printf("\n== %s\n", s)
-		t, err := env.scenario(ctx, s, o)
+		ts, err := env.scenario(ctx, s, o)
 		if err != nil {
 			fmt.Printf("   skipped: %v\n", err)
 			continue
 		}
-		fmt.Print(t.markdown())
-		report = append(report, t)
+		for _, t := range ts {
+			fmt.Print(t.markdown())
+		}
+		report = append(report, ts...)
 	}
 	if o.out != "" && len(report) > 0 {
 		return appendReport(o.out, env, o, report)

@@ -30,7 +30,18 @@ func porticoConfig(tls string, rest ...string) string {
 	return strings.Replace(porticoBase, "$TLS", tls, 1) + strings.Join(rest, "")
 }
 
-func (e *env) scenario(ctx context.Context, name string, o options) (*table, error) {
+func (e *env) scenario(ctx context.Context, name string, o options) ([]*table, error) {
+	if name == "bff" {
+		return e.bff(ctx, o)
+	}
+	t, err := e.oneTable(ctx, name, o)
+	if err != nil {
+		return nil, err
+	}
+	return []*table{t}, nil
+}
+
+func (e *env) oneTable(ctx context.Context, name string, o options) (*table, error) {
 	switch name {
 	case "plain":
 		return e.throughput(ctx, o, "Plain proxy, 100-byte JSON, 64 connections", "/small", 64)
@@ -44,8 +55,6 @@ func (e *env) scenario(ctx context.Context, name string, o options) (*table, err
 		return e.edge(ctx, o, false)
 	case "edge-many-tokens":
 		return e.edge(ctx, o, true)
-	case "bff":
-		return e.bff(ctx, o)
 	case "h2":
 		return e.h2(ctx, o)
 	case "redis-exact":
@@ -68,9 +77,15 @@ func (e *env) throughput(ctx context.Context, o options, title, path string, con
 		return nil, err
 	}
 	defer stopAll(ng, pt)
-	t := newTable(title, fmt.Sprintf("`wrk -t2 -c%d -d%s --latency URL%s`", conns, o.duration, path), "direct", "nginx", "portico")
+	std, err := e.startFloor(ctx, "stdlib-proxy", "stdproxy", "/small")
+	if err != nil {
+		return nil, err
+	}
+	defer std.stop()
+	t := newTable(title, fmt.Sprintf("`wrk -t2 -c%d -d%s --latency URL%s`; stdlib-proxy is `httputil.ReverseProxy` with a `BufferPool` and a tuned transport, doing nothing else (the net/http floor)", conns, o.duration, path),
+		"direct", "nginx", "stdlib-proxy", "portico")
 	for r := 0; r < o.rounds; r++ {
-		for _, s := range []*system{direct, ng, pt} {
+		for _, s := range []*system{direct, ng, std, pt} {
 			if s == nil {
 				continue
 			}
@@ -78,11 +93,21 @@ func (e *env) throughput(ctx context.Context, o options, title, path string, con
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", s.name, err)
 			}
-			fmt.Printf("   round %d %-8s %8.0f req/s  p50 %.2f ms  p99 %.2f ms\n", r+1, s.name, smp.rps, smp.p50ms, smp.p99ms)
+			fmt.Printf("   round %d %-12s %8.0f req/s  p50 %.2f ms  p99 %.2f ms\n", r+1, s.name, smp.rps, smp.p50ms, smp.p99ms)
 			t.add(s.name, smp)
 		}
 	}
+	t.extra = append(t.extra, floorLine(t, "portico", "stdlib-proxy"))
 	return t, nil
+}
+
+// floorLine compares sys with the floor system of the same table: req/s
+// and CPU per request as ratios of medians.
+func floorLine(t *table, sys, floor string) string {
+	rps := func(s sample) float64 { return s.rps }
+	cpu := func(s sample) float64 { return s.cpuMsPer1k }
+	return fmt.Sprintf("%s against %s (the net/http floor, same run): %s of its req/s, %s of its CPU per request.",
+		sys, floor, ratio(t.med(sys, rps), t.med(floor, rps)), ratio(t.med(sys, cpu), t.med(floor, cpu)))
 }
 
 // latency: a constant request rate (open loop) below saturation; added
@@ -93,11 +118,16 @@ func (e *env) latency(ctx context.Context, o options) (*table, error) {
 		return nil, err
 	}
 	defer stopAll(ng, pt)
-	t := newTable(fmt.Sprintf("Latency at a constant %d req/s (open loop), 100-byte JSON", o.rate),
-		"latency measured from each request's scheduled send time, so queueing counts (no coordinated omission); req/s is the achieved rate",
-		"direct", "nginx", "portico")
+	std, err := e.startFloor(ctx, "stdlib-proxy", "stdproxy", "/small")
+	if err != nil {
+		return nil, err
+	}
+	defer std.stop()
+	t := newTable(fmt.Sprintf("Latency at a constant %d req/s (open loop), 100-byte JSON, 64 connections", o.rate),
+		"latency measured from each request's scheduled send time, so queueing counts (no coordinated omission); req/s is the achieved rate; the generator is the harness's own raw HTTP/1.1 client (wrk has no constant-rate mode)",
+		"direct", "nginx", "stdlib-proxy", "portico")
 	for r := 0; r < o.rounds; r++ {
-		for _, s := range []*system{direct, ng, pt} {
+		for _, s := range []*system{direct, ng, std, pt} {
 			if s == nil {
 				continue
 			}
@@ -122,6 +152,8 @@ func (e *env) latency(ctx context.Context, o options) (*table, error) {
 	d50 := t.med("direct", func(s sample) float64 { return s.p50ms })
 	p50 := t.med("portico", func(s sample) float64 { return s.p50ms })
 	t.extra = append(t.extra, fmt.Sprintf("Added by portico over the direct call (medians): p50 %+.3f ms, p99 %+.3f ms.", p50-d50, p99-d99))
+	t.extra = append(t.extra, fmt.Sprintf("Added by stdlib-proxy over the direct call (medians): p50 %+.3f ms, p99 %+.3f ms.",
+		t.med("stdlib-proxy", func(s sample) float64 { return s.p50ms })-d50, t.med("stdlib-proxy", func(s sample) float64 { return s.p99ms })-d99))
 	return t, nil
 }
 
@@ -230,9 +262,12 @@ routes:
 	return t, nil
 }
 
-// bff: one client call fanned out to 6 backends that each answer in 5 ms,
-// at one connection, against a direct 5 ms call.
-func (e *env) bff(ctx context.Context, o options) (*table, error) {
+// bff: one client call fanned out to 6 backends that each answer in 5 ms.
+// Latency at one connection against a direct 5 ms call; gateway CPU per
+// merged request at 16 connections, where the runtime's idle wake-ups are
+// no longer charged to a few requests (at one connection they dominate).
+// stdlib-fanout is the least net/http can do for the same merge.
+func (e *env) bff(ctx context.Context, o options) ([]*table, error) {
 	var ups, backends strings.Builder
 	for i := 1; i <= 6; i++ {
 		fmt.Fprintf(&ups, "  b%d: {targets: [{url: \"http://$UPSTREAM\"}], max_inflight: 100000}\n", i)
@@ -253,31 +288,43 @@ func (e *env) bff(ctx context.Context, o options) (*table, error) {
 		return nil, err
 	}
 	defer pt.proc.stop()
-	direct := &system{name: "direct", base: "http://" + e.upAddr}
-	t := newTable("BFF fan-out to 6 backends that each answer in 5 ms, compression off, 1 connection",
-		"direct is one 5 ms call to the same backend; nginx cannot aggregate, so it is not in this table", "direct", "portico-bff")
-	for r := 0; r < o.rounds; r++ {
-		for _, run := range []struct {
-			s    *system
-			name string
-			path string
-		}{{direct, "direct", "/small?delay=5"}, {pt, "portico-bff", "/bff/feed"}} {
-			smp, err := measure(ctx, run.s, run.s.base+run.path, 1, o, nil, "")
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", run.name, err)
-			}
-			fmt.Printf("   round %d %-12s %6.0f req/s  p50 %.3f ms  p99 %.3f ms\n", r+1, run.name, smp.rps, smp.p50ms, smp.p99ms)
-			t.add(run.name, smp)
-		}
+	fan, err := e.startFloor(ctx, "stdlib-fanout", "fanout", "/")
+	if err != nil {
+		return nil, err
 	}
-	d50 := t.med("direct", func(s sample) float64 { return s.p50ms })
-	d99 := t.med("direct", func(s sample) float64 { return s.p99ms })
-	b50 := t.med("portico-bff", func(s sample) float64 { return s.p50ms })
-	b99 := t.med("portico-bff", func(s sample) float64 { return s.p99ms })
-	cpu := t.med("portico-bff", func(s sample) float64 { return s.cpuMsPer1k })
-	t.extra = append(t.extra, fmt.Sprintf("Added over the direct 5 ms call (medians): p50 %+.3f ms, p99 %+.3f ms; gateway CPU per merged request %.0f µs.",
-		b50-d50, b99-d99, cpu))
-	return t, nil
+	defer fan.stop()
+	direct := &system{name: "direct", base: "http://" + e.upAddr}
+	runs := []struct {
+		s    *system
+		name string
+		path string
+	}{{direct, "direct", "/small?delay=5"}, {fan, "stdlib-fanout", "/"}, {pt, "portico-bff", "/bff/feed"}}
+	note := "direct is one 5 ms call to the same backend; stdlib-fanout is six goroutines doing `Transport.RoundTrip` and `io.ReadAll`, then one JSON object written out (the net/http floor); nginx cannot aggregate, so it is not in these tables"
+	var tables []*table
+	for _, conns := range []int{1, 16} {
+		t := newTable(fmt.Sprintf("BFF fan-out to 6 backends that each answer in 5 ms, compression off, %d connection(s)", conns),
+			fmt.Sprintf("`wrk -t%d -c%d`; %s", min(conns, 2), conns, note), "direct", "stdlib-fanout", "portico-bff")
+		for r := 0; r < o.rounds; r++ {
+			for _, run := range runs {
+				smp, err := measure(ctx, run.s, run.s.base+run.path, conns, o, nil, "")
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", run.name, err)
+				}
+				fmt.Printf("   c%d round %d %-14s %6.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d\n", conns, r+1, run.name, smp.rps, smp.p50ms, smp.p99ms, smp.errors)
+				t.add(run.name, smp)
+			}
+		}
+		p50 := func(s sample) float64 { return s.p50ms }
+		p99 := func(s sample) float64 { return s.p99ms }
+		cpu := func(s sample) float64 { return s.cpuMsPer1k }
+		for _, sys := range []string{"stdlib-fanout", "portico-bff"} {
+			t.extra = append(t.extra, fmt.Sprintf("%s over the direct 5 ms call (medians): p50 %+.3f ms, p99 %+.3f ms; CPU per merged request %.0f µs.",
+				sys, t.med(sys, p50)-t.med("direct", p50), t.med(sys, p99)-t.med("direct", p99), t.med(sys, cpu)))
+		}
+		t.extra = append(t.extra, floorLine(t, "portico-bff", "stdlib-fanout"))
+		tables = append(tables, t)
+	}
+	return tables, nil
 }
 
 // h2: HTTPS with HTTP/2, h2load against nginx and portico.
@@ -401,9 +448,15 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 		return nil, err
 	}
 	defer stopAll(ng, pt)
+	std, err := e.startFloor(ctx, "stdlib-proxy", "stdproxy", "/small")
+	if err != nil {
+		return nil, err
+	}
+	defer std.stop()
 	t := newTable(fmt.Sprintf("%d idle HTTP/1.1 keep-alive client connections", n),
-		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open", "nginx", "portico")
-	for _, s := range []*system{ng, pt} {
+		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open; stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
+		"nginx", "stdlib-proxy", "portico")
+	for _, s := range []*system{ng, std, pt} {
 		if s == nil {
 			continue
 		}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The floors are what net/http itself costs, measured in the same run as
+// Portico so that "at the level of a bare stdlib proxy" is a measured ratio,
+// not a figure from another machine. Each runs as its own process (a
+// subcommand of this binary), like the upstream, so its CPU is its own.
+
+// floorTransport is tuned like Portico's upstream transport: an idle pool
+// large enough for every client connection (the default of 2 per host
+// would make most requests dial).
+func floorTransport() *http.Transport {
+	return &http.Transport{MaxIdleConnsPerHost: 1024, DisableCompression: true, IdleConnTimeout: 90 * time.Second}
+}
+
+type floorBufferPool struct{ p sync.Pool }
+
+func (b *floorBufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *floorBufferPool) Put(v []byte) { b.p.Put(&v) }
+
+// runStdProxy is httputil.ReverseProxy with a BufferPool and a tuned
+// transport, doing nothing else: no routing, request ids, metrics or
+// timeouts.
+func runStdProxy(args []string) {
+	fs := flag.NewFlagSet("stdproxy", flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address (loopback)")
+	upstream := fs.String("upstream", "", "upstream host:port")
+	_ = fs.Parse(args)
+	target := &url.URL{Scheme: "http", Host: *upstream}
+	rp := &httputil.ReverseProxy{
+		Rewrite:    func(r *httputil.ProxyRequest) { r.SetURL(target); r.SetXForwarded() },
+		Transport:  floorTransport(),
+		BufferPool: &floorBufferPool{},
+	}
+	serveFloor(*addr, rp)
+}
+
+// runFanout is the least a net/http fan-out can do: six concurrent
+// RoundTrips (one goroutine each), each body read whole, written out as
+// one JSON object. No shaping, validation, timeouts or metrics.
+func runFanout(args []string) {
+	fs := flag.NewFlagSet("fanout", flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address (loopback)")
+	upstream := fs.String("upstream", "", "upstream host:port")
+	n := fs.Int("n", 6, "backends per request")
+	_ = fs.Parse(args)
+	tr := floorTransport()
+	urls := make([]string, *n)
+	keys := make([][]byte, *n)
+	for i := range urls {
+		urls[i] = fmt.Sprintf("http://%s/small?delay=5&b=%d", *upstream, i+1)
+		keys[i] = []byte(fmt.Sprintf(`"b%d":`, i+1))
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bodies := make([][]byte, len(urls))
+		errs := make([]error, len(urls))
+		var wg sync.WaitGroup
+		for i, u := range urls {
+			wg.Go(func() {
+				req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				defer resp.Body.Close()
+				bodies[i], errs[i] = io.ReadAll(resp.Body)
+			})
+		}
+		wg.Wait()
+		var out bytes.Buffer
+		out.WriteByte('{')
+		for i, b := range bodies {
+			if errs[i] != nil {
+				http.Error(w, errs[i].Error(), http.StatusBadGateway)
+				return
+			}
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			out.Write(keys[i])
+			out.Write(bytes.TrimSpace(b))
+		}
+		out.WriteByte('}')
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(out.Len()))
+		_, _ = w.Write(out.Bytes())
+	})
+	serveFloor(*addr, h)
+}
+
+func serveFloor(addr string, h http.Handler) {
+	ln, err := listenLoopback(addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().String()) // the parent reads the address
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	_ = srv.Serve(ln)
+}
+
+// startFloor runs one of the floor subcommands against the upstream and
+// waits until path answers.
+func (e *env) startFloor(ctx context.Context, name, sub, path string, extra ...string) (*system, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(e.work, name+".log")
+	args := append([]string{sub, "-addr", "127.0.0.1:0", "-upstream", e.upAddr}, extra...)
+	p, err := startProc(ctx, name, logPath, nil, self, args...)
+	if err != nil {
+		return nil, err
+	}
+	addr, err := firstLine(logPath, 5*time.Second)
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := waitHTTP(ctx, "http://"+addr+path, 5*time.Second); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &system{name: name, base: "http://" + addr, proc: p}, nil
+}

@@ -47,16 +47,21 @@ func (e *env) engineSpike(ctx context.Context, o options) (*table, error) {
 		return nil, err
 	}
 	defer fh.proc.stop()
+	hy, err := start("hybrid")
+	if err != nil {
+		return nil, err
+	}
+	defer hy.proc.stop()
 	direct, ng, pt, err := e.lineup(ctx, "plain", porticoConfig("", plainRoute), 64, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer stopAll(ng, pt)
 	t := newTable("Engine spike: tuned net/http vs fasthttp for the same proxy route, 100-byte JSON, 64 connections",
-		"nethttp and fasthttp are bench/enginespike: the same edge work (request id, X-Forwarded-*, hop-by-hop both ways, timeouts, streaming) and nothing else; portico is the full gateway's plain route (routing, metrics, stats)",
-		"direct", "nginx", "nethttp", "fasthttp", "portico")
+		"nethttp, fasthttp and hybrid are bench/enginespike: the same edge work (request id, X-Forwarded-*, hop-by-hop both ways, timeouts, streaming) and nothing else; hybrid is net/http's server with fasthttp's client for the upstream (the request written and the answer read on the handler's goroutine); portico is the full gateway's plain route (routing, metrics, stats)",
+		"direct", "nginx", "nethttp", "hybrid", "fasthttp", "portico")
 	for r := 0; r < o.rounds; r++ {
-		for _, s := range []*system{direct, ng, nh, fh, pt} {
+		for _, s := range []*system{direct, ng, nh, hy, fh, pt} {
 			if s == nil {
 				continue
 			}

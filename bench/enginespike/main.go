@@ -26,7 +26,7 @@ import (
 )
 
 func main() {
-	engine := flag.String("engine", "nethttp", "nethttp | fasthttp")
+	engine := flag.String("engine", "nethttp", "nethttp | fasthttp | hybrid")
 	listen := flag.String("listen", "127.0.0.1:0", "listen address (loopback)")
 	upstream := flag.String("upstream", "127.0.0.1:9001", "upstream host:port")
 	flag.Parse()
@@ -44,6 +44,8 @@ func main() {
 		log.Fatal(serveNetHTTP(ln, *upstream))
 	case "fasthttp":
 		log.Fatal(serveFastHTTP(ln, *upstream))
+	case "hybrid":
+		log.Fatal(serveHybrid(ln, *upstream))
 	default:
 		log.Fatalf("unknown engine %q", *engine)
 	}
@@ -159,4 +161,89 @@ func serveFastHTTP(ln net.Listener, upstream string) error {
 	srv := &fasthttp.Server{Handler: handler, ReadTimeout: 120 * time.Second, IdleTimeout: 120 * time.Second,
 		StreamRequestBody: true, DisablePreParseMultipartForm: true, NoDefaultServerHeader: true}
 	return srv.Serve(ln)
+}
+
+// serveHybrid keeps net/http's server and replaces only the upstream
+// client with fasthttp's HostClient, which writes the request and reads the
+// answer on the handler's own goroutine (net/http's Transport hands each
+// request to a write goroutine and each answer back from a read
+// goroutine). It tells how much of fasthttp's gain the client side alone
+// would bring under the standard server.
+func serveHybrid(ln net.Listener, upstream string) error {
+	client := &fasthttp.HostClient{
+		Addr: upstream, MaxConns: 4096, MaxIdleConnDuration: 90 * time.Second,
+		ReadTimeout: 15 * time.Second, WriteTimeout: 15 * time.Second,
+		StreamResponseBody: true, DisablePathNormalizing: true,
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req := fasthttp.AcquireRequest()
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		id := r.Header.Get("X-Request-Id")
+		if id == "" {
+			var buf [32]byte
+			id = string(nextID(buf[:0]))
+		}
+		req.Header.SetMethod(r.Method)
+		req.SetRequestURI(r.URL.RequestURI())
+		req.SetHost(upstream)
+		hop := map[string]bool{}
+		for _, v := range r.Header["Connection"] {
+			for _, name := range bytes.Split([]byte(v), []byte(",")) {
+				hop[http.CanonicalHeaderKey(string(bytes.TrimSpace(name)))] = true
+			}
+		}
+		for k, vv := range r.Header {
+			if hop[k] || isHop(k) {
+				continue
+			}
+			for _, v := range vv {
+				req.Header.Add(k, v)
+			}
+		}
+		req.Header.Set("X-Request-Id", id)
+		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+			ip = prior + ", " + ip
+		}
+		req.Header.Set("X-Forwarded-For", ip)
+		req.Header.Set("X-Forwarded-Proto", "http")
+		req.Header.Set("X-Forwarded-Host", r.Host)
+		if r.ContentLength != 0 {
+			req.SetBodyStream(r.Body, int(r.ContentLength))
+		}
+		if err := client.DoTimeout(req, resp, 15*time.Second); err != nil {
+			status := http.StatusBadGateway
+			if err == fasthttp.ErrTimeout {
+				status = http.StatusGatewayTimeout
+			}
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.WriteHeader(status)
+			_, _ = w.Write([]byte(`{"status":` + strconv.Itoa(status) + `}`))
+			return
+		}
+		out := w.Header()
+		for k, v := range resp.Header.All() {
+			name := string(k)
+			if isHop(http.CanonicalHeaderKey(name)) {
+				continue
+			}
+			out.Add(name, string(v))
+		}
+		out.Set("X-Request-Id", id)
+		w.WriteHeader(resp.StatusCode())
+		_ = resp.BodyWriteTo(w)
+	})
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 120 * time.Second}
+	return srv.Serve(ln)
+}
+
+func isHop(name string) bool {
+	for _, h := range hopHeaders {
+		if h == name {
+			return true
+		}
+	}
+	return false
 }

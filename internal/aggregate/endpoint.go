@@ -124,6 +124,7 @@ type endpoint struct {
 	// request rather than once per backend.
 	usesQuery, usesClaims bool
 	now                   func() time.Time
+	workers               *workerPool
 	bufs                  sync.Pool // *[]byte
 	scanners              sync.Pool // *scanner
 	gzips                 sync.Pool // *gzip.Reader
@@ -148,6 +149,7 @@ func NewEndpoint(bff *config.BFF, ep *config.Endpoint, deps Deps) (http.Handler,
 		maxBody: int64(bff.MaxBackendBodyBytes),
 		log:     deps.Logger,
 		now:     deps.Now,
+		workers: workers,
 	}
 	if e.maxBody <= 0 {
 		e.maxBody = DefaultMaxBackendBodyBytes
@@ -666,7 +668,7 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			e.run(ctx, st, i)
 		} else {
 			st.wg.Add(1)
-			go func() { defer st.wg.Done(); e.run(ctx, st, i) }()
+			e.workers.do(task{e: e, ctx: ctx, st: st, i: i})
 		}
 	}
 	st.wg.Wait()
@@ -699,7 +701,7 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // run executes backend i and then, on the same goroutine, the last of its
-// dependents (the others get goroutines of their own).
+// dependents (the others go to workers).
 func (e *endpoint) run(ctx context.Context, st *runState, i int) {
 	for {
 		b := e.backends[i]
@@ -733,7 +735,7 @@ func (e *endpoint) run(ctx context.Context, st *runState, i int) {
 		}
 		for _, k := range kids[:len(kids)-1] {
 			st.wg.Add(1)
-			go func() { defer st.wg.Done(); e.run(ctx, st, k) }()
+			e.workers.do(task{e: e, ctx: ctx, st: st, i: k})
 		}
 		i = kids[len(kids)-1]
 	}

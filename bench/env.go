@@ -21,6 +21,7 @@ type env struct {
 	nginx        string // binary path, "" when not installed
 	nginxVersion string
 	machine      machine
+	porticoEnv   []string // -portico-env
 }
 
 func newEnv(ctx context.Context, work string) (*env, error) {
@@ -140,7 +141,7 @@ func (e *env) startPortico(ctx context.Context, tag, yaml string) (*system, erro
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc(ctx, "portico", filepath.Join(e.work, "portico-"+tag+".log"), nil, e.portico, "run", "-c", cfg)
+	p, err := startProc(ctx, "portico", filepath.Join(e.work, "portico-"+tag+".log"), e.porticoEnv, e.portico, "run", "-c", cfg)
 	if err != nil {
 		return nil, err
 	}

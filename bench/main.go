@@ -34,6 +34,7 @@ type options struct {
 	rate      int
 	out       string
 	keep      bool
+	env       string // extra environment for portico, e.g. "GOGC=100,GOMAXPROCS=1"
 }
 
 var allScenarios = []string{"plain", "plain-4k", "plain-512", "latency", "edge-one-token", "edge-many-tokens",
@@ -65,6 +66,7 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 5000, "constant request rate of the open-loop latency scenario")
 	flag.StringVar(&o.out, "out", "", "append the results to this markdown file (e.g. docs/benchmarks.md)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, logs)")
+	flag.StringVar(&o.env, "portico-env", "", "comma-separated VAR=value set for portico only (e.g. GOGC=100), named in the report")
 	flag.Parse()
 	if scen == "all" {
 		o.scenarios = allScenarios
@@ -105,6 +107,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer env.close()
+	if o.env != "" {
+		env.porticoEnv = strings.Split(o.env, ",")
+	}
 
 	var report []*table
 	for _, s := range o.scenarios {
@@ -137,8 +142,12 @@ func appendReport(path string, env *env, o options, tables []*table) error {
 	fmt.Fprintf(f, "\n## Run of %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(f, "- machine: %d cores, %s; %s\n", env.machine.cores, env.machine.cpu, env.machine.kernel)
 	fmt.Fprintf(f, "- commit: %s; %s; wrk %s; nginx %s\n", env.machine.commit, env.machine.goVersion, env.machine.wrk, orNone(env.nginxVersion))
-	fmt.Fprintf(f, "- command: `go run ./bench -scenarios %s -rounds %d -duration %s -out %s`\n",
-		strings.Join(o.scenarios, ","), o.rounds, o.duration, filepath.ToSlash(path))
+	envFlag := ""
+	if o.env != "" {
+		envFlag = fmt.Sprintf(" -portico-env %s", o.env)
+	}
+	fmt.Fprintf(f, "- command: `go run ./bench -scenarios %s -rounds %d -duration %s -warmup %s%s -out %s`\n",
+		strings.Join(o.scenarios, ","), o.rounds, o.duration, o.warmup, envFlag, filepath.ToSlash(path))
 	fmt.Fprintf(f, "- medians over %d interleaved rounds; ratios are of medians from the same run\n\n", o.rounds)
 	for _, t := range tables {
 		fmt.Fprint(f, t.markdown())

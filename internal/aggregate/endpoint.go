@@ -54,6 +54,11 @@ type Input struct {
 	idSet bool
 	query url.Values
 	dep   *Result
+	// hdr is the backends' request header, worked out once per client
+	// request, with hdrN values in all; cs is this call's scratch.
+	hdr  []headerField
+	hdrN int
+	cs   *callState
 }
 
 func (in *Input) identity() *identity.Identity {
@@ -83,8 +88,6 @@ type Result struct {
 	// text: the body was not JSON and Value is it as a JSON string, which
 	// goes under the backend's name when it has no into.
 	text bool
-
-	bodyBuf, valueBuf *[]byte
 }
 
 // BackendFunc is one backend call as a typed function. Fetching, decoding
@@ -125,8 +128,6 @@ type endpoint struct {
 	usesQuery, usesClaims bool
 	now                   func() time.Time
 	workers               *workerPool
-	bufs                  sync.Pool // *[]byte
-	scanners              sync.Pool // *scanner
 	gzips                 sync.Pool // *gzip.Reader
 	states                sync.Pool // *runState
 }
@@ -319,12 +320,6 @@ type fetcher struct {
 	rt       http.RoundTripper
 }
 
-// outbound is a backend request with its URL, allocated together.
-type outbound struct {
-	r http.Request
-	u url.URL
-}
-
 // statusError is a non-2xx answer from a backend.
 type statusError struct{ status int }
 
@@ -342,66 +337,76 @@ var errTooLarge = errors.New("body larger than max_backend_body_bytes")
 
 func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	e := f.e
-	s := e.getScanner()
-	defer e.scanners.Put(s)
-	target := e.getBuf()
-	defer e.bufs.Put(target)
+	cs := in.cs
+	if cs == nil {
+		cs = new(callState)
+	}
+	if in.hdr == nil {
+		in.hdr, in.hdrN = appendHeaderFields(nil, make([]string, 0, fixedFields), in.Request, in.Info)
+	}
+	s := &cs.scan
 	var err error
-	*target, err = f.tmpl.render((*target)[:0], in, s)
+	cs.target, err = f.tmpl.render(cs.target[:0], in, s)
 	if err != nil {
 		return nil, err
 	}
-	// The request and its URL in one allocation, built directly: there is
-	// nothing to parse, and the round tripper sets scheme and host anyway.
-	o := &outbound{u: url.URL{Scheme: "http", Host: f.upstream}}
-	path, query, _ := strings.Cut(string(*target), "?")
-	o.u.RawQuery = query
+	// The URL is built directly: there is nothing to parse, and the round
+	// tripper sets scheme and host anyway.
+	u := cs.url
+	if u == nil {
+		u = new(url.URL)
+	}
+	path, query, _ := strings.Cut(string(cs.target), "?")
+	*u = url.URL{Scheme: "http", Host: f.upstream, RawQuery: query}
 	if strings.IndexByte(path, '%') >= 0 {
-		if o.u.Path, err = url.PathUnescape(path); err != nil {
+		if u.Path, err = url.PathUnescape(path); err != nil {
 			return nil, fmt.Errorf("rendered path %q: %w", path, err)
 		}
-		o.u.RawPath = path
+		u.RawPath = path
 	} else {
-		o.u.Path = path
+		u.Path = path
 	}
-	o.r = http.Request{
-		Method: f.method, URL: &o.u, Host: f.upstream,
+	// Only the request itself is new for every call, since it carries ctx;
+	// the template stays on the stack.
+	out := http.Request{
+		Method: f.method, URL: u, Host: f.upstream,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: outboundHeader(in),
+		Header: cs.header(in.hdr, in.hdrN),
 	}
-	req := o.r.WithContext(ctx)
-	resp, err := f.rt.RoundTrip(req)
+	resp, err := f.rt.RoundTrip(out.WithContext(ctx))
 	if err != nil {
+		// The transport may still be writing the request: its URL and
+		// header stay with it, and the next call makes new ones.
+		cs.url, cs.hdr, cs.vals = nil, nil, nil
 		return nil, err
 	}
+	// Closing the body below ends the transport's use of the request
+	// (net/http's rule for reusing one), before the next call on cs.
+	cs.url = u
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Drain a little so the connection can be reused.
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		return nil, &statusError{status: resp.StatusCode}
 	}
-	res := &Result{Status: resp.StatusCode, bodyBuf: e.getBuf(), valueBuf: e.getBuf()}
-	body, err := e.readBody(resp, *res.bodyBuf)
-	*res.bodyBuf = body
-	res.Body = body
+	body, err := e.readBody(resp, cs.body)
+	cs.body = body
 	if err != nil {
-		e.release(res)
 		return nil, err
 	}
-	isJS := isJSON(resp.Header.Get("Content-Type"))
-	res.text = len(body) > 0 && !isJS
-	val, inBody, err := f.shape(s, resp.Header.Get("Content-Type"), isJS, body, (*res.valueBuf)[:0])
-	res.Value = val
+	ct := resp.Header.Get("Content-Type")
+	isJS := isJSON(ct)
+	val, inBody, err := f.shape(s, ct, isJS, body, cs.value[:0])
 	// An unshaped body is its own value (a sub-slice, no copy); only a
 	// value built in the value buffer goes back into it.
 	if !inBody {
-		*res.valueBuf = val[:0]
+		cs.value = val[:0]
 	}
 	if err != nil {
-		e.release(res)
 		return nil, &bodyError{err: err}
 	}
-	return res, nil
+	cs.res = Result{Status: resp.StatusCode, Body: body, Value: val, text: len(body) > 0 && !isJS}
+	return &cs.res, nil
 }
 
 // shape turns a body into the value placed in the response. inBody says
@@ -471,8 +476,8 @@ func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
 	limit := e.maxBody + 1
 	if cl := resp.ContentLength; cl > e.maxBody {
 		return dst, &bodyError{err: errTooLarge}
-	} else if cl > 0 && int64(cap(dst)) < cl {
-		dst = make([]byte, 0, cl)
+	} else if cap(dst) == 0 || int64(cap(dst)) < cl {
+		dst = make([]byte, 0, max(cl, 4096))
 	}
 	for int64(len(dst)) < limit {
 		if len(dst) == cap(dst) {
@@ -509,107 +514,135 @@ func skipHeader(k string) bool {
 	return false
 }
 
-// outboundHeader copies the inbound headers that a backend may see: the
+// headerField is one field of the backends' request header.
+type headerField struct {
+	key  string
+	vals []string
+}
+
+// fixedFields is how many values the gateway itself sets (see
+// appendHeaderFields).
+const fixedFields = 6
+
+// appendHeaderFields works out, once per client request, the header that
+// every backend call carries: the inbound fields a backend may see (the
 // auth stage's forwarded identity headers, traceparent, tracestate and the
-// like. Values are copied into one new slice so that a round tripper that
-// appends cannot touch the inbound request or another backend's header.
-func outboundHeader(in *Input) http.Header {
-	src := in.Request.Header
-	var connTokens []string
-	if c := src["Connection"]; len(c) > 0 {
-		for _, v := range c {
-			for _, t := range strings.Split(v, ",") {
-				if t = strings.TrimSpace(t); t != "" {
-					connTokens = append(connTokens, http.CanonicalHeaderKey(t))
-				}
-			}
-		}
-	}
+// like) and the fields the gateway sets, whose values go into fixed (of
+// capacity fixedFields). It returns the fields and their number of values.
+func appendHeaderFields(dst []headerField, fixed []string, r *http.Request, info *reqctx.Info) ([]headerField, int) {
+	src := r.Header
+	conn := src["Connection"]
 	n := 0
-	for _, vv := range src {
-		n += len(vv)
-	}
-	// One backing array for every value, including the six set below.
-	vals := make([]string, 0, n+6)
-	h := make(http.Header, len(src)+6)
-outer:
 	for k, vv := range src {
-		if skipHeader(k) {
+		if skipHeader(k) || len(conn) > 0 && connectionNames(conn, k) {
 			continue
 		}
-		for _, t := range connTokens {
-			if t == k {
-				continue outer
-			}
-		}
-		start := len(vals)
-		vals = append(vals, vv...)
-		h[k] = vals[start:len(vals):len(vals)]
+		dst = append(dst, headerField{key: k, vals: vv})
+		n += len(vv)
+	}
+	set := func(k, v string) {
+		fixed = append(fixed, v)
+		dst = append(dst, headerField{key: k, vals: fixed[len(fixed)-1:]})
+		n++
 	}
 	rid := ""
-	if in.Info != nil {
-		rid = in.Info.RequestID
+	if info != nil {
+		rid = info.RequestID
 	}
 	if rid == "" {
 		rid = src.Get("X-Request-Id")
 	}
 	if rid != "" {
-		vals = append(vals, rid)
-		h["X-Request-Id"] = vals[len(vals)-1 : len(vals) : len(vals)]
+		set("X-Request-Id", rid)
 	}
-	if in.Info != nil && in.Info.ClientIP.IsValid() {
-		vals = append(vals, in.Info.ClientIP.String())
-		h["X-Forwarded-For"] = vals[len(vals)-1 : len(vals) : len(vals)]
+	if info != nil && info.ClientIP.IsValid() {
+		set("X-Forwarded-For", info.ClientIP.String())
 	}
 	proto := "http"
-	if in.Request.TLS != nil {
+	if r.TLS != nil {
 		proto = "https"
 	}
-	vals = append(vals, proto, in.Request.Host)
-	h["X-Forwarded-Proto"] = vals[len(vals)-2 : len(vals)-1 : len(vals)-1]
-	h["X-Forwarded-Host"] = vals[len(vals)-1 : len(vals) : len(vals)]
-	vals = append(vals, "gzip", "application/json")
-	h["Accept-Encoding"] = vals[len(vals)-2 : len(vals)-1 : len(vals)-1]
-	h["Accept"] = vals[len(vals)-1 : len(vals) : len(vals)]
+	set("X-Forwarded-Proto", proto)
+	set("X-Forwarded-Host", r.Host)
+	set("Accept-Encoding", "gzip")
+	set("Accept", "application/json")
+	return dst, n
+}
+
+// connectionNames says whether the Connection field values conn name the
+// field k (RFC 9110 section 7.6.1: those fields are hop-by-hop too).
+func connectionNames(conn []string, k string) bool {
+	for _, v := range conn {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(t), k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// callState is one backend's scratch for one call, kept with the pooled
+// runState from request to request: nothing per call is allocated but the
+// outbound request and its target string.
+type callState struct {
+	res    Result
+	scan   scanner
+	target []byte
+	body   []byte
+	value  []byte
+	// url, hdr and vals are the outbound request's; a call whose round trip
+	// failed drops them (the transport may still read them).
+	url  *url.URL
+	hdr  http.Header
+	vals []string
+}
+
+// header fills the call's own header with fields, n values in all. Values
+// are copied into the call's own slice, each capped, so that a round
+// tripper that appends cannot touch the inbound request or another
+// backend's header.
+func (cs *callState) header(fields []headerField, n int) http.Header {
+	h := cs.hdr
+	if h == nil {
+		h = make(http.Header, len(fields))
+		cs.hdr = h
+	}
+	vals := cs.vals[:0]
+	if cap(vals) < n {
+		vals = make([]string, 0, n)
+	}
+	for _, f := range fields {
+		start := len(vals)
+		vals = append(vals, f.vals...)
+		h[f.key] = vals[start:len(vals):len(vals)]
+	}
+	cs.vals = vals
 	return h
 }
 
-func (e *endpoint) getBuf() *[]byte {
-	if b, ok := e.bufs.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, 0, 4096)
-	return &b
-}
+// maxKeptBuf caps the buffers a pooled state keeps: one 5 MiB body should
+// not pin 5 MiB per pooled state.
+const maxKeptBuf = 1 << 20
 
-func (e *endpoint) getScanner() *scanner {
-	if s, ok := e.scanners.Get().(*scanner); ok {
-		return s
+// reset readies cs for the next request, keeping its buffers and dropping
+// what it held of this one.
+func (cs *callState) reset() {
+	cs.res = Result{}
+	if cap(cs.body) > maxKeptBuf {
+		cs.body = nil
 	}
-	return &scanner{}
-}
-
-func (e *endpoint) release(r *Result) {
-	if r == nil {
-		return
+	if cap(cs.value) > maxKeptBuf {
+		cs.value = nil
 	}
-	if r.bodyBuf != nil {
-		*r.bodyBuf = (*r.bodyBuf)[:0]
-		e.putBuf(r.bodyBuf)
+	if cap(cs.target) > maxKeptBuf {
+		cs.target = nil
 	}
-	if r.valueBuf != nil {
-		*r.valueBuf = (*r.valueBuf)[:0]
-		e.putBuf(r.valueBuf)
-	}
-	r.Body, r.Value, r.bodyBuf, r.valueBuf = nil, nil, nil, nil
-}
-
-// putBuf returns a buffer to the pool unless it grew huge (one 5 MiB body
-// should not pin 5 MiB per pooled buffer).
-func (e *endpoint) putBuf(b *[]byte) {
-	if cap(*b) <= 1<<20 {
-		e.bufs.Put(b)
-	}
+	clear(cs.hdr)
+	clear(cs.vals)
+	cs.vals = cs.vals[:0]
 }
 
 // runState is one request's fan-out state; each backend index is written
@@ -618,9 +651,16 @@ type runState struct {
 	in      []Input
 	results []*Result
 	errs    []*problem.Error
+	calls   []callState
 	fatal   atomic.Int32 // first required backend to fail, or -1
 	wg      sync.WaitGroup
 	cancel  context.CancelFunc
+	// hdr and fixed hold the backends' request header (appendHeaderFields).
+	hdr   []headerField
+	fixed []string
+	// scan and out merge the response.
+	scan scanner
+	out  []byte
 }
 
 func (e *endpoint) getState() *runState {
@@ -628,7 +668,8 @@ func (e *endpoint) getState() *runState {
 		return st
 	}
 	n := len(e.backends)
-	return &runState{in: make([]Input, n), results: make([]*Result, n), errs: make([]*problem.Error, n)}
+	return &runState{in: make([]Input, n), results: make([]*Result, n), errs: make([]*problem.Error, n),
+		calls: make([]callState, n), fixed: make([]string, 0, fixedFields)}
 }
 
 func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -660,8 +701,11 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e.usesClaims {
 		base.id, base.idSet = reqctx.IdentityFrom(r.Context()), true
 	}
+	st.hdr, base.hdrN = appendHeaderFields(st.hdr[:0], st.fixed[:0], r, info)
+	base.hdr = st.hdr
 	for i := range st.in {
 		st.in[i] = base
+		st.in[i].cs = &st.calls[i]
 	}
 	for k, i := range e.roots {
 		if k == len(e.roots)-1 {
@@ -692,9 +736,15 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.respond(w, st)
 	}
 	for i := range e.backends {
-		e.release(st.results[i])
+		st.calls[i].reset()
 		st.results[i], st.errs[i] = nil, nil
 		st.in[i] = Input{}
+	}
+	clear(st.hdr)
+	st.hdr = st.hdr[:0]
+	clear(st.fixed[:cap(st.fixed)])
+	if cap(st.out) > maxKeptBuf {
+		st.out = nil
 	}
 	st.cancel = nil
 	e.states.Put(st)
@@ -816,10 +866,8 @@ func (e *endpoint) classify(b *backend, err error, bctx, reqCtx context.Context)
 // respond merges the results in config order; a key already placed is
 // never overwritten (the earlier backend wins).
 func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
-	s := e.getScanner()
-	defer e.scanners.Put(s)
-	outp := e.getBuf()
-	out := append((*outp)[:0], '{')
+	s := &st.scan
+	out := append(st.out[:0], '{')
 	s.names, s.nameEnds = s.names[:0], s.nameEnds[:0]
 	first := true
 	var partial []string
@@ -853,7 +901,7 @@ func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
 		out, first = mergeMembers(s, res.Value, out, first)
 	}
 	out = append(out, '}')
-	*outp = out
+	st.out = out
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(out)))
@@ -863,7 +911,6 @@ func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
 	}
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(out)
-	e.putBuf(outp)
 }
 
 // mergeMembers appends the members of the object val (valid JSON, made by

@@ -83,8 +83,18 @@ func (c *tokenCache) get(h uint64, tok string, now int64, gen uint64) (*verified
 	return e.v, e.reason, true
 }
 
-// put stores an outcome.
+// put stores an outcome with a copy of tok, so the entry does not pin the
+// memory tok is a slice of.
 func (c *tokenCache) put(h uint64, tok string, v *verified, r reason, now, until int64, gen uint64) {
+	if len(tok) > maxCachedToken {
+		return
+	}
+	c.putOwned(h, strings.Clone(tok), v, r, now, until, gen)
+}
+
+// putOwned stores an outcome keeping tok itself, which must not be a slice
+// of something much larger.
+func (c *tokenCache) putOwned(h uint64, tok string, v *verified, r reason, now, until int64, gen uint64) {
 	if len(tok) > maxCachedToken {
 		return
 	}
@@ -104,8 +114,7 @@ func (c *tokenCache) put(h uint64, tok string, v *verified, r reason, now, until
 			}
 		}
 	}
-	// A copy, so the entry does not pin the request's header memory.
-	sh.m[h] = cacheEntry{tok: strings.Clone(tok), v: v, reason: r, until: until, gen: gen}
+	sh.m[h] = cacheEntry{tok: tok, v: v, reason: r, until: until, gen: gen}
 }
 
 // len returns the number of entries, for tests.

@@ -17,9 +17,15 @@
 // Cheap checks run before any signature check: token shape, header JSON,
 // algorithm allow-list, and the time, issuer and audience claims read from
 // the unverified payload, which may only reject a token, never accept one.
-// A verified token is cached (keyed by the SHA-256 of the token) until its
-// exp but at most five minutes, so a client that sends the same token on
-// every call pays for one signature check, not one per request.
+// A verified token is cached (keyed by the token itself, see tokenCache)
+// until its exp but at most five minutes, so a client that sends the same
+// token on every call pays for one signature check, not one per request.
+//
+// A token not seen before costs one signature check and little else: the
+// header and claims are read by a small JSON decoder that matches
+// encoding/json exactly (jsondecode.go), into one string that the claims
+// share, and the signature is checked by the standard library with the
+// signing input and digest on the stack.
 //
 // docs/authentication.md is the user-facing description of providers,
 // precedence, headers, caching, failure reasons and key rotation.

@@ -1,11 +1,19 @@
 package auth
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"math"
+	"math/big"
 	"strings"
 	"time"
 
@@ -41,74 +49,93 @@ type parsedToken struct {
 // A disallowed or unknown alg is reasonBadSignature: the token is not
 // signed in a way this provider accepts.
 func parseToken(tok string, allowed algSet) (parsedToken, reason) {
-	var pt parsedToken
-	if len(tok) == 0 || len(tok) > maxTokenBytes {
-		return pt, reasonMalformed
+	buf := make([]byte, len(tok))
+	pt, n, r := parseTokenBuf(tok, allowed, buf)
+	if r == reasonNone {
+		pt.sig = buf[:n:n]
+	}
+	return pt, r
+}
+
+// parseTokenBuf is parseToken working in buf, which holds at least len(tok)
+// bytes and may be the caller's stack array: the header and payload are
+// decoded there and copied out into one string, which the claims' strings
+// share. On success buf starts with the n bytes of the signature, followed
+// by a copy of the signing input (for hashing without a heap copy); pt.sig
+// is left nil, so that nothing in pt points into buf.
+func parseTokenBuf(tok string, allowed algSet, buf []byte) (pt parsedToken, n int, r reason) {
+	if len(tok) == 0 || len(tok) > maxTokenBytes || len(buf) < len(tok) {
+		return pt, 0, reasonMalformed
 	}
 	d1 := strings.IndexByte(tok, '.')
 	if d1 <= 0 {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
 	d2 := strings.IndexByte(tok[d1+1:], '.')
 	if d2 <= 0 {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
 	d2 += d1 + 1
 	if d2 == len(tok)-1 || strings.IndexByte(tok[d2+1:], '.') >= 0 {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
-	hdrJSON, err := b64.DecodeString(tok[:d1])
+	hdr64, payload64, sig64 := tok[:d1], tok[d1+1:d2], tok[d2+1:]
+	// The decoded header and payload are shorter than their base64, and
+	// so are the decoded signature and the signing input together.
+	hn, err := b64.Decode(buf, []byte(hdr64))
 	if err != nil {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
-	// A map, not a struct: encoding/json matches struct fields
-	// case-insensitively, but JOSE header names are case-sensitive ("Alg"
+	pn, err := b64.Decode(buf[hn:], []byte(payload64))
+	if err != nil {
+		return pt, 0, reasonMalformed
+	}
+	text := string(buf[:hn+pn])
+	hdrJSON, payload := text[:hn], text[hn:]
+	// Header names compare exactly: JOSE names are case-sensitive ("Alg"
 	// is not "alg").
-	var hdr map[string]json.RawMessage
-	if err := json.Unmarshal(hdrJSON, &hdr); err != nil || hdr == nil {
-		return pt, reasonMalformed
+	hdr, ok := decodeJOSEHeader(hdrJSON)
+	if !ok || hdr.crit || hdr.alg == "" {
+		return pt, 0, reasonMalformed
 	}
-	if _, crit := hdr["crit"]; crit {
-		return pt, reasonMalformed
+	algName, ok := headerString(hdr.alg)
+	if !ok {
+		return pt, 0, reasonMalformed
 	}
-	var algName, kid string
-	if raw, ok := hdr["alg"]; !ok || json.Unmarshal(raw, &algName) != nil {
-		return pt, reasonMalformed
+	var kid string
+	if hdr.kid != "" {
+		if kid, ok = headerString(hdr.kid); !ok {
+			return pt, 0, reasonMalformed
+		}
 	}
-	if raw, ok := hdr["kid"]; ok && json.Unmarshal(raw, &kid) != nil {
-		return pt, reasonMalformed
+	sn, err := b64.Decode(buf, []byte(sig64))
+	if err != nil || sn == 0 {
+		return pt, 0, reasonMalformed
 	}
-	payload, err := b64.DecodeString(tok[d1+1 : d2])
-	if err != nil {
-		return pt, reasonMalformed
-	}
-	sig, err := b64.DecodeString(tok[d2+1:])
-	if err != nil || len(sig) == 0 {
-		return pt, reasonMalformed
-	}
+	copy(buf[sn:], tok[:d2])
 	a, ok := algByName(algName)
 	if !ok || !allowed.has(a.id) {
-		return pt, reasonBadSignature
+		return pt, 0, reasonBadSignature
 	}
-	var claims map[string]any
-	if err := json.Unmarshal(payload, &claims); err != nil || claims == nil {
-		return pt, reasonMalformed
+	claims, ok := decodeJSONObject(payload)
+	if !ok {
+		return pt, 0, reasonMalformed
 	}
 	exp, ok := numClaim(claims, "exp")
 	if !ok {
-		return pt, reasonMalformed // exp is required
+		return pt, 0, reasonMalformed // exp is required
 	}
 	pt.nbf, pt.hasNBF = numClaim(claims, "nbf")
 	if _, present := claims["nbf"]; present && !pt.hasNBF {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
 	pt.iat, pt.hasIAT = numClaim(claims, "iat")
 	if _, present := claims["iat"]; present && !pt.hasIAT {
-		return pt, reasonMalformed
+		return pt, 0, reasonMalformed
 	}
-	pt.alg, pt.kid, pt.sig, pt.claims, pt.exp = a, kid, sig, claims, exp
+	pt.alg, pt.kid, pt.claims, pt.exp = a, kid, claims, exp
 	pt.signingInput = tok[:d2]
-	return pt, reasonNone
+	return pt, sn, reasonNone
 }
 
 func numClaim(claims map[string]any, name string) (float64, bool) {
@@ -210,12 +237,22 @@ func (p *jwtProvider) authenticate(ctx context.Context, tok string) (*verified, 
 	return p.verifyCold(ctx, tok, h, now, ks)
 }
 
+// scratchSize is the stack buffer of one cold verification (see
+// parseTokenBuf): tokens longer than it take a heap buffer.
+const scratchSize = 4 << 10
+
 // verifyCold is the full check: parse, claims, key, signature.
 func (p *jwtProvider) verifyCold(ctx context.Context, tok string, h uint64, now time.Time, ks *keySet) (*verified, failure) {
-	pt, r := parseToken(tok, p.algs)
+	var scratch [scratchSize]byte
+	buf := scratch[:]
+	if len(tok) > len(buf) {
+		buf = make([]byte, len(tok))
+	}
+	pt, n, r := parseTokenBuf(tok, p.algs, buf)
 	if r != reasonNone {
 		return nil, failure{reason: r}
 	}
+	sig, input := buf[:n:n], buf[n:n+len(pt.signingInput)]
 	if r := p.checkClaims(&pt, now); r != reasonNone {
 		return nil, failure{reason: r}
 	}
@@ -233,8 +270,9 @@ func (p *jwtProvider) verifyCold(ctx context.Context, tok string, h uint64, now 
 	if !found {
 		return nil, failure{reason: reasonUnknownKey}
 	}
-	if k == nil || verifySignature(k, pt.alg, pt.signingInput, pt.sig) != nil {
-		p.cache.put(h, tok, nil, reasonBadSignature, now.UnixNano(), now.Add(negativeTTL).UnixNano(), ks.gen)
+	key := p.cacheKey(tok)
+	if k == nil || verifySignature(k, pt.alg, input, sig) != nil {
+		p.cache.putOwned(h, key, nil, reasonBadSignature, now.UnixNano(), now.Add(negativeTTL).UnixNano(), ks.gen)
 		return nil, failure{reason: reasonBadSignature}
 	}
 	v := p.build(pt.claims)
@@ -242,42 +280,127 @@ func (p *jwtProvider) verifyCold(ctx context.Context, tok string, h uint64, now 
 	if e := (pt.exp + p.leeway.Seconds()) * 1e9; e < float64(until) {
 		until = int64(e)
 	}
-	p.cache.put(h, tok, v, reasonNone, now.UnixNano(), until, ks.gen)
+	p.cache.putOwned(h, key, v, reasonNone, now.UnixNano(), until, ks.gen)
 	return v, failure{}
 }
 
+// cacheKey is tok as the verified-token cache keeps it. A token read from
+// a header is kept as it came: net/http gives each header value a string of
+// its own, so the entry pins only that, and the copy would be one more
+// allocation per new token. A cookie or query credential is a slice of the
+// whole Cookie header or URL, which is not pinned.
+func (p *jwtProvider) cacheKey(tok string) string {
+	if p.from.kind == fromHeader || len(tok) > maxCachedToken {
+		return tok
+	}
+	return strings.Clone(tok)
+}
+
 // verifySignature checks sig over input with k, which fits a (keySet.find
-// checked the family, curve and the key's own alg).
-func verifySignature(k *vkey, a *alg, input string, sig []byte) error {
-	in := []byte(input)
+// checked the family, curve and the key's own alg). It calls the standard
+// library directly, with the digest on the stack, as RFC 7518 section 3
+// defines each algorithm: PKCS #1 v1.5 and PSS with a salt as long as the
+// hash (section 3.5), ECDSA with R and S as two fixed-size halves
+// (section 3.4), Ed25519 over the input itself (RFC 8037 section 3.1).
+func verifySignature(k *vkey, a *alg, input, sig []byte) error {
 	switch a.family {
 	case famHMAC:
-		return jwsbb.VerifyHMAC(k.hmac, in, sig, a.hash.New)
+		// What a hash.Hash is given escapes, so the HMAC gets a heap copy
+		// and input can stay on the caller's stack for the others.
+		if len(k.hmac) == 0 {
+			return errors.New("empty HMAC key")
+		}
+		mac := hmac.New(a.hash.New, k.hmac)
+		mac.Write(bytes.Clone(input))
+		if !hmac.Equal(sig, mac.Sum(nil)) {
+			return errBadSignature
+		}
+		return nil
 	case famRSA:
-		return jwsbb.VerifyRSA(k.rsa, in, sig, a.hash, false)
+		var sum [sha512.Size]byte
+		return rsa.VerifyPKCS1v15(k.rsa, a.hash, digest(a.hash, input, &sum), sig)
 	case famRSAPSS:
-		return jwsbb.VerifyRSA(k.rsa, in, sig, a.hash, true)
+		var sum [sha512.Size]byte
+		return rsa.VerifyPSS(k.rsa, a.hash, digest(a.hash, input, &sum), sig,
+			&rsa.PSSOptions{Hash: a.hash, SaltLength: rsa.PSSSaltLengthEqualsHash})
 	case famEC:
-		return jwsbb.VerifyECDSA(k.ec, in, sig, a.hash)
+		var r, s big.Int
+		if err := jwsbb.UnpackECDSASignature(sig, k.ec, &r, &s); err != nil {
+			return err
+		}
+		var sum [sha512.Size]byte
+		if !ecdsa.Verify(k.ec, digest(a.hash, input, &sum), &r, &s) {
+			return errBadSignature
+		}
+		return nil
 	case famEd:
-		return jwsbb.VerifyEdDSA(k.ed, in, sig)
+		if !ed25519.Verify(k.ed, input, sig) {
+			return errBadSignature
+		}
+		return nil
 	}
 	return errors.New("unsupported algorithm family")
+}
+
+var errBadSignature = errors.New("signature does not verify")
+
+// digest hashes input into sum with one of the JWS hashes (the alg table
+// uses no other), without the allocations of hash.Hash.
+func digest(h crypto.Hash, input []byte, sum *[sha512.Size]byte) []byte {
+	switch h {
+	case crypto.SHA256:
+		d := sha256.Sum256(input)
+		return append(sum[:0], d[:]...)
+	case crypto.SHA384:
+		d := sha512.Sum384(input)
+		return append(sum[:0], d[:]...)
+	case crypto.SHA512:
+		d := sha512.Sum512(input)
+		return append(sum[:0], d[:]...)
+	}
+	return nil
+}
+
+// maxInlineHeaders is how many forwarded claim headers a verified token
+// holds without another allocation; most providers forward one or two.
+const maxInlineHeaders = 2
+
+// verifiedJWT is a verified token's identity and header values in one
+// allocation, so a cache entry is few objects for the collector to trace.
+type verifiedJWT struct {
+	v    verified
+	id   identity.Identity
+	hdrs [maxInlineHeaders]headerValue
+	vals [maxInlineHeaders]string
 }
 
 // build makes the identity and the forwarded header values of a verified
 // token once, so cache hits reuse them.
 func (p *jwtProvider) build(claims map[string]any) *verified {
-	id := &identity.Identity{Provider: p.name, Claims: claims}
+	vj := &verifiedJWT{id: identity.Identity{Provider: p.name, Claims: claims}}
+	id := &vj.id
 	id.Subject, _ = claims["sub"].(string)
 	id.Scopes = scopesOf(claims)
-	v := &verified{id: id}
+	v := &vj.v
+	v.id = id
+	v.headers = vj.hdrs[:0]
 	for _, ch := range p.claimHeaders {
 		s, ok := id.Claim(ch.claim)
 		if !ok || s == "" || !validHeaderValue(s) {
 			continue
 		}
-		v.headers = append(v.headers, headerValue{name: ch.header, vals: []string{s}})
+		// vals has length and capacity 1 (see headerValue).
+		var vals []string
+		if n := len(v.headers); n < maxInlineHeaders {
+			vj.vals[n] = s
+			vals = vj.vals[n : n+1 : n+1]
+		} else {
+			vals = []string{s}
+		}
+		v.headers = append(v.headers, headerValue{name: ch.header, vals: vals})
+	}
+	if len(v.headers) == 0 {
+		v.headers = nil
 	}
 	return v
 }
@@ -286,7 +409,12 @@ func (p *jwtProvider) build(claims map[string]any) *verified {
 // space-separated string) and "scp" (a string or an array, as Azure AD and
 // Okta send), merged without duplicates.
 func scopesOf(claims map[string]any) []string {
+	scope, _ := claims["scope"].(string)
 	var out []string
+	if scope != "" {
+		// Usually the only source: one allocation of the right size.
+		out = make([]string, 0, strings.Count(scope, " ")+1)
+	}
 	add := func(s string) {
 		for f := range strings.FieldsSeq(s) {
 			dup := false
@@ -301,9 +429,7 @@ func scopesOf(claims map[string]any) []string {
 			}
 		}
 	}
-	if s, ok := claims["scope"].(string); ok {
-		add(s)
-	}
+	add(scope)
 	switch s := claims["scp"].(type) {
 	case string:
 		add(s)
@@ -313,6 +439,9 @@ func scopesOf(claims map[string]any) []string {
 				add(es)
 			}
 		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	return out
 }

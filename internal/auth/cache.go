@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"strings"
 	"sync"
+	"time"
 )
 
 const (
@@ -31,7 +32,10 @@ const (
 // that are dead (expired, or of an older key generation) go first, then an
 // arbitrary one (Go's map iteration order is randomised): cheap, and an
 // attacker filling the cache with valid tokens of their own only costs
-// legitimate callers one signature check each.
+// legitimate callers one signature check each. The search for dead entries
+// is bounded (see evict): when every request brings a new token the cache
+// stays full of live entries, and a pass over the shard on each insertion
+// cost more than the rest of the insertion.
 //
 // Every entry records the key-set generation it was checked under; a lookup
 // under another generation misses, which flushes the cache in O(1) when the
@@ -45,8 +49,19 @@ type tokenCache struct {
 type cacheShard struct {
 	mu sync.RWMutex
 	m  map[uint64]cacheEntry
-	_  [40]byte // keep shards on separate cache lines
+	// sweepAt is when evict may next pass over the whole shard (unix
+	// nanoseconds).
+	sweepAt int64
+	_       [32]byte // keep shards on separate cache lines
 }
+
+const (
+	// sweepInterval is the least time between two passes of evict over a
+	// full shard in search of dead entries.
+	sweepInterval = time.Second
+	// evictSample is how many entries evict looks at between passes.
+	evictSample = 8
+)
 
 type cacheEntry struct {
 	tok    string
@@ -102,19 +117,42 @@ func (c *tokenCache) putOwned(h uint64, tok string, v *verified, r reason, now, 
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if _, exists := sh.m[h]; !exists && len(sh.m) >= c.perShard {
+		c.evict(sh, now, gen)
+	}
+	sh.m[h] = cacheEntry{tok: tok, v: v, reason: r, until: until, gen: gen}
+}
+
+// evict makes room in a full shard (locked). At most once per
+// sweepInterval it removes every dead entry; otherwise, or when none was
+// dead, it removes the first dead entry among a few it looks at, else the
+// first of them, an arbitrary live one.
+func (c *tokenCache) evict(sh *cacheShard, now int64, gen uint64) {
+	if now >= sh.sweepAt {
+		sh.sweepAt = now + int64(sweepInterval)
 		for k, e := range sh.m {
 			if e.until <= now || e.gen != gen {
 				delete(sh.m, k)
 			}
 		}
-		if len(sh.m) >= c.perShard {
-			for k := range sh.m {
-				delete(sh.m, k)
-				break
-			}
+		if len(sh.m) < c.perShard {
+			return
 		}
 	}
-	sh.m[h] = cacheEntry{tok: tok, v: v, reason: r, until: until, gen: gen}
+	var victim uint64
+	n := 0
+	for k, e := range sh.m {
+		if e.until <= now || e.gen != gen {
+			victim = k
+			break
+		}
+		if n == 0 {
+			victim = k
+		}
+		if n++; n == evictSample {
+			break
+		}
+	}
+	delete(sh.m, victim)
 }
 
 // len returns the number of entries, for tests.

@@ -77,3 +77,28 @@ func BenchmarkCacheEntryMemory(b *testing.B) {
 	b.ReportMetric(bytesPer, "B/entry")
 	b.ReportMetric(objsPer, "objects/entry")
 }
+
+// BenchmarkVerifyRS256ColdFullCache is BenchmarkVerifyRS256Cold with the
+// verified-token cache full of live entries, as when every request brings
+// a new token: each verification also makes room for its entry.
+func BenchmarkVerifyRS256ColdFullCache(b *testing.B) {
+	_, p, tok := benchProvider(b)
+	ctx := context.Background()
+	ks := p.src.current()
+	now := time.Now()
+	for i := range cacheEntries {
+		h := uint64(i)
+		p.cache.put(h, tok, &verified{}, reasonNone, now.UnixNano(), now.Add(cacheMaxTTL).UnixNano(), ks.gen)
+	}
+	b.ReportAllocs()
+	h := uint64(cacheEntries)
+	reportCPU(b, func() {
+		for b.Loop() {
+			// Another hash stands for another token: the entry is new.
+			h++
+			if _, f := p.verifyCold(ctx, tok, h, time.Now(), ks); f.reason != reasonNone {
+				b.Fatal(f.reason)
+			}
+		}
+	})
+}

@@ -289,6 +289,8 @@ func startBackendProcess(b *testing.B, n int, delay time.Duration) []string {
 //
 //   - pools: the endpoint over the real upstream pools with the config
 //     defaults, as the gateway runs it;
+//   - goroutines: the same with a goroutine started per backend call
+//     instead of the workers, which prices the workers;
 //   - transport: the endpoint over one bare http.Transport, which prices the
 //     endpoint's own work apart from the pools';
 //   - floor: the least a Go fan-out can cost: six fresh goroutines, each a
@@ -298,38 +300,49 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 1024}
 	b.Cleanup(tr.CloseIdleConnections)
 
-	b.Run("pools", func(b *testing.B) {
-		var yaml strings.Builder
-		yaml.WriteString("version: 1\nupstreams:\n")
-		for i, a := range addrs {
-			fmt.Fprintf(&yaml, "  svc%d: {targets: [{url: \"http://%s\"}]}\n", i, a)
-		}
-		yaml.WriteString("bffs:\n  mobile:\n    prefix: /mobile\n    public: true\n    endpoints:\n" +
-			"      - {name: feed, path: /feed, method: GET, timeout: 5s, backends: [\n")
-		for i := range addrs {
-			fmt.Fprintf(&yaml, "          {upstream: svc%d, path: \"/item/{claims.sub}\", into: svc%d, fields: [id, name, status]},\n", i, i)
-		}
-		yaml.WriteString("        ]}\n")
-		cfg, err := config.LoadBytes("bench.yaml", []byte(yaml.String()))
-		if err != nil {
-			b.Fatalf("%v\n%s", err, yaml.String())
-		}
-		reg := upstream.NewRegistry(upstream.Deps{})
-		defer reg.Close()
-		pools, err := reg.Apply(cfg.Upstreams)
-		if err != nil {
-			b.Fatal(err)
-		}
-		rts := make(map[string]http.RoundTripper, len(pools))
-		for name, p := range pools {
-			rts[name] = p
-		}
-		bff := cfg.BFFs["mobile"]
+	// The pools, as the gateway builds them from a config with defaults.
+	var yaml strings.Builder
+	yaml.WriteString("version: 1\nupstreams:\n")
+	for i, a := range addrs {
+		fmt.Fprintf(&yaml, "  svc%d: {targets: [{url: \"http://%s\"}]}\n", i, a)
+	}
+	yaml.WriteString("bffs:\n  mobile:\n    prefix: /mobile\n    public: true\n    endpoints:\n" +
+		"      - {name: feed, path: /feed, method: GET, timeout: 5s, backends: [\n")
+	for i := range addrs {
+		fmt.Fprintf(&yaml, "          {upstream: svc%d, path: \"/item/{claims.sub}\", into: svc%d, fields: [id, name, status]},\n", i, i)
+	}
+	yaml.WriteString("        ]}\n")
+	cfg, err := config.LoadBytes("bench.yaml", []byte(yaml.String()))
+	if err != nil {
+		b.Fatalf("%v\n%s", err, yaml.String())
+	}
+	reg := upstream.NewRegistry(upstream.Deps{})
+	b.Cleanup(reg.Close)
+	pools, err := reg.Apply(cfg.Upstreams)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rts := make(map[string]http.RoundTripper, len(pools))
+	for name, p := range pools {
+		rts[name] = p
+	}
+	bff := cfg.BFFs["mobile"]
+	pooled := func(b *testing.B) *endpoint {
 		h, err := NewEndpoint(bff, bff.Endpoints[0], Deps{Upstreams: rts})
 		if err != nil {
 			b.Fatal(err)
 		}
-		benchClients(b, h)
+		return h.(*endpoint)
+	}
+
+	b.Run("pools", func(b *testing.B) {
+		benchClients(b, pooled(b))
+	})
+
+	b.Run("goroutines", func(b *testing.B) {
+		e := pooled(b)
+		e.workers = nil
+		benchClients(b, e)
 	})
 
 	b.Run("transport", func(b *testing.B) {

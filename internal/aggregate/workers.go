@@ -57,8 +57,13 @@ type worker struct {
 }
 
 // do runs t on a parked worker, a new one, or past the bound on a goroutine
-// of its own. The caller has added t to t.st.wg.
+// of its own; a nil pool gives every task a goroutine of its own. The
+// caller has added t to t.st.wg.
 func (p *workerPool) do(t task) {
+	if p == nil {
+		p.start(t, true)
+		return
+	}
 	p.mu.Lock()
 	if n := len(p.parked); n > 0 {
 		w := p.parked[n-1]

@@ -16,6 +16,8 @@ import (
 // without workers.
 
 const (
+	// maxWorkers bounds the parked goroutines, and the stacks they keep,
+	// that a burst leaves behind.
 	maxWorkers = 1024
 	// workerSweep is the idle sweep's period: a worker exits after idling
 	// one to two periods, so a stopped gateway leaves none behind for long.

@@ -356,7 +356,12 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	if u == nil {
 		u = new(url.URL)
 	}
-	path, query, _ := strings.Cut(string(cs.target), "?")
+	// A target like the last one on this state (a path without
+	// placeholders, the same user again) keeps its string.
+	if string(cs.target) != cs.targetStr {
+		cs.targetStr = string(cs.target)
+	}
+	path, query, _ := strings.Cut(cs.targetStr, "?")
 	*u = url.URL{Scheme: "http", Host: f.upstream, RawQuery: query}
 	if strings.IndexByte(path, '%') >= 0 {
 		if u.Path, err = url.PathUnescape(path); err != nil {
@@ -588,11 +593,12 @@ func connectionNames(conn []string, k string) bool {
 // runState from request to request: nothing per call is allocated but the
 // outbound request and its target string.
 type callState struct {
-	res    Result
-	scan   scanner
-	target []byte
-	body   []byte
-	value  []byte
+	res       Result
+	scan      scanner
+	target    []byte
+	targetStr string
+	body      []byte
+	value     []byte
 	// url, hdr and vals are the outbound request's; a call whose round trip
 	// failed drops them (the transport may still read them).
 	url  *url.URL

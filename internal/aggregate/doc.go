@@ -15,9 +15,9 @@
 // `after: NAME` starts once NAME has answered and may read `{NAME.field}`
 // from NAME's raw (unshaped) body. A backend whose dependency failed is
 // skipped and counts as failed. The request's own goroutine makes one of
-// the calls; the others run on parked worker goroutines shared by all
-// endpoints, which keep the stacks they grew from one call to the next
-// (see workers.go).
+// the calls; the others run on the endpoint's parked worker goroutines,
+// which keep the stacks they grew from one call to the next (see
+// workers.go).
 //
 // Each backend runs under its own deadline: its `timeout`, capped by the
 // endpoint's remaining time less a small reserve (5% of the endpoint

@@ -150,7 +150,7 @@ func NewEndpoint(bff *config.BFF, ep *config.Endpoint, deps Deps) (http.Handler,
 		maxBody: int64(bff.MaxBackendBodyBytes),
 		log:     deps.Logger,
 		now:     deps.Now,
-		workers: workers,
+		workers: &workerPool{max: maxWorkers, sweepEvery: workerSweep},
 	}
 	if e.maxBody <= 0 {
 		e.maxBody = DefaultMaxBackendBodyBytes

@@ -14,18 +14,19 @@ import (
 // ones stay warm while the others idle and exit; their number is bounded,
 // and past the bound a call gets a goroutine of its own, as it would
 // without workers.
+//
+// Each endpoint has a pool of its own, none is shared by the process: so
+// an endpoint built and run inside a testing/synctest bubble keeps its
+// goroutines, channels and timer in the bubble, as the bubble requires.
 
 const (
-	// maxWorkers bounds the parked goroutines, and the stacks they keep,
-	// that a burst leaves behind.
+	// maxWorkers bounds an endpoint's parked goroutines, and the stacks
+	// they keep, that a burst leaves behind.
 	maxWorkers = 1024
 	// workerSweep is the idle sweep's period: a worker exits after idling
 	// one to two periods, so a stopped gateway leaves none behind for long.
 	workerSweep = 50 * time.Millisecond
 )
-
-// workers is shared by every endpoint of the process, across reloads.
-var workers = &workerPool{max: maxWorkers, sweepEvery: workerSweep}
 
 // task is one backend run: backend i of the request st, under ctx.
 type task struct {

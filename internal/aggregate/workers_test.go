@@ -18,7 +18,7 @@ func (p *workerPool) counts() (live, parked int) {
 }
 
 // workerEndpoint is an endpoint of n in-memory backends whose fan-out runs
-// on pool; rt, when set, serves every backend.
+// on pool, or its own when pool is nil; rt, when set, serves every backend.
 func workerEndpoint(t *testing.T, pool *workerPool, n int, rt http.RoundTripper) *endpoint {
 	t.Helper()
 	rts := map[string]http.RoundTripper{}
@@ -32,17 +32,20 @@ func workerEndpoint(t *testing.T, pool *workerPool, n int, rt http.RoundTripper)
 		backends = append(backends, &config.Backend{Upstream: name, Path: "/x", Into: name})
 	}
 	e := newEndpoint(t, &config.Endpoint{Name: "feed", Backends: backends}, rts).(*endpoint)
-	e.workers = pool
+	if pool != nil {
+		e.workers = pool
+	}
 	return e
 }
 
 // TestWorkersReuseAndExit: the backends that leave the request's goroutine
-// run on workers, which park between requests, serve the next ones and
-// exit once they idled through a whole sweep period.
+// run on the endpoint's workers, which park between requests, serve the
+// next ones and exit once they idled through a whole sweep period. The
+// endpoint is built in the bubble, and its workers stay there.
 func TestWorkersReuseAndExit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		pool := &workerPool{max: maxWorkers, sweepEvery: workerSweep}
-		e := workerEndpoint(t, pool, 3, nil)
+		e := workerEndpoint(t, nil, 3, nil)
+		pool := e.workers
 		for range 3 {
 			rec := do(e, gatewayRequest("GET", "/feed"))
 			if rec.Code != http.StatusOK || rec.Body.String() != `{"svc0":{"ok":true},"svc1":{"ok":true},"svc2":{"ok":true}}` {

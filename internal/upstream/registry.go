@@ -521,8 +521,11 @@ func (r *Registry) Snapshot() []UpstreamStatus {
 
 // transportFor returns the round tripper serving t.
 func (ts *transports) forTarget(t *target) http.RoundTripper {
-	if t.h2c && ts.h2c != nil {
+	switch {
+	case t.h2c && ts.h2c != nil:
 		return ts.h2c
+	case t.scheme == "http":
+		return ts.h1
 	}
 	return ts.std
 }

@@ -34,13 +34,14 @@ const (
 type transports struct {
 	std *http.Transport
 	h2c *http.Transport
+	h1  *h1Client // plain http:// targets: the fast path, std for the rest
 }
 
 func (ts *transports) closeIdle() {
 	if ts == nil {
 		return
 	}
-	ts.std.CloseIdleConnections()
+	ts.h1.CloseIdleConnections() // std's too
 	if ts.h2c != nil {
 		ts.h2c.CloseIdleConnections()
 	}
@@ -129,7 +130,10 @@ func newTransports(spec transportSpec) *transports {
 	if spec.tls != nil {
 		std.TLSClientConfig = spec.tls.Clone()
 	}
-	ts := &transports{std: std}
+	ts := &transports{std: std, h1: &h1Client{
+		dial: dialer.DialContext, fallback: std,
+		maxIdle: maxIdleConnsPerHost, idleTimeout: idleConnTimeout,
+	}}
 	if spec.hasH2C {
 		h := base()
 		var p http.Protocols

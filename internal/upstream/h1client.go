@@ -1,0 +1,380 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1Client is the round tripper of plain http:// targets for the requests
+// that are most of an API's traffic and carry the least risk: GET, HEAD and
+// OPTIONS without a body, without Upgrade and without Expect. It writes
+// the request and reads the answer on the caller's goroutine over a pooled
+// keep-alive connection. net/http's Transport hands every request to a
+// write goroutine and every answer back from a read goroutine (two
+// goroutine switches, channels and a select per request); measured in the
+// harness's engine spike, doing both on the handler's goroutine takes
+// about a third off the proxy's CPU per request.
+//
+// The wire format stays the standard library's: Request.Write writes the
+// request (it also turns CR and LF in header values into spaces) and
+// http.ReadResponse parses the answer (Content-Length, chunked, trailers,
+// Connection: close, HTTP/1.0). Everything else (bodies, upgrades, Expect:
+// 100-continue, HTTPS, h2c) goes to fallback, the tuned net/http
+// Transport.
+type h1Client struct {
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
+	fallback    http.RoundTripper
+	maxIdle     int           // idle connections kept per host
+	idleTimeout time.Duration // an idle connection older than this is closed
+
+	mu      sync.Mutex
+	idle    map[string][]*h1Conn // per host:port, most recently used last
+	janitor *time.Timer          // closes connections idle past idleTimeout; nil when none are idle
+}
+
+// h1Conn is one upstream connection with its buffers.
+type h1Conn struct {
+	host   string
+	conn   net.Conn
+	br     *bufio.Reader // reads through limit
+	bw     *bufio.Writer
+	idleAt time.Time
+	limit  int64 // bytes the reader may still take: bounds an answer's header
+}
+
+// Read feeds br: while an answer's header is read, at most maxHeaderBytes,
+// so an upstream cannot make the gateway buffer an endless header (the
+// Transport's MaxResponseHeaderBytes, at its default).
+func (pc *h1Conn) Read(p []byte) (int, error) {
+	if pc.limit <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > pc.limit {
+		p = p[:pc.limit]
+	}
+	n, err := pc.conn.Read(p)
+	pc.limit -= int64(n)
+	return n, err
+}
+
+const (
+	maxHeaderBytes = 10 << 20 // as net/http's Transport
+	noLimit        = 1<<63 - 1
+	max1xx         = 5 // informational answers before the final one, as net/http's Transport
+)
+
+var errHeaderTooLarge = errors.New("upstream answer header larger than 10 MiB")
+
+// livenessAfter: a connection idle for longer is probed before reuse. A
+// server that closed it (many close idle connections after a few seconds)
+// is then seen before the request is sent; under load connections are
+// reused within milliseconds and the probe (a system call) is skipped.
+const livenessAfter = time.Second
+
+// aLongTimeAgo is a deadline in the past: setting it makes a blocked read
+// or write return at once, which is how a cancelled context stops one.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// fastPath reports whether req can be served by the h1 client.
+func fastPath(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false
+	}
+	if req.URL.Scheme != "http" || (req.Body != nil && req.Body != http.NoBody) || req.ContentLength > 0 {
+		return false
+	}
+	h := req.Header
+	if len(h["Upgrade"]) > 0 || len(h["Expect"]) > 0 || len(h["Transfer-Encoding"]) > 0 || len(req.TransferEncoding) > 0 {
+		return false
+	}
+	for _, v := range h["Connection"] {
+		if httpguts.HeaderValuesContainsToken([]string{v}, "upgrade") {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !fastPath(req) {
+		return c.fallback.RoundTrip(req)
+	}
+	// Header names and values are checked as net/http's Transport does:
+	// an invalid one is the caller's error, never sent.
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, errors.New("net/http: invalid header field name " + k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, errors.New("net/http: invalid header field value for " + k)
+			}
+		}
+	}
+	ctx := req.Context()
+	host := req.URL.Host
+	if !strings.Contains(host, ":") || strings.HasSuffix(host, "]") {
+		host = net.JoinHostPort(strings.Trim(host, "[]"), "80")
+	}
+	// A request on a reused connection that fails before any byte of an
+	// answer arrives is sent again on a new one: the server may have closed
+	// the connection as it was taken from the pool, and the fast path only
+	// carries methods that are safe to repeat (RFC 9110 9.2.2).
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := c.get(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		resp, sent, err := c.exchange(ctx, pc, req)
+		if err == nil {
+			return resp, nil
+		}
+		pc.conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !reused || sent || attempt > 0 {
+			return nil, err
+		}
+	}
+}
+
+// exchange writes req on pc and reads the answer's header. sent reports
+// that some of an answer was read, after which the request must not be
+// repeated.
+func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, sent bool, err error) {
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+	}
+	if err := req.Write(pc.bw); err != nil {
+		stop()
+		return nil, false, err
+	}
+	if err := pc.bw.Flush(); err != nil {
+		stop()
+		return nil, false, err
+	}
+	if _, err := pc.br.Peek(1); err != nil {
+		stop()
+		return nil, false, err
+	}
+	for n1xx := 0; ; n1xx++ {
+		pc.limit = maxHeaderBytes
+		resp, err = http.ReadResponse(pc.br, req)
+		pc.limit = noLimit
+		if err != nil {
+			stop()
+			return nil, true, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		if n1xx == max1xx {
+			stop()
+			return nil, true, errors.New("upstream sent too many informational (1xx) answers")
+		}
+		// An informational answer (103 Early Hints) goes to the trace hook
+		// the reverse proxy installs to forward it; then the final answer
+		// follows on the same connection.
+		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+				stop()
+				return nil, true, err
+			}
+		}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Only upgrade requests may be answered so, and those never take
+		// this path.
+		stop()
+		return nil, true, errors.New("upstream answered 101 Switching Protocols to a request that did not ask to upgrade")
+	}
+	keep := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1)
+	if resp.Body == http.NoBody || req.Method == http.MethodHead {
+		c.finish(pc, stop, keep)
+		resp.Body = http.NoBody
+		return resp, true, nil
+	}
+	resp.Body = &h1Body{c: c, pc: pc, body: resp.Body, stop: stop, keep: keep}
+	return resp, true, nil
+}
+
+// finish ends an exchange: the connection goes back to the pool when the
+// answer was read whole, allows keep-alive and no cancellation touched its
+// deadline; otherwise it is closed.
+func (c *h1Client) finish(pc *h1Conn, stop func() bool, keep bool) {
+	if !stop() || !keep {
+		pc.conn.Close()
+		return
+	}
+	c.put(pc)
+}
+
+// h1Body is an answer's body; reading it to the end returns the connection
+// to the pool, closing it early closes the connection (what is left of the
+// answer would have to be read first, and it may be large).
+type h1Body struct {
+	c    *h1Client
+	pc   *h1Conn
+	body io.ReadCloser
+	stop func() bool
+	keep bool
+	done bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.c.finish(b.pc, b.stop, b.keep)
+	} else if err != nil {
+		b.done = true
+		b.stop()
+		b.pc.conn.Close()
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.done = true
+		b.stop()
+		b.pc.conn.Close()
+	}
+	return nil
+}
+
+// get returns an idle connection to host (reused) or dials a new one.
+func (c *h1Client) get(ctx context.Context, host string) (pc *h1Conn, reused bool, err error) {
+	now := time.Now()
+	for {
+		c.mu.Lock()
+		stack := c.idle[host]
+		if len(stack) == 0 {
+			c.mu.Unlock()
+			break
+		}
+		pc = stack[len(stack)-1]
+		stack[len(stack)-1] = nil
+		c.idle[host] = stack[:len(stack)-1]
+		c.mu.Unlock()
+		idleFor := now.Sub(pc.idleAt)
+		if idleFor > c.idleTimeout || (idleFor > livenessAfter && !alive(pc)) {
+			pc.conn.Close()
+			continue
+		}
+		return pc, true, nil
+	}
+	conn, err := c.dial(ctx, "tcp", host)
+	if err != nil {
+		return nil, false, err
+	}
+	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit}
+	pc.br = bufio.NewReaderSize(pc, 4<<10)
+	return pc, false, nil
+}
+
+// alive probes an idle connection without blocking: a read that times out
+// at once means nothing arrived and the peer has not closed it.
+func alive(pc *h1Conn) bool {
+	if pc.br.Buffered() > 0 {
+		return false // bytes nobody asked for: the connection is out of step
+	}
+	_ = pc.conn.SetReadDeadline(aLongTimeAgo)
+	_, err := pc.br.Peek(1)
+	_ = pc.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// put returns pc to its host's idle stack, closing the oldest when the
+// stack is full.
+func (c *h1Client) put(pc *h1Conn) {
+	pc.idleAt = time.Now()
+	c.mu.Lock()
+	if c.idle == nil {
+		c.idle = make(map[string][]*h1Conn)
+	}
+	if c.janitor == nil {
+		c.janitor = time.AfterFunc(c.idleTimeout, c.prune)
+	}
+	stack := c.idle[pc.host]
+	var evicted *h1Conn
+	if len(stack) >= c.maxIdle {
+		evicted = stack[0]
+		copy(stack, stack[1:])
+		stack = stack[:len(stack)-1]
+	}
+	c.idle[pc.host] = append(stack, pc)
+	c.mu.Unlock()
+	if evicted != nil {
+		evicted.conn.Close()
+	}
+}
+
+// prune closes the connections idle for longer than idleTimeout (the
+// oldest sit at the bottom of each stack) and runs again while any are
+// left, so a pool that a burst filled does not keep them open for ever.
+func (c *h1Client) prune() {
+	cutoff := time.Now().Add(-c.idleTimeout)
+	var stale []*h1Conn
+	c.mu.Lock()
+	for host, stack := range c.idle {
+		n := 0
+		for n < len(stack) && stack[n].idleAt.Before(cutoff) {
+			n++
+		}
+		stale = append(stale, stack[:n]...)
+		if n == len(stack) {
+			delete(c.idle, host)
+		} else if n > 0 {
+			c.idle[host] = append(stack[:0], stack[n:]...)
+		}
+	}
+	if len(c.idle) > 0 {
+		c.janitor.Reset(c.idleTimeout)
+	} else {
+		c.janitor = nil
+	}
+	c.mu.Unlock()
+	for _, pc := range stale {
+		pc.conn.Close()
+	}
+}
+
+// CloseIdleConnections closes every idle connection, the fallback's too.
+func (c *h1Client) CloseIdleConnections() {
+	c.mu.Lock()
+	idle := c.idle
+	c.idle = nil
+	if c.janitor != nil {
+		c.janitor.Stop()
+		c.janitor = nil
+	}
+	c.mu.Unlock()
+	for _, stack := range idle {
+		for _, pc := range stack {
+			pc.conn.Close()
+		}
+	}
+	if ci, ok := c.fallback.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}

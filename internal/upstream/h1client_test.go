@@ -1,0 +1,373 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/portico-gw/portico/internal/config"
+)
+
+// connCounter is an httptest server that counts the connections it
+// accepted, so a test can tell reuse from dialing.
+type connCounter struct {
+	*httptest.Server
+	conns atomic.Int64
+}
+
+func newConnCounter(t *testing.T, h http.HandlerFunc) *connCounter {
+	t.Helper()
+	c := &connCounter{}
+	c.Server = httptest.NewUnstartedServer(h)
+	c.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			c.conns.Add(1)
+		}
+	}
+	c.Start()
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newH1(t *testing.T) *h1Client {
+	t.Helper()
+	std := &http.Transport{}
+	c := &h1Client{dial: (&net.Dialer{Timeout: time.Second}).DialContext, fallback: std, maxIdle: 4, idleTimeout: time.Minute}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
+}
+
+func get(t *testing.T, rt http.RoundTripper, method, url string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		t.Fatalf("body: %v", err)
+	}
+	return res, string(b)
+}
+
+func TestH1ReusesOneConnection(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			_, _ = io.WriteString(w, "part one,")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "part two")
+			w.Header().Set("X-Sum", "42")
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			_, _ = io.WriteString(w, r.Method+" "+r.URL.RequestURI())
+		}
+	})
+	c := newH1(t)
+	for i := 0; i < 5; i++ {
+		res, body := get(t, c, http.MethodGet, srv.URL+"/a?b=c")
+		if res.StatusCode != 200 || body != "GET /a?b=c" {
+			t.Fatalf("got %d %q", res.StatusCode, body)
+		}
+	}
+	res, body := get(t, c, http.MethodGet, srv.URL+"/chunked")
+	if body != "part one,part two" || res.Trailer.Get("X-Sum") != "42" {
+		t.Fatalf("chunked: %q, trailer %q", body, res.Trailer.Get("X-Sum"))
+	}
+	if res, _ := get(t, c, http.MethodGet, srv.URL+"/empty"); res.StatusCode != http.StatusNoContent {
+		t.Fatalf("204: got %d", res.StatusCode)
+	}
+	if res, body := get(t, c, http.MethodHead, srv.URL+"/a"); res.StatusCode != 200 || body != "" {
+		t.Fatalf("HEAD: %d %q", res.StatusCode, body)
+	}
+	if res, _ := get(t, c, http.MethodOptions, srv.URL+"/a"); res.StatusCode != 200 {
+		t.Fatalf("OPTIONS: %d", res.StatusCode)
+	}
+	if n := srv.conns.Load(); n != 1 {
+		t.Fatalf("%d connections for sequential requests, want 1", n)
+	}
+}
+
+func TestH1ConnectionCloseAndEarlyBodyCloseDoNotReuse(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		_, _ = io.WriteString(w, strings.Repeat("x", 64<<10))
+	})
+	c := newH1(t)
+	get(t, c, http.MethodGet, srv.URL+"/close")
+	get(t, c, http.MethodGet, srv.URL+"/close")
+	if n := srv.conns.Load(); n != 2 {
+		t.Fatalf("Connection: close answers: %d connections, want 2", n)
+	}
+	// A body closed half read must not leave the rest of the answer on a
+	// pooled connection for the next request to read.
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/big", nil)
+	res, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(res.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if _, body := get(t, c, http.MethodGet, srv.URL+"/big"); len(body) != 64<<10 {
+		t.Fatalf("next answer: %d bytes, want %d", len(body), 64<<10)
+	}
+	if n := srv.conns.Load(); n != 4 {
+		t.Fatalf("%d connections, want 4 (the half-read one closed)", n)
+	}
+}
+
+// A server that closes an idle keep-alive connection: the next GET finds
+// the connection dead and is sent again on a new one, without an error.
+func TestH1StaleConnectionIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close() // first: it ends the accept loop wg waits for
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			// One answer per connection, then close without saying so:
+			// what a server does when its idle timeout ends as the
+			// gateway takes the connection from its pool.
+			br := bufio.NewReader(conn)
+			if _, err := http.ReadRequest(br); err == nil {
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			time.Sleep(10 * time.Millisecond)
+			conn.Close()
+		}
+	})
+	c := newH1(t)
+	url := "http://" + ln.Addr().String() + "/"
+	for i := 0; i < 3; i++ {
+		if _, body := get(t, c, http.MethodGet, url); body != "ok" {
+			t.Fatalf("request %d: %q", i, body)
+		}
+		time.Sleep(30 * time.Millisecond) // the server has closed it by now
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3", n)
+	}
+}
+
+func TestH1ContextCancelStopsTheExchange(t *testing.T) {
+	release := make(chan struct{})
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow-body" {
+			w.Header().Set("Content-Length", "10")
+			_, _ = io.WriteString(w, "12345")
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	c := newH1(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/slow-header", nil)
+	start := time.Now()
+	if _, err := c.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want the context's deadline", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("returned after %s", d)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	req, _ = http.NewRequestWithContext(ctx2, http.MethodGet, srv.URL+"/slow-body", nil)
+	res, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel2()
+	if _, err := io.ReadAll(res.Body); err == nil {
+		t.Fatal("reading a body after the context was cancelled succeeded")
+	}
+	res.Body.Close()
+}
+
+func TestH1OtherRequestsGoToTheFallback(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = io.WriteString(w, r.Method+":"+string(b))
+	})
+	var fallback atomic.Int64
+	c := newH1(t)
+	std := c.fallback
+	c.fallback = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		fallback.Add(1)
+		return std.RoundTrip(r)
+	})
+	post, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("body"))
+	upgrade, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	upgrade.Header.Set("Connection", "Upgrade")
+	upgrade.Header.Set("Upgrade", "websocket")
+	expect, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	expect.Header.Set("Expect", "100-continue")
+	del, _ := http.NewRequest(http.MethodDelete, srv.URL, nil)
+	for _, req := range []*http.Request{post, upgrade, expect, del} {
+		res, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", req.Method, err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	if n := fallback.Load(); n != 4 {
+		t.Fatalf("fallback served %d of 4", n)
+	}
+	get(t, c, http.MethodGet, srv.URL)
+	if n := fallback.Load(); n != 4 {
+		t.Fatal("a plain GET went to the fallback")
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestH1EarlyHintsReachTheTrace(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		_, _ = io.WriteString(w, "final")
+	})
+	c := newH1(t)
+	var got []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		got = append(got, code)
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, srv.URL, nil)
+	res, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(b) != "final" || len(got) != 1 || got[0] != 103 {
+		t.Fatalf("status %d body %q 1xx %v", res.StatusCode, b, got)
+	}
+}
+
+func TestH1RejectsInvalidHeaders(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newH1(t)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	req.Header["X-Bad"] = []string{"a\r\nInjected: yes"}
+	if _, err := c.RoundTrip(req); err == nil {
+		t.Fatal("a header value with CR LF was sent")
+	}
+	if n := srv.conns.Load(); n != 0 {
+		t.Fatalf("%d connections opened for a refused request", n)
+	}
+}
+
+// Through a Pool, plain http:// targets take the h1 client, and many
+// concurrent clients share a bounded set of connections.
+func TestPoolUsesH1ForPlainTargets(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	e := newEnv(t, nil)
+	p := e.apply(t, &config.Upstream{Targets: targets(srv.URL)})
+	if _, ok := p.tr.forTarget(p.targets[0]).(*h1Client); !ok {
+		t.Fatalf("plain target served by %T", p.tr.forTarget(p.targets[0]))
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 50 {
+				if code, body, err := send(p, http.MethodGet, ""); err != nil || code != 200 || body != "ok" {
+					t.Errorf("got %d %q %v", code, body, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := srv.conns.Load(); n > 8 {
+		t.Fatalf("%d connections for 8 concurrent clients", n)
+	}
+}
+
+func TestH1IdleConnectionsArePruned(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newH1(t)
+	c.idleTimeout = 20 * time.Millisecond
+	get(t, c, http.MethodGet, srv.URL)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		c.mu.Lock()
+		n := len(c.idle)
+		c.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("idle connection still pooled past its idle timeout")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestH1BoundsTheAnswerHeader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Go(func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = http.ReadRequest(bufio.NewReader(conn))
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\n")
+		line := "X-Filler: " + strings.Repeat("a", 1<<10) + "\r\n"
+		for i := 0; i < 11<<10; i++ { // 11 MiB of header
+			if _, err := io.WriteString(conn, line); err != nil {
+				return
+			}
+		}
+	})
+	c := newH1(t)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+	if _, err := c.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "larger than 10 MiB") {
+		t.Fatalf("err = %v, want the header bound", err)
+	}
+}

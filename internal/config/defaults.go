@@ -28,6 +28,7 @@ const (
 	DefaultLogLevel            = "info"
 	DefaultServiceName         = "portico"
 	DefaultBalance             = "round_robin"
+	DefaultHTTP1Client         = "lean"
 	DefaultUpstreamTimeout     = Duration(15 * time.Second)
 	DefaultConnectTimeout      = Duration(2 * time.Second)
 	DefaultRetries             = 1
@@ -148,6 +149,7 @@ func applyDefaults(c *Config) {
 
 func defaultUpstream(u *Upstream) {
 	setStr(&u.Balance, DefaultBalance)
+	setStr(&u.HTTP1Client, DefaultHTTP1Client)
 	for i := range u.Targets {
 		setInt(&u.Targets[i].Weight, 1)
 	}

@@ -75,6 +75,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Upstream.retry_budget":    {desc: "Retries never exceed this share of requests (0 to 1).", def: "0.2"},
 	"Upstream.max_inflight":    {desc: "Concurrent requests to this upstream; beyond it, 503 at once. 0 means the default.", def: "1000"},
 	"Upstream.preserve_host":   {desc: "Send the client's Host instead of the target's.", def: "false"},
+	"Upstream.http1_client":    {desc: "Client for bodiless GET, HEAD and OPTIONS to http:// targets: lean (on the request's goroutine, docs/upstreams.md) or standard (Go's transport, as every other request).", def: "lean", enum: []string{"lean", "standard"}},
 	"Upstream.health_check":    {desc: "Active health checking; off unless present (`health_check: {}` turns it on with defaults)."},
 	"Upstream.passive":         {desc: "Passive ejection from live traffic; off unless present."},
 	"Upstream.circuit_breaker": {desc: "Per-upstream circuit breaker; off unless present."},

@@ -94,6 +94,7 @@ type Upstream struct {
 	RetryBudget    *float64        `yaml:"retry_budget"`
 	MaxInflight    int             `yaml:"max_inflight"`
 	PreserveHost   bool            `yaml:"preserve_host"`
+	HTTP1Client    string          `yaml:"http1_client"` // lean | standard
 	HealthCheck    *HealthCheck    `yaml:"health_check"`
 	Passive        *Passive        `yaml:"passive"`
 	CircuitBreaker *CircuitBreaker `yaml:"circuit_breaker"`

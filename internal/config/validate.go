@@ -223,6 +223,7 @@ func (v *validator) upstream(f, name string, u *Upstream) {
 		}
 	}
 	v.enum(f+".balance", u.Balance, "round_robin", "least_request", "random", "consistent_hash")
+	v.enum(f+".http1_client", u.HTTP1Client, "lean", "standard")
 	switch {
 	case u.Balance == "consistent_hash" && u.HashKey == "":
 		v.errf(f+".hash_key", "is required with balance consistent_hash (ip, header:NAME or claim:NAME)")

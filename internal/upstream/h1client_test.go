@@ -322,6 +322,23 @@ func TestPoolUsesH1ForPlainTargets(t *testing.T) {
 	}
 }
 
+func TestHTTP1ClientStandardUsesGoTransport(t *testing.T) {
+	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	e := newEnv(t, nil)
+	p := e.apply(t, &config.Upstream{Targets: targets(srv.URL), HTTP1Client: "standard"})
+	if rt := p.tr.forTarget(p.targets[0]); rt != http.RoundTripper(p.tr.std) {
+		t.Fatalf("http1_client: standard served by %T", rt)
+	}
+	if code, body, err := send(p, http.MethodGet, ""); err != nil || code != 200 || body != "ok" {
+		t.Fatalf("got %d %q %v", code, body, err)
+	}
+	// A reload to lean swaps the transport.
+	p = e.apply(t, &config.Upstream{Targets: targets(srv.URL), HTTP1Client: "lean"})
+	if _, ok := p.tr.forTarget(p.targets[0]).(*h1Client); !ok {
+		t.Fatalf("after the reload to lean: %T", p.tr.forTarget(p.targets[0]))
+	}
+}
+
 func TestH1IdleConnectionsArePruned(t *testing.T) {
 	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {})
 	c := newH1(t)

@@ -524,7 +524,7 @@ func (ts *transports) forTarget(t *target) http.RoundTripper {
 	switch {
 	case t.h2c && ts.h2c != nil:
 		return ts.h2c
-	case t.scheme == "http":
+	case t.scheme == "http" && ts.h1 != nil:
 		return ts.h1
 	}
 	return ts.std

@@ -34,14 +34,17 @@ const (
 type transports struct {
 	std *http.Transport
 	h2c *http.Transport
-	h1  *h1Client // plain http:// targets: the fast path, std for the rest
+	h1  *h1Client // plain http:// targets (nil with http1_client: standard): the lean path, std for the rest
 }
 
 func (ts *transports) closeIdle() {
 	if ts == nil {
 		return
 	}
-	ts.h1.CloseIdleConnections() // std's too
+	if ts.h1 != nil {
+		ts.h1.CloseIdleConnections()
+	}
+	ts.std.CloseIdleConnections()
 	if ts.h2c != nil {
 		ts.h2c.CloseIdleConnections()
 	}
@@ -53,6 +56,7 @@ func (ts *transports) closeIdle() {
 type transportSpec struct {
 	connectTimeout time.Duration
 	hasH2C         bool
+	lean           bool // http1_client: lean
 	tls            *tls.Config
 	key            string
 }
@@ -66,7 +70,9 @@ func loadTransportSpec(u *config.Upstream, hasH2C bool) (transportSpec, error) {
 	if ct <= 0 {
 		ct = defaultConnectTimeout
 	}
-	spec := transportSpec{connectTimeout: ct, hasH2C: hasH2C}
+	// The lean client unless the upstream asks for Go's transport ("" is
+	// an upstream built without defaults applied, as in tests).
+	spec := transportSpec{connectTimeout: ct, hasH2C: hasH2C, lean: u.HTTP1Client != "standard"}
 	h := sha256.New()
 	if t := u.TLS; t != nil {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
@@ -105,7 +111,7 @@ func loadTransportSpec(u *config.Upstream, hasH2C bool) (transportSpec, error) {
 		spec.tls = tc
 		fmt.Fprintf(h, "|sni=%s", t.ServerName)
 	}
-	spec.key = fmt.Sprintf("connect=%s h2c=%t tls=%t/%s", ct, hasH2C, spec.tls != nil, hex.EncodeToString(h.Sum(nil)[:12]))
+	spec.key = fmt.Sprintf("connect=%s h2c=%t lean=%t tls=%t/%s", ct, hasH2C, spec.lean, spec.tls != nil, hex.EncodeToString(h.Sum(nil)[:12]))
 	return spec, nil
 }
 
@@ -130,10 +136,13 @@ func newTransports(spec transportSpec) *transports {
 	if spec.tls != nil {
 		std.TLSClientConfig = spec.tls.Clone()
 	}
-	ts := &transports{std: std, h1: &h1Client{
-		dial: dialer.DialContext, fallback: std,
-		maxIdle: maxIdleConnsPerHost, idleTimeout: idleConnTimeout,
-	}}
+	ts := &transports{std: std}
+	if spec.lean {
+		ts.h1 = &h1Client{
+			dial: dialer.DialContext, fallback: std,
+			maxIdle: maxIdleConnsPerHost, idleTimeout: idleConnTimeout,
+		}
+	}
 	if spec.hasH2C {
 		h := base()
 		var p http.Protocols

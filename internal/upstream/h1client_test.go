@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -386,5 +387,70 @@ func TestH1BoundsTheAnswerHeader(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
 	if _, err := c.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "larger than 10 MiB") {
 		t.Fatalf("err = %v, want the header bound", err)
+	}
+}
+
+// The lean client and Go's transport read the same raw answers alike:
+// status, header, body and trailers, including framings a well-behaved
+// test server would never send.
+func TestH1AgreesWithGoTransport(t *testing.T) {
+	answers := map[string]string{
+		"content-length": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+		"chunked-with-extension-and-trailer": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n" +
+			"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: done\r\n\r\n",
+		"close-delimited":        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+		"http/1.0":               "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"not-modified":           "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 100\r\n\r\n",
+		"no-content":             "HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n",
+		"repeated-header":        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+		"early-hints-then-final": "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+		// Malformed: both clients must refuse (the error texts differ).
+		"conflicting-content-length": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+		"bad-status-line":            "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+		"short-body":                 "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+	}
+	for name, raw := range answers {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			defer ln.Close()
+			wg.Go(func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					_, _ = http.ReadRequest(bufio.NewReader(conn))
+					_, _ = io.WriteString(conn, raw)
+					conn.Close()
+				}
+			})
+			url := "http://" + ln.Addr().String() + "/"
+			read := func(rt http.RoundTripper) string {
+				req, _ := http.NewRequest(http.MethodGet, url, nil)
+				res, err := rt.RoundTrip(req)
+				if err != nil {
+					return "error"
+				}
+				b, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				var sb strings.Builder
+				fmt.Fprintf(&sb, "%d %s close=%t cl=%d\n", res.StatusCode, res.Proto, res.Close, res.ContentLength)
+				res.Header.Del("Date")
+				_ = res.Header.Write(&sb)
+				fmt.Fprintf(&sb, "body=%q failed=%t trailer=%v", b, err != nil, res.Trailer)
+				return sb.String()
+			}
+			std := &http.Transport{DisableCompression: true}
+			defer std.CloseIdleConnections()
+			c := newH1(t)
+			if lean, want := read(c), read(std); lean != want {
+				t.Fatalf("lean client read\n%s\nGo's transport read\n%s", lean, want)
+			}
+		})
 	}
 }

@@ -81,11 +81,23 @@ func (s *Store) beatOnce(ctx context.Context, nodeID string, now int64) {
 	res, err := s.beat.Exec(ctx, s.client, []string{NodesKey},
 		[]string{nodeID, nowArg, strconv.FormatInt(NodeTTL.Microseconds(), 10)}).AsIntSlice()
 	if err != nil || len(res) != 2 {
-		s.log.Warn("rate-limit heartbeat failed", "node", nodeID, "error", err)
+		// Beats run every second: while Redis is down, warn on the first
+		// failure and then once a minute with the count, not every beat.
+		n := s.beatFailures.Add(1)
+		if t := time.Now().UnixNano(); n == 1 || t-s.beatWarnedAt.Load() >= int64(beatWarnEvery) {
+			s.beatWarnedAt.Store(t)
+			s.log.Warn("rate-limit heartbeat failed", "node", nodeID, "failures_in_a_row", n, "error", err)
+		}
 		return
+	}
+	if n := s.beatFailures.Swap(0); n > 0 {
+		s.log.Info("rate-limit heartbeat recovered", "node", nodeID, "failures_in_a_row", n)
 	}
 	s.nodes.Store(res[1])
 }
+
+// beatWarnEvery spaces the warnings of a heartbeat that keeps failing.
+const beatWarnEvery = time.Minute
 
 func (s *Store) leave(nodeID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.beatTimeout())

@@ -44,6 +44,9 @@ type Store struct {
 	beat    *rueidis.Lua
 
 	nodes atomic.Int64 // fleet size from the last heartbeat; 0 = unknown
+
+	beatFailures atomic.Int64 // heartbeats failed in a row
+	beatWarnedAt atomic.Int64 // unix ns of the last "heartbeat failed" warning
 	calls atomic.Int64 // script calls sent (EVALSHA and its EVAL fallback count once)
 
 	paramsMu sync.RWMutex

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -523,6 +524,44 @@ func TestHeartbeat(t *testing.T) {
 		}
 	})
 }
+
+// A heartbeat that keeps failing warns once (then once a minute), and its
+// recovery is logged once.
+func TestHeartbeatFailureLogsOnce(t *testing.T) {
+	p := startRedis(t, t.TempDir(), nil)
+	s := newTestStore(t, p.addr)
+	var mu sync.Mutex
+	var msgs []string
+	s.log = slog.New(recordHandler(func(r slog.Record) {
+		mu.Lock()
+		msgs = append(msgs, r.Level.String()+" "+r.Message)
+		mu.Unlock()
+	}))
+	down, cancel := context.WithCancel(context.Background())
+	cancel() // every beat under it fails, as when Redis cannot be reached
+	for range 5 {
+		s.beatOnce(down, "gw", noNow)
+	}
+	s.beatOnce(context.Background(), "gw", noNow)
+	s.beatOnce(context.Background(), "gw", noNow)
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"WARN rate-limit heartbeat failed", "INFO rate-limit heartbeat recovered"}
+	if !slices.Equal(msgs, want) {
+		t.Fatalf("logged %q, want %q", msgs, want)
+	}
+	if s.Nodes() != 1 {
+		t.Fatalf("nodes = %d after the recovery, want 1", s.Nodes())
+	}
+}
+
+// recordHandler is a slog handler that hands each record to f.
+type recordHandler func(slog.Record)
+
+func (h recordHandler) Enabled(context.Context, slog.Level) bool      { return true }
+func (h recordHandler) Handle(_ context.Context, r slog.Record) error { h(r); return nil }
+func (h recordHandler) WithAttrs([]slog.Attr) slog.Handler            { return h }
+func (h recordHandler) WithGroup(string) slog.Handler                 { return h }
 
 // stopAndWait waits for the store's heartbeat goroutines (their contexts
 // already cancelled).

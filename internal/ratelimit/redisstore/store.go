@@ -47,7 +47,7 @@ type Store struct {
 
 	beatFailures atomic.Int64 // heartbeats failed in a row
 	beatWarnedAt atomic.Int64 // unix ns of the last "heartbeat failed" warning
-	calls atomic.Int64 // script calls sent (EVALSHA and its EVAL fallback count once)
+	calls        atomic.Int64 // script calls sent (EVALSHA and its EVAL fallback count once)
 
 	paramsMu sync.RWMutex
 	params   map[algo.Params]*paramStrings

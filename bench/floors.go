@@ -53,7 +53,7 @@ func runStdProxy(args []string) {
 		Transport:  floorTransport(),
 		BufferPool: &floorBufferPool{},
 	}
-	serveFloor(*addr, rp)
+	serveLoopback(*addr, rp)
 }
 
 // runFanout is the least a net/http fan-out can do: six concurrent
@@ -111,18 +111,7 @@ func runFanout(args []string) {
 		w.Header().Set("Content-Length", strconv.Itoa(out.Len()))
 		_, _ = w.Write(out.Bytes())
 	})
-	serveFloor(*addr, h)
-}
-
-func serveFloor(addr string, h http.Handler) {
-	ln, err := listenLoopback(addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fmt.Println(ln.Addr().String()) // the parent reads the address
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	_ = srv.Serve(ln)
+	serveLoopback(*addr, h)
 }
 
 // startFloor runs one of the floor subcommands against the upstream and
@@ -132,18 +121,22 @@ func (e *env) startFloor(ctx context.Context, name, sub, path string, extra ...s
 	if err != nil {
 		return nil, err
 	}
+	return e.startPrinting(ctx, name, path, self, append([]string{sub, "-addr", "127.0.0.1:0", "-upstream", e.upAddr}, extra...)...)
+}
+
+// startPrinting runs a server that prints its address as its first line
+// of output (the floors, the engine spike) and waits until path answers.
+func (e *env) startPrinting(ctx context.Context, name, path, bin string, args ...string) (*system, error) {
 	logPath := filepath.Join(e.work, name+".log")
-	args := append([]string{sub, "-addr", "127.0.0.1:0", "-upstream", e.upAddr}, extra...)
-	p, err := startProc(ctx, name, logPath, nil, self, args...)
+	p, err := startProc(ctx, name, logPath, nil, bin, args...)
 	if err != nil {
 		return nil, err
 	}
 	addr, err := firstLine(logPath, 5*time.Second)
-	if err != nil {
-		p.stop()
-		return nil, fmt.Errorf("%s: %w", name, err)
+	if err == nil {
+		err = waitHTTP(ctx, "http://"+addr+path, 5*time.Second)
 	}
-	if err := waitHTTP(ctx, "http://"+addr+path, 5*time.Second); err != nil {
+	if err != nil {
 		p.stop()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

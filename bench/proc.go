@@ -30,6 +30,20 @@ func listenLoopback(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// serveLoopback serves h on addr (loopback only) and prints the address it
+// got as its first line of output, which the parent process reads: the
+// upstream and the floor subcommands start this way.
+func serveLoopback(addr string, h http.Handler) {
+	ln, err := listenLoopback(addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(ln.Addr().String())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 1 << 16}
+	_ = srv.Serve(ln)
+}
+
 func freePort() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

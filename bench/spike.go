@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"time"
 )
 
 // engineSpike compares a tuned net/http proxy path with a fasthttp one for
@@ -21,21 +20,7 @@ func (e *env) engineSpike(ctx context.Context, o options) (*table, error) {
 		return nil, fmt.Errorf("build the engine spike: %w", err)
 	}
 	start := func(engine string) (*system, error) {
-		logPath := filepath.Join(e.work, "spike-"+engine+".log")
-		p, err := startProc(ctx, engine, logPath, nil, bin, "-engine", engine, "-listen", "127.0.0.1:0", "-upstream", e.upAddr)
-		if err != nil {
-			return nil, err
-		}
-		addr, err := firstLine(logPath, 5*time.Second)
-		if err != nil {
-			p.stop()
-			return nil, err
-		}
-		if err := waitHTTP(ctx, "http://"+addr+"/small", 5*time.Second); err != nil {
-			p.stop()
-			return nil, err
-		}
-		return &system{name: engine, base: "http://" + addr, proc: p}, nil
+		return e.startPrinting(ctx, engine, "/small", bin, "-engine", engine, "-listen", "127.0.0.1:0", "-upstream", e.upAddr)
 	}
 	nh, err := start("nethttp")
 	if err != nil {

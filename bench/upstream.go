@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -53,12 +52,5 @@ func runUpstream(args []string) {
 		hdr["Content-Length"] = []string{smallLen}
 		_, _ = w.Write(small)
 	})
-	ln, err := listenLoopback(*addr)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "upstream:", err)
-		os.Exit(1)
-	}
-	fmt.Println(ln.Addr().String()) // the parent reads the address
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 1 << 16}
-	_ = srv.Serve(ln)
+	serveLoopback(*addr, h)
 }

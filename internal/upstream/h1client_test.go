@@ -41,6 +41,30 @@ func newConnCounter(t *testing.T, h http.HandlerFunc) *connCounter {
 	return c
 }
 
+// rawServer answers on a loopback port with serve, one connection at a
+// time, each closed after serve returns, until the test ends; it returns
+// the address. For answers no well-behaved server would write.
+func rawServer(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			serve(conn)
+			conn.Close()
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
 func newH1(t *testing.T) *h1Client {
 	t.Helper()
 	std := &http.Transport{}
@@ -143,34 +167,19 @@ func TestH1ConnectionCloseAndEarlyBodyCloseDoNotReuse(t *testing.T) {
 // A server that closes an idle keep-alive connection: the next GET finds
 // the connection dead and is sent again on a new one, without an error.
 func TestH1StaleConnectionIsRetried(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var accepted atomic.Int64
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close() // first: it ends the accept loop wg waits for
-	wg.Go(func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			// One answer per connection, then close without saying so:
-			// what a server does when its idle timeout ends as the
-			// gateway takes the connection from its pool.
-			br := bufio.NewReader(conn)
-			if _, err := http.ReadRequest(br); err == nil {
-				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}
-			time.Sleep(10 * time.Millisecond)
-			conn.Close()
+	addr := rawServer(t, func(conn net.Conn) {
+		accepted.Add(1)
+		// One answer per connection, then close without saying so: what a
+		// server does when its idle timeout ends as the gateway takes the
+		// connection from its pool.
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err == nil {
+			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
+		time.Sleep(10 * time.Millisecond)
 	})
 	c := newH1(t)
-	url := "http://" + ln.Addr().String() + "/"
+	url := "http://" + addr + "/"
 	for i := 0; i < 3; i++ {
 		if _, body := get(t, c, http.MethodGet, url); body != "ok" {
 			t.Fatalf("request %d: %q", i, body)
@@ -361,19 +370,7 @@ func TestH1IdleConnectionsArePruned(t *testing.T) {
 }
 
 func TestH1BoundsTheAnswerHeader(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer ln.Close()
-	wg.Go(func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
+	addr := rawServer(t, func(conn net.Conn) {
 		_, _ = http.ReadRequest(bufio.NewReader(conn))
 		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\n")
 		line := "X-Filler: " + strings.Repeat("a", 1<<10) + "\r\n"
@@ -384,7 +381,7 @@ func TestH1BoundsTheAnswerHeader(t *testing.T) {
 		}
 	})
 	c := newH1(t)
-	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
 	if _, err := c.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "larger than 10 MiB") {
 		t.Fatalf("err = %v, want the header bound", err)
 	}
@@ -411,25 +408,10 @@ func TestH1AgreesWithGoTransport(t *testing.T) {
 	}
 	for name, raw := range answers {
 		t.Run(name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer ln.Close()
-			wg.Go(func() {
-				for {
-					conn, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					_, _ = http.ReadRequest(bufio.NewReader(conn))
-					_, _ = io.WriteString(conn, raw)
-					conn.Close()
-				}
-			})
-			url := "http://" + ln.Addr().String() + "/"
+			url := "http://" + rawServer(t, func(conn net.Conn) {
+				_, _ = http.ReadRequest(bufio.NewReader(conn))
+				_, _ = io.WriteString(conn, raw)
+			}) + "/"
 			read := func(rt http.RoundTripper) string {
 				req, _ := http.NewRequest(http.MethodGet, url, nil)
 				res, err := rt.RoundTrip(req)

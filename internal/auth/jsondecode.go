@@ -63,31 +63,10 @@ func decodeJOSEHeader(s string) (joseHeader, bool) {
 	if !d.at('{') {
 		return h, false
 	}
-	d.i++
-	d.depth++
-	d.space()
-	if d.at('}') {
-		d.i++
-		d.space()
-		return h, d.i == len(d.s)
-	}
-	for {
-		if !d.at('"') {
-			return h, false
-		}
-		name, ok := d.str()
-		if !ok {
-			return h, false
-		}
-		d.space()
-		if !d.at(':') {
-			return h, false
-		}
-		d.i++
-		d.space()
+	ok := d.container('}', true, func(name string) bool {
 		start := d.i
 		if !d.skip() {
-			return h, false
+			return false
 		}
 		switch name {
 		case "alg":
@@ -97,19 +76,10 @@ func decodeJOSEHeader(s string) (joseHeader, bool) {
 		case "crit":
 			h.crit = true
 		}
-		d.space()
-		switch {
-		case d.at(','):
-			d.i++
-			d.space()
-		case d.at('}'):
-			d.i++
-			d.space()
-			return h, d.i == len(d.s)
-		default:
-			return h, false
-		}
-	}
+		return true
+	})
+	d.space()
+	return h, ok && d.i == len(d.s)
 }
 
 // headerString converts the raw JSON of a header member to a Go string as
@@ -174,80 +144,84 @@ func (d *jsonDecoder) value() (any, bool) {
 }
 
 func (d *jsonDecoder) object() (map[string]any, bool) {
-	d.i++ // '{'
-	if d.depth++; d.depth > maxJSONDepth {
+	m := make(map[string]any)
+	ok := d.container('}', true, func(name string) bool {
+		v, ok := d.value()
+		m[name] = v
+		return ok
+	})
+	if !ok {
 		return nil, false
 	}
-	m := make(map[string]any)
-	d.space()
-	if d.at('}') {
-		d.i++
-		d.depth--
-		return m, true
-	}
-	for {
-		if !d.at('"') {
-			return nil, false
-		}
-		k, ok := d.str()
-		if !ok {
-			return nil, false
-		}
-		d.space()
-		if !d.at(':') {
-			return nil, false
-		}
-		d.i++
-		d.space()
-		v, ok := d.value()
-		if !ok {
-			return nil, false
-		}
-		m[k] = v
-		d.space()
-		switch {
-		case d.at(','):
-			d.i++
-			d.space()
-		case d.at('}'):
-			d.i++
-			d.depth--
-			return m, true
-		default:
-			return nil, false
-		}
-	}
+	return m, true
 }
 
 func (d *jsonDecoder) array() (any, bool) {
-	d.i++ // '['
-	if d.depth++; d.depth > maxJSONDepth {
+	a := make([]any, 0) // never nil, as encoding/json: "[]" is an empty array
+	ok := d.container(']', false, func(string) bool {
+		v, ok := d.value()
+		a = append(a, v)
+		return ok
+	})
+	if !ok {
 		return nil, false
 	}
-	a := make([]any, 0) // never nil, as encoding/json: "[]" is an empty array
+	return a, true
+}
+
+// container walks the object or array that opens at d.i and ends with
+// end, counting its depth against encoding/json's limit. For each member
+// it reads the name (objects; decoded only when names is set, else just
+// validated) and the colon, then calls member with d.i at the value, which
+// member must move past.
+func (d *jsonDecoder) container(end byte, names bool, member func(name string) bool) bool {
+	object := end == '}'
+	d.i++ // '{' or '['
+	if d.depth++; d.depth > maxJSONDepth {
+		return false
+	}
 	d.space()
-	if d.at(']') {
+	if d.at(end) {
 		d.i++
 		d.depth--
-		return a, true
+		return true
 	}
 	for {
-		v, ok := d.value()
-		if !ok {
-			return nil, false
+		var name string
+		if object {
+			if !d.at('"') {
+				return false
+			}
+			ok := true
+			if names {
+				name, ok = d.str()
+			} else {
+				ok = d.skipString()
+			}
+			if !ok {
+				return false
+			}
+			d.space()
+			if !d.at(':') {
+				return false
+			}
+			d.i++
+			d.space()
 		}
-		a = append(a, v)
+		if !member(name) {
+			return false
+		}
 		d.space()
 		switch {
 		case d.at(','):
 			d.i++
 			d.space()
-		case d.at(']'):
+		case d.at(end):
 			d.i++
 			d.depth--
-			return a, true
+			return true
 		default:
-			return nil, false
+			return false
 		}
 	}
 }
@@ -260,49 +234,10 @@ func (d *jsonDecoder) skip() bool {
 		return false
 	}
 	switch c := d.s[d.i]; {
-	case c == '{' || c == '[':
-		end := byte('}')
-		if c == '[' {
-			end = ']'
-		}
-		d.i++
-		if d.depth++; d.depth > maxJSONDepth {
-			return false
-		}
-		d.space()
-		if d.at(end) {
-			d.i++
-			d.depth--
-			return true
-		}
-		for {
-			if c == '{' {
-				if !d.at('"') || !d.skipString() {
-					return false
-				}
-				d.space()
-				if !d.at(':') {
-					return false
-				}
-				d.i++
-				d.space()
-			}
-			if !d.skip() {
-				return false
-			}
-			d.space()
-			switch {
-			case d.at(','):
-				d.i++
-				d.space()
-			case d.at(end):
-				d.i++
-				d.depth--
-				return true
-			default:
-				return false
-			}
-		}
+	case c == '{':
+		return d.container('}', false, func(string) bool { return d.skip() })
+	case c == '[':
+		return d.container(']', false, func(string) bool { return d.skip() })
 	case c == '"':
 		return d.skipString()
 	case c == 't':

@@ -125,10 +125,7 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	ctx := req.Context()
-	host := req.URL.Host
-	if !strings.Contains(host, ":") || strings.HasSuffix(host, "]") {
-		host = net.JoinHostPort(strings.Trim(host, "[]"), "80")
-	}
+	host := req.URL.Host // the idle pool's key; get adds the default port to dial
 	// A request on a reused connection that fails before any byte of an
 	// answer arrives is sent again on a new one: the server may have closed
 	// the connection as it was taken from the pool, and the fast path only
@@ -282,7 +279,11 @@ func (c *h1Client) get(ctx context.Context, host string) (pc *h1Conn, reused boo
 		}
 		return pc, true, nil
 	}
-	conn, err := c.dial(ctx, "tcp", host)
+	addr := host
+	if !strings.Contains(addr, ":") || strings.HasSuffix(addr, "]") {
+		addr = net.JoinHostPort(strings.Trim(addr, "[]"), "80")
+	}
+	conn, err := c.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}

@@ -448,3 +448,24 @@ func FreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// runLoad calls do in a loop from workers goroutines (do gets the worker's
+// number and its count of calls so far) until the returned stop is called;
+// stop waits for them.
+func runLoad(workers int, do func(worker, i int)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				do(w, i)
+			}
+		})
+	}
+	return func() { close(done); wg.Wait() }
+}

@@ -41,41 +41,28 @@ routes:
 	var seenA, seenB atomic.Int64
 	var mu sync.Mutex
 	var failures []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 6; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				total.Add(1)
-				resp, err := c.Get(p.Base + "/r")
-				if err != nil {
-					mu.Lock()
-					failures = append(failures, err.Error())
-					mu.Unlock()
-					continue
-				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				switch {
-				case err != nil || resp.StatusCode != http.StatusOK:
-					mu.Lock()
-					failures = append(failures, fmt.Sprintf("%d %q %v", resp.StatusCode, body, err))
-					mu.Unlock()
-				case resp.Header.Get("X-Config") == "a":
-					seenA.Add(1)
-				case resp.Header.Get("X-Config") == "b":
-					seenB.Add(1)
-				}
-			}
-		}()
-	}
+	stop := runLoad(6, func(int, int) {
+		total.Add(1)
+		resp, err := c.Get(p.Base + "/r")
+		if err != nil {
+			mu.Lock()
+			failures = append(failures, err.Error())
+			mu.Unlock()
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case err != nil || resp.StatusCode != http.StatusOK:
+			mu.Lock()
+			failures = append(failures, fmt.Sprintf("%d %q %v", resp.StatusCode, body, err))
+			mu.Unlock()
+		case resp.Header.Get("X-Config") == "a":
+			seenA.Add(1)
+		case resp.Header.Get("X-Config") == "b":
+			seenB.Add(1)
+		}
+	})
 
 	var okReloads, badReloads int
 	ctx := context.Background()
@@ -123,8 +110,7 @@ routes:
 		}
 	}
 	okReloads += hups
-	close(stop)
-	wg.Wait()
+	stop()
 
 	t.Logf("%d requests (%d with config a, %d with b), %d reloads applied, %d refused",
 		total.Load(), seenA.Load(), seenB.Load(), okReloads, badReloads)

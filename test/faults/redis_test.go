@@ -91,54 +91,42 @@ routes:
 	var bgTotal, bgBad atomic.Int64
 	var bgMu sync.Mutex
 	var bgErrs []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w, path := range []string{"/open", "/local", "/closed"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
+	paths := []string{"/open", "/local", "/closed"}
+	stop := runLoad(len(paths), func(w, i int) {
+		path := paths[w]
+		req, _ := http.NewRequest(http.MethodGet, p.Base+path, nil)
+		req.Header.Set("X-Key", "bg-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
+		bgTotal.Add(1)
+		resp, err := c.Do(req)
+		var msg string
+		if err != nil {
+			msg = err.Error()
+		} else {
+			body, rerr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case rerr != nil:
+				msg = rerr.Error()
+			case resp.StatusCode == http.StatusOK:
+			case resp.StatusCode == http.StatusServiceUnavailable && path == "/closed":
+				if _, perr := checkProblem(resp, body, 503); perr != nil {
+					msg = perr.Error()
 				}
-				req, _ := http.NewRequest(http.MethodGet, p.Base+path, nil)
-				req.Header.Set("X-Key", "bg-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
-				bgTotal.Add(1)
-				resp, err := c.Do(req)
-				var msg string
-				if err != nil {
-					msg = err.Error()
-				} else {
-					body, rerr := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					switch {
-					case rerr != nil:
-						msg = rerr.Error()
-					case resp.StatusCode == http.StatusOK:
-					case resp.StatusCode == http.StatusServiceUnavailable && path == "/closed":
-						if _, perr := checkProblem(resp, body, 503); perr != nil {
-							msg = perr.Error()
-						}
-					default:
-						msg = fmt.Sprintf("status %d %s", resp.StatusCode, body)
-					}
-				}
-				if msg != "" {
-					bgBad.Add(1)
-					bgMu.Lock()
-					if len(bgErrs) < 10 {
-						bgErrs = append(bgErrs, path+": "+msg)
-					}
-					bgMu.Unlock()
-				}
+			default:
+				msg = fmt.Sprintf("status %d %s", resp.StatusCode, body)
 			}
-		}()
-	}
+		}
+		if msg != "" {
+			bgBad.Add(1)
+			bgMu.Lock()
+			if len(bgErrs) < 10 {
+				bgErrs = append(bgErrs, path+": "+msg)
+			}
+			bgMu.Unlock()
+		}
+	})
 	defer func() {
-		close(stop)
-		wg.Wait()
+		stop()
 		t.Logf("background: %d requests, %d unexpected", bgTotal.Load(), bgBad.Load())
 		if bgBad.Load() > 0 {
 			t.Errorf("background load saw %d unexpected answers: %v", bgBad.Load(), bgErrs)

@@ -48,48 +48,34 @@ routes:
 	var total, failed atomic.Int64
 	var badMu sync.Mutex
 	var bad []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				total.Add(1)
-				resp, err := c.Get(p.Base + "/x")
-				if err != nil {
-					failed.Add(1)
-					badMu.Lock()
-					bad = append(bad, err.Error())
-					badMu.Unlock()
-					continue
-				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil || resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-					badMu.Lock()
-					if err == nil {
-						if _, perr := checkProblem(resp, body, resp.StatusCode); perr != nil {
-							bad = append(bad, "malformed error: "+perr.Error())
-						}
-					}
-					bad = append(bad, fmt.Sprintf("%d %s %v", resp.StatusCode, body, err))
-					badMu.Unlock()
+	stop := runLoad(8, func(int, int) {
+		total.Add(1)
+		resp, err := c.Get(p.Base + "/x")
+		if err != nil {
+			failed.Add(1)
+			badMu.Lock()
+			bad = append(bad, err.Error())
+			badMu.Unlock()
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			failed.Add(1)
+			badMu.Lock()
+			if err == nil {
+				if _, perr := checkProblem(resp, body, resp.StatusCode); perr != nil {
+					bad = append(bad, "malformed error: "+perr.Error())
 				}
 			}
-		}()
-	}
+			bad = append(bad, fmt.Sprintf("%d %s %v", resp.StatusCode, body, err))
+			badMu.Unlock()
+		}
+	})
 	time.Sleep(700 * time.Millisecond) // load runs on its own clock; this only spaces the fault
 	b.Kill()
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	stop()
 
 	n, f := total.Load(), failed.Load()
 	t.Logf("requests %d, failed %d (%.3f%%)", n, f, 100*float64(f)/float64(n))

@@ -628,13 +628,22 @@ func TestGRPCOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	hc := healthpb.NewHealthClient(cc)
+	healthCheckAndWatch(t, healthpb.NewHealthClient(cc))
+	if err := waitErr(t, hs.watchEnded, "upstream watch end"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("upstream stream ended with %v, want Canceled", err)
+	}
+}
+
+// healthCheckAndWatch makes a unary call that succeeds, one that fails
+// with NotFound, and a server stream that delivers its first message and
+// is then cancelled by the client.
+func healthCheckAndWatch(t *testing.T, hc healthpb.HealthClient) {
+	t.Helper()
 	if resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("Check: %v %v", resp, err)
 	}
-	_, err = hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "nope"})
+	_, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "nope"})
 	wantCode(t, err, codes.NotFound, "unknown service")
-
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
@@ -643,10 +652,6 @@ func TestGRPCOverTLS(t *testing.T) {
 	}
 	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("first message: %v %v", msg, err)
-	}
-	cancel()
-	if err := waitErr(t, hs.watchEnded, "upstream watch end"); !errors.Is(err, context.Canceled) {
-		t.Fatalf("upstream stream ended with %v, want Canceled", err)
 	}
 }
 
@@ -668,21 +673,7 @@ func TestGRPCThroughUpstreamPool(t *testing.T) {
 		return Backend{Name: name, Weight: 1, Transport: pools[name], Target: u}
 	}
 	hc := healthpb.NewHealthClient(grpcClient(t, grpcFront(t, Config{Route: "grpc", Backends: []Backend{backend("grpc")}}, Deps{})))
-	if resp, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("Check: %v %v", resp, err)
-	}
-	_, err = hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "nope"})
-	wantCode(t, err, codes.NotFound, "unknown service")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if msg, err := stream.Recv(); err != nil || msg.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("first message: %v %v", msg, err)
-	}
-	cancel()
+	healthCheckAndWatch(t, hc)
 
 	down := healthpb.NewHealthClient(grpcClient(t, grpcFront(t, Config{Route: "down", Backends: []Backend{backend("down")}}, Deps{})))
 	_, err = down.Check(context.Background(), &healthpb.HealthCheckRequest{})

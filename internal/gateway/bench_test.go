@@ -20,12 +20,7 @@ import (
 // proxy, upstream pool) against a real upstream over loopback. The HTTP
 // server's own cost is left out: the gateway is called as a handler.
 func BenchmarkPlainRoute(b *testing.B) {
-	body := []byte(`{"id":12345,"name":"portico bench","ok":true,"tags":["a","b"],"note":"one hundred byte body ....."}`)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(body)
-	}))
-	defer up.Close()
+	up := benchUpstream(b)
 	dir := b.TempDir()
 	path := filepath.Join(dir, "gw.yaml")
 	os.WriteFile(path, []byte(fmt.Sprintf(baseConfig, up.URL)), 0o644)
@@ -38,18 +33,7 @@ func BenchmarkPlainRoute(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer gw.Close()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			req := httptest.NewRequest(http.MethodGet, "http://gw/api/small", nil)
-			req.RemoteAddr = "127.0.0.1:12345"
-			w := httptest.NewRecorder()
-			gw.ServeHTTP(w, req)
-			if w.Code != 200 {
-				b.Fatalf("status %d", w.Code)
-			}
-		}
-	})
+	serveParallel(b, gw)
 }
 
 // BenchmarkBareProxy is the floor for BenchmarkPlainRoute: the same proxy
@@ -57,12 +41,7 @@ func BenchmarkPlainRoute(b *testing.B) {
 // telemetry, access log). The ratio of the two is what the gateway's edge
 // work costs per request.
 func BenchmarkBareProxy(b *testing.B) {
-	body := []byte(`{"id":12345,"name":"portico bench","ok":true,"tags":["a","b"],"note":"one hundred byte body ....."}`)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(body)
-	}))
-	defer up.Close()
+	up := benchUpstream(b)
 	cfg, err := config.LoadBytes("bench.yaml", []byte(fmt.Sprintf(baseConfig, up.URL)))
 	if err != nil {
 		b.Fatal(err)
@@ -79,6 +58,22 @@ func BenchmarkBareProxy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	serveParallel(b, h)
+}
+
+// benchUpstream answers every request with a 100-byte JSON body.
+func benchUpstream(b *testing.B) *httptest.Server {
+	body := []byte(`{"id":12345,"name":"portico bench","ok":true,"tags":["a","b"],"note":"one hundred byte body ....."}`)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	b.Cleanup(up.Close)
+	return up
+}
+
+// serveParallel sends GET /api/small to h from every benchmark goroutine.
+func serveParallel(b *testing.B, h http.Handler) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {

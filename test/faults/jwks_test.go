@@ -20,11 +20,7 @@ func TestJWKSDown(t *testing.T) {
 	unknown := authtest.NewRSAKey(t, "rotated-in", "RS256")
 	jwks := authtest.NewJWKSServer(t, known)
 	jwks.SetDown(true)
-	up, err := StartTarget("127.0.0.1:0", okHandler("up"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Kill)
+	up := okTarget(t, "up")
 	p := start(t, header+fmt.Sprintf(`upstreams:
   up: {targets: [{url: %q}]}
 auth:

@@ -20,11 +20,7 @@ import (
 // counters must match what the admin API answered.
 func TestReloadStorm(t *testing.T) {
 	t.Parallel()
-	up, err := StartTarget("127.0.0.1:0", okHandler("up"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Kill)
+	up := okTarget(t, "up")
 	cfg := func(tag string) string {
 		return header + fmt.Sprintf(`upstreams:
   up: {targets: [{url: %q}]}

@@ -206,11 +206,7 @@ routes:
 // problem+json at once; the target coming back is marked up and served.
 func TestAllTargetsUnhealthy(t *testing.T) {
 	t.Parallel()
-	tg, err := StartTarget("127.0.0.1:0", okHandler("only"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(tg.Kill)
+	tg := okTarget(t, "only")
 	p := start(t, header+fmt.Sprintf(`upstreams:
   solo:
     targets: [{url: %q}]

@@ -37,11 +37,7 @@ func startRedis(t *testing.T) *Redis {
 func TestRedisKilledAndRestarted(t *testing.T) {
 	t.Parallel()
 	rds := startRedis(t)
-	up, err := StartTarget("127.0.0.1:0", okHandler("up"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Kill)
+	up := okTarget(t, "up")
 	const limit = 5
 	p := start(t, header+fmt.Sprintf(`upstreams:
   up: {targets: [{url: %q}]}
@@ -225,11 +221,7 @@ func TestRedisDownAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := StartTarget("127.0.0.1:0", okHandler("up"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(up.Kill)
+	up := okTarget(t, "up")
 	p := start(t, header+fmt.Sprintf(`upstreams:
   up: {targets: [{url: %q}]}
 rate_limits:

@@ -21,20 +21,24 @@ func okHandler(name string) http.Handler {
 	})
 }
 
+// okTarget starts a target answering okHandler(name) on a free loopback
+// port; it is killed when the test ends.
+func okTarget(t *testing.T, name string) *Target {
+	t.Helper()
+	tg, err := StartTarget("127.0.0.1:0", okHandler(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tg.Kill)
+	return tg
+}
+
 // Fault 1: one of two targets dies under load. Retries (connect errors and
 // idempotent GETs) and passive ejection must hide it from clients.
 func TestUpstreamTargetKilled(t *testing.T) {
 	t.Parallel()
-	a, err := StartTarget("127.0.0.1:0", okHandler("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.Kill)
-	b, err := StartTarget("127.0.0.1:0", okHandler("b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Kill)
+	a := okTarget(t, "a")
+	b := okTarget(t, "b")
 	p := start(t, header+fmt.Sprintf(`upstreams:
   pool:
     targets: [{url: %q}, {url: %q}]

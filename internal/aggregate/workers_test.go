@@ -44,7 +44,10 @@ func workerEndpoint(t *testing.T, pool *workerPool, n int, rt http.RoundTripper)
 // endpoint is built in the bubble, and its workers stay there.
 func TestWorkersReuseAndExit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e := workerEndpoint(t, nil, 3, nil)
+		// The backends answer only when all three run at once: with
+		// instant answers a worker could park and take the next backend
+		// of the same request, and one worker would serve both.
+		e := workerEndpoint(t, nil, 3, &barrierRT{size: 3, all: make(chan struct{})})
 		pool := e.workers
 		for range 3 {
 			rec := do(e, gatewayRequest("GET", "/feed"))

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// rssBytes reads the process's resident set from /proc, as an operator
+// would see it.
+func rssBytes(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status:", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmRSS line %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/self/status")
+	return 0
+}
+
+var sink [64][]byte
+
+// makeGarbage allocates n bytes in 8 KiB pieces, touches them and drops
+// each soon after, like the requests of a burst: at most 512 KiB is live at
+// a time.
+func makeGarbage(n int) {
+	for i := 0; i < n/(8<<10); i++ {
+		b := make([]byte, 8<<10)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		sink[i%len(sink)] = b
+	}
+	sink = [64][]byte{}
+}
+
+// quietHeap starts from a collected heap with the collector off, so the
+// garbage a test makes is all still held when the reclaimer looks.
+func quietHeap(t *testing.T) *idleReclaimer {
+	debug.FreeOSMemory()
+	old := debug.SetGCPercent(-1)
+	t.Cleanup(func() { debug.SetGCPercent(old) })
+	return newIdleReclaimer()
+}
+
+func TestIdleReclaimerGivesMemoryBackWhenQuiet(t *testing.T) {
+	r := quietHeap(t)
+	r.step() // primes the allocation counter
+
+	makeGarbage(96 << 20)
+	if r.step() {
+		t.Fatal("reclaimed in the tick that allocated 96 MiB: the process was busy")
+	}
+	before := rssBytes(t)
+	if !r.step() {
+		t.Fatal("a quiet tick with 96 MiB of garbage held did not reclaim")
+	}
+	after := rssBytes(t)
+	if before-after < 48<<20 {
+		t.Errorf("RSS went from %d MiB to %d MiB; want at least 48 MiB back", before>>20, after>>20)
+	}
+	if r.step() {
+		t.Error("reclaimed again with no new garbage: one idle period should cost one collection")
+	}
+}
+
+func TestIdleReclaimerLeavesSmallGainsAlone(t *testing.T) {
+	r := quietHeap(t)
+	r.step()
+	makeGarbage(4 << 20)
+	r.step() // the busy tick
+	if r.step() {
+		t.Error("reclaimed for 4 MiB of garbage, under the 16 MiB floor")
+	}
+}

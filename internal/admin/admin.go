@@ -26,11 +26,16 @@ import (
 // Deps are what the admin API shows and does. A nil view function answers
 // 503 (not available in this process); Ready nil means always ready.
 type Deps struct {
-	// Token, when set, is required as "Authorization: Bearer TOKEN" on
-	// /admin/* and /dashboard/ (the dashboard page also accepts ?token=,
-	// since a browser cannot add the header to a navigation). /healthz,
-	// /readyz and /metrics never need it: probes and scrapers.
-	Token string
+	// Token returns the admin token. When it is not empty, it is required
+	// as "Authorization: Bearer TOKEN" on /admin/*, /dashboard/ and
+	// /debug/pprof/ (the dashboard page also accepts ?token=, since a
+	// browser cannot add the header to a navigation). /healthz, /readyz and
+	// /metrics never need it: probes and scrapers. It is called on every
+	// request, so a config reload rotates the token at once; nil means no
+	// token.
+	Token func() string
+	// Profiler, when set, serves /debug/pprof/ (behind the token).
+	Profiler http.Handler
 	// Metrics serves GET /metrics.
 	Metrics http.Handler
 	// Ready reports whether the gateway serves traffic (false while
@@ -52,9 +57,8 @@ type Deps struct {
 var dashboardHTML []byte
 
 type server struct {
-	deps      Deps
-	tokenHash [32]byte
-	csp       string
+	deps Deps
+	csp  string
 }
 
 // New returns the admin listener's handler.
@@ -63,8 +67,8 @@ func New(deps Deps) http.Handler {
 	if s.deps.Logger == nil {
 		s.deps.Logger = slog.New(slog.DiscardHandler)
 	}
-	if deps.Token != "" {
-		s.tokenHash = sha256.Sum256([]byte(deps.Token))
+	if s.deps.Token == nil {
+		s.deps.Token = func() string { return "" }
 	}
 	s.csp = dashboardCSP(dashboardHTML)
 	mux := http.NewServeMux()
@@ -78,6 +82,10 @@ func New(deps Deps) http.Handler {
 	mux.Handle("GET /admin/stats", s.auth(s.view(func() func() any { return s.deps.Stats })))
 	mux.Handle("GET /admin/slo", s.auth(s.view(func() func() any { return s.deps.SLO })))
 	mux.Handle("POST /admin/reload", s.auth(http.HandlerFunc(s.reload)))
+	if deps.Profiler != nil {
+		mux.Handle("GET /debug/pprof/", s.auth(deps.Profiler))
+		mux.Handle("POST /debug/pprof/", s.auth(deps.Profiler)) // pprof's symbol lookup
+	}
 	mux.Handle("GET /dashboard/{$}", s.authOrQuery(http.HandlerFunc(s.dashboard)))
 	mux.HandleFunc("GET /dashboard", func(w http.ResponseWriter, r *http.Request) {
 		u := "/dashboard/"
@@ -155,10 +163,10 @@ func (s *server) reload(w http.ResponseWriter, r *http.Request) {
 		Extra: map[string]any{"errors": lines}})
 }
 
-func (s *server) tokenOK(got string) bool {
-	h := sha256.Sum256([]byte(got))
+func tokenOK(got, want string) bool {
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
 	// Comparing digests keeps the comparison constant-time in the length too.
-	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
 }
 
 func bearer(r *http.Request) (string, bool) {
@@ -175,11 +183,13 @@ func (s *server) unauthorized(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) auth(next http.Handler) http.Handler {
-	if s.deps.Token == "" {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if tok, ok := bearer(r); !ok || !s.tokenOK(tok) {
+		want := s.deps.Token()
+		if want == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if tok, ok := bearer(r); !ok || !tokenOK(tok, want) {
 			s.unauthorized(w, r)
 			return
 		}
@@ -188,15 +198,17 @@ func (s *server) auth(next http.Handler) http.Handler {
 }
 
 func (s *server) authOrQuery(next http.Handler) http.Handler {
-	if s.deps.Token == "" {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := s.deps.Token()
+		if want == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
 		tok, ok := bearer(r)
 		if !ok {
 			tok, ok = r.URL.Query().Get("token"), r.URL.Query().Has("token")
 		}
-		if !ok || !s.tokenOK(tok) {
+		if !ok || !tokenOK(tok, want) {
 			s.unauthorized(w, r)
 			return
 		}

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func testDeps(ready *atomic.Bool, reloadErr *atomic.Pointer[error]) Deps {
 	return Deps{
-		Token:   "s3cret",
+		Token:   func() string { return "s3cret" },
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "portico_up 1\n") }),
 		Ready:   ready.Load,
 		Reload: func() error {

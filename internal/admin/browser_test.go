@@ -91,7 +91,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	eng.Evaluate(clk.Now())
 
 	srv := httptest.NewServer(New(Deps{
-		Token:   "s3cret",
+		Token:   func() string { return "s3cret" },
 		Metrics: tel.MetricsHandler(),
 		Stats:   func() any { return tel.Stats() },
 		SLO:     func() any { return eng.Snapshot() },

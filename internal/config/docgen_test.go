@@ -57,7 +57,7 @@ var fieldDocs = map[string]fieldDoc{
 	"CertKey.key":            {desc: "PEM private key file."},
 
 	"Admin.listen": {desc: "Address of the admin listener. A non-loopback address needs a token.", def: `"127.0.0.1:9901"`},
-	"Admin.token":  {desc: "Bearer token for /admin/* and /dashboard/ (/healthz, /readyz and /metrics never need it). Use ${VAR}."},
+	"Admin.token":  {desc: "Bearer token for /admin/*, /dashboard/ and /debug/pprof/ (/healthz, /readyz and /metrics never need it). A reload rotates it. Use ${VAR}."},
 
 	"Logging.level":      {desc: "Process log level (JSON lines on stderr).", def: "info", enum: []string{"debug", "info", "warn", "error"}},
 	"Logging.access_log": {desc: "One JSON line per request on stdout, through a bounded asynchronous buffer.", def: "true"},

@@ -483,31 +483,51 @@ func grepLines(text, substr string) string {
 	return strings.Join(out, "\n")
 }
 
-// TestAdminProfilerNeedsToken: /debug/pprof/ sits behind the admin token.
-func TestAdminProfilerNeedsToken(t *testing.T) {
+// TestAdminTokenGuardsAndRotates: /admin/* and /debug/pprof/ sit behind the
+// admin token, /metrics does not, and a reload that changes the token
+// rotates it at once: the old one is refused, the new one accepted.
+func TestAdminTokenGuardsAndRotates(t *testing.T) {
 	a := echoUpstream(t, "a")
-	h := start(t, strings.Replace(fmt.Sprintf(baseConfig, a.URL), `admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token: "s3cret-admin-token"}`, 1))
-	resp, err := http.Get(h.admin + "/debug/pprof/")
-	if err != nil {
+	withToken := func(tok string) string {
+		return strings.Replace(fmt.Sprintf(baseConfig, a.URL), `admin: {listen: "127.0.0.1:0"}`, `admin: {listen: "127.0.0.1:0", token: "`+tok+`"}`, 1)
+	}
+	h := start(t, withToken("first-token"))
+	call := func(method, path, tok string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, h.admin+path, nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s %s: 401 without WWW-Authenticate", method, path)
+		}
+		return resp.StatusCode
+	}
+	check := func(step, tok string, want int) {
+		t.Helper()
+		for _, path := range []string{"/admin/stats", "/debug/pprof/cmdline"} {
+			if got := call(http.MethodGet, path, tok); got != want {
+				t.Errorf("%s: %s with token %q: %d, want %d", step, path, tok, got, want)
+			}
+		}
+	}
+	check("before", "", 401)
+	check("before", "first-token", 200)
+	if got := call(http.MethodGet, "/metrics", ""); got != 200 {
+		t.Errorf("/metrics must not need the token: %d", got)
+	}
+
+	if err := os.WriteFile(filepath.Join(h.dir, "gateway.yaml"), []byte(withToken("second-token")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != 401 {
-		t.Errorf("pprof without token: %d", resp.StatusCode)
+	if got := call(http.MethodPost, "/admin/reload", "first-token"); got != 200 {
+		t.Fatalf("reload: %d", got)
 	}
-	req, _ := http.NewRequest(http.MethodGet, h.admin+"/debug/pprof/cmdline", nil)
-	req.Header.Set("Authorization", "Bearer s3cret-admin-token")
-	resp, err = http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("pprof with token: %d", resp.StatusCode)
-	}
-	if resp, err := http.Get(h.admin + "/metrics"); err != nil || resp.StatusCode != 200 {
-		t.Errorf("metrics must not need the token: %v %v", resp, err)
-	} else {
-		resp.Body.Close()
-	}
+	check("after rotation", "first-token", 401)
+	check("after rotation", "second-token", 200)
 }

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/portico-gw/portico/internal/admin"
 	"github.com/portico-gw/portico/internal/listener"
-	"github.com/portico-gw/portico/internal/problem"
 )
 
 // Listeners are the gateway's bound sockets, opened before serving so that
@@ -152,30 +150,16 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 // profiler under /debug/pprof/ (behind the admin token when one is set), so
 // an operator can profile a live gateway as the benchmarks do.
 func (g *Gateway) AdminHandler() http.Handler {
-	api := g.adminAPI()
-	token := g.Config().Admin.Token
-	mux := http.NewServeMux()
-	mux.Handle("/", api)
 	prof := http.NewServeMux()
 	prof.HandleFunc("/debug/pprof/", pprof.Index)
 	prof.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.Handle("/debug/pprof/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="portico-admin"`)
-			problem.WriteStatus(w, r, http.StatusUnauthorized, "admin_unauthorized", "the admin token is required")
-			return
-		}
-		prof.ServeHTTP(w, r)
-	}))
-	return mux
-}
-
-func (g *Gateway) adminAPI() http.Handler {
 	return admin.New(admin.Deps{
-		Token:     g.Config().Admin.Token,
+		// Read per request, so a reload rotates the token.
+		Token:     func() string { return g.Config().Admin.Token },
+		Profiler:  prof,
 		Metrics:   g.tel.MetricsHandler(),
 		Ready:     func() bool { return !g.draining.Load() },
 		Reload:    g.Reload,

@@ -140,7 +140,7 @@ func (t *Telemetry) redacted(name string) bool {
 	return false
 }
 
-func (t *Telemetry) logAccess(route string, r *http.Request, info *reqctx.Info, status int, bytes int64, d time.Duration, end time.Time) {
+func (t *Telemetry) logAccess(route string, r *http.Request, info *reqctx.Info, o outcome, bytes int64, d time.Duration, end time.Time) {
 	bp := t.alog.get()
 	b := *bp
 	b = append(b, `{"time":"`...)
@@ -151,8 +151,21 @@ func (t *Telemetry) logAccess(route string, r *http.Request, info *reqctx.Info, 
 	b = appendJSONString(b, r.Method)
 	b = append(b, `,"path":`...)
 	b = t.appendPath(b, r)
+	// status is what went out on the wire; outcome_status, present only
+	// when it differs, is what the metrics counted.
+	sent := o.sent
+	if sent == 0 {
+		sent = o.status
+	}
 	b = append(b, `,"status":`...)
-	b = strconv.AppendInt(b, int64(status), 10)
+	b = strconv.AppendInt(b, int64(sent), 10)
+	if o.aborted {
+		b = append(b, `,"aborted":true`...)
+	}
+	if o.status != sent {
+		b = append(b, `,"outcome_status":`...)
+		b = strconv.AppendInt(b, int64(o.status), 10)
+	}
 	b = append(b, `,"bytes":`...)
 	b = strconv.AppendInt(b, bytes, 10)
 	b = append(b, `,"duration_ms":`...)

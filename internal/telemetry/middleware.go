@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -25,6 +26,16 @@ import (
 // "499"; the SLO engine does not count it as bad. A response with status 101
 // (or a hijacked connection) is a WebSocket and is counted in
 // portico_websocket_connections until the handler returns.
+//
+// A response cut short is not counted with the status its header carried:
+// when the handler panics with http.ErrAbortHandler (httputil.ReverseProxy
+// does when the upstream body fails after the header went out) the client got
+// a truncated response on a closed connection, so it counts as 502, or as 499
+// when the client had gone (its context canceled or a write to it failed). A
+// handler that returns normally after a write to the client failed counts as
+// 499 as well. A 5xx already sent stays as it was: it was a failure either
+// way. The access log keeps the status sent and adds "aborted" and
+// "outcome_status".
 func (t *Telemetry) Middleware(route string) func(http.Handler) http.Handler {
 	rs := t.route(route)
 	return func(next http.Handler) http.Handler {
@@ -45,52 +56,135 @@ func (t *Telemetry) Middleware(route string) func(http.Handler) http.Handler {
 			r, span := t.tracing.Load().start(r, rs.name, info)
 			finished := false
 			defer func() {
-				if !finished {
-					// The handler panicked: the recover stage outside
-					// answers 500, so count it as that.
-					if sw.status == 0 {
-						sw.status = http.StatusInternalServerError
-					}
-					t.finish(rs, sw, r, info, span, start)
+				if finished {
+					return
+				}
+				// The handler panicked (or called runtime.Goexit, which
+				// recover reports as nil). Count the request, then let the
+				// panic go on unchanged: net/http closes the connection on
+				// it, which is what tells the client its response is cut.
+				v := recover()
+				t.finish(rs, sw, r, info, span, start, panicOutcome(v))
+				if v != nil {
+					panic(v)
 				}
 			}()
 			next.ServeHTTP(sw, r)
 			finished = true
-			t.finish(rs, sw, r, info, span, start)
+			t.finish(rs, sw, r, info, span, start, returned)
 		})
 	}
 }
 
-func (t *Telemetry) finish(rs *routeState, sw *statusWriter, r *http.Request, info *reqctx.Info, span trace.Span, start time.Time) {
-	end := t.now()
-	d := end.Sub(start)
-	status := sw.status
-	if status == 0 {
-		if r.Context().Err() != nil {
-			status = problem.StatusClientClosed
-		} else {
-			status = http.StatusOK // net/http sends 200 for an empty response
+// How the handler ended, for finish.
+const (
+	returned      = iota // normally
+	panickedAbort        // with http.ErrAbortHandler
+	panicked             // with any other value, or runtime.Goexit
+)
+
+func panicOutcome(v any) int {
+	if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+		return panickedAbort
+	}
+	return panicked
+}
+
+// outcome is what a finished request counts as.
+type outcome struct {
+	// status is counted in metrics, live statistics and SLOs, and set on
+	// the span.
+	status int
+	// sent is the final status written to the client, 0 for none.
+	sent int
+	// aborted marks a response the client did not receive whole.
+	aborted bool
+}
+
+// outcomeOf judges the request from what the writer saw and how the handler
+// ended.
+func outcomeOf(sw *statusWriter, r *http.Request, how int) outcome {
+	o := outcome{status: sw.status, sent: sw.status}
+	if sw.upgraded {
+		// A hijacked connection is the handler's: no status of ours can
+		// describe how it ended.
+		return o
+	}
+	switch how {
+	case panicked:
+		// A panic the recover stage did not turn into an answer: it
+		// answers 500 before any status, and aborts a started response
+		// with http.ErrAbortHandler (the case below).
+		o.status = http.StatusInternalServerError
+		o.aborted = sw.status != 0
+	case panickedAbort:
+		o.aborted = true
+		switch {
+		case sw.status >= 500:
+			// Already a failure; keep the status sent.
+		case sw.clientGone(r):
+			o.status = problem.StatusClientClosed
+		default:
+			// The upstream (or the handler) broke the response: the
+			// client sees a bad gateway, not the status in the header.
+			o.status = http.StatusBadGateway
+		}
+	default:
+		if o.status == 0 {
+			if r.Context().Err() != nil {
+				o.status = problem.StatusClientClosed
+			} else {
+				o.status = http.StatusOK // net/http sends 200 for an empty response
+			}
+		} else if sw.writeErr != nil && sw.status < 500 && clientWriteErr(sw.writeErr) {
+			// The handler finished but the client did not get it all.
+			o.status = problem.StatusClientClosed
+			o.aborted = true
 		}
 	}
+	return o
+}
+
+// clientGone reports whether the client went away: its context was
+// canceled (the server saw the connection or stream close) or a write to it
+// failed.
+func (s *statusWriter) clientGone(r *http.Request) bool {
+	return r.Context().Err() != nil || (s.writeErr != nil && clientWriteErr(s.writeErr))
+}
+
+// clientWriteErr reports whether a failed write means the client went away
+// (or stopped reading until the server's write deadline), rather than a
+// handler's mistake that the server refused.
+func clientWriteErr(err error) bool {
+	return !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) &&
+		!errors.Is(err, http.ErrHijacked) && !errors.Is(err, http.ErrHandlerTimeout) &&
+		!errors.Is(err, http.ErrNotSupported)
+}
+
+func (t *Telemetry) finish(rs *routeState, sw *statusWriter, r *http.Request, info *reqctx.Info, span trace.Span, start time.Time, how int) {
+	end := t.now()
+	d := end.Sub(start)
+	o := outcomeOf(sw, r, how)
 	rs.inflightN.Add(-1)
 	rs.inflight.Dec()
 	if sw.upgraded {
 		rs.ws.Dec()
 	}
-	t.counter(rs, methodIndex(r.Method), status).Inc()
+	t.counter(rs, methodIndex(r.Method), o.status).Inc()
 	rs.hist.Observe(d.Seconds())
-	rs.stats.record(end, status, d)
+	rs.stats.record(end, o.status, d)
 	if f := rs.slo.Load(); f != nil {
-		(*f)(status, d, end)
+		(*f)(o.status, d, end)
 	}
 	if span != nil {
-		endSpan(span, status)
+		endServerSpan(span, o)
 	}
 	if t.accessOn.Load() {
-		t.logAccess(rs.name, r, info, status, sw.bytes, d, end)
+		t.logAccess(rs.name, r, info, o, sw.bytes, d, end)
 	}
 	sw.w = nil
 	sw.rs = nil
+	sw.writeErr = nil
 	t.writers.Put(sw)
 }
 
@@ -103,6 +197,8 @@ type statusWriter struct {
 	status   int
 	bytes    int64
 	upgraded bool
+	// writeErr is the first error a write or flush to the client returned.
+	writeErr error
 }
 
 func (s *statusWriter) reset(w http.ResponseWriter, rs *routeState) {
@@ -131,15 +227,24 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	}
 	n, err := s.w.Write(b)
 	s.bytes += int64(n)
+	if err != nil && s.writeErr == nil {
+		s.writeErr = err
+	}
 	return n, err
 }
+
+// Started reports whether the final status went out, so the recover stage
+// knows a panic can no longer be answered and must abort the response.
+func (s *statusWriter) Started() bool { return s.status != 0 }
 
 // Flush sends buffered data (streaming, server-sent events).
 func (s *statusWriter) Flush() {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	_ = http.NewResponseController(s.w).Flush()
+	if err := http.NewResponseController(s.w).Flush(); err != nil && s.writeErr == nil {
+		s.writeErr = err
+	}
 }
 
 // Hijack hands the connection over (WebSocket through httputil.ReverseProxy,

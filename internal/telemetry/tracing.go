@@ -123,6 +123,15 @@ func endSpan(span trace.Span, status int) {
 	span.End()
 }
 
+// endServerSpan records how the request counted: the outcome status (502 or
+// 499 for a response cut short, not the 200 its header may have carried).
+func endServerSpan(span trace.Span, o outcome) {
+	if o.aborted {
+		span.SetAttributes(attribute.Bool("portico.response.aborted", true))
+	}
+	endSpan(span, o.status)
+}
+
 // lightSpanContext continues the inbound traceparent (W3C Trace Context
 // level 1, section 3.2) with a new span id, or starts a trace: with the trace
 // id the gateway already put in info when it is valid hex, else a random one.

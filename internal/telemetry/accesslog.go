@@ -162,6 +162,13 @@ func (t *Telemetry) logAccess(route string, r *http.Request, info *reqctx.Info, 
 	if o.aborted {
 		b = append(b, `,"aborted":true`...)
 	}
+	switch o.grpc {
+	case grpcStatus:
+		b = append(b, `,"grpc_status":`...)
+		b = strconv.AppendInt(b, int64(o.grpcCode), 10)
+	case grpcMissing:
+		b = append(b, `,"grpc_status":null`...)
+	}
 	if o.status != sent {
 		b = append(b, `,"outcome_status":`...)
 		b = strconv.AppendInt(b, int64(o.status), 10)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -36,6 +37,12 @@ import (
 // 499 as well. A 5xx already sent stays as it was: it was a failure either
 // way. The access log keeps the status sent and adds "aborted" and
 // "outcome_status".
+//
+// A gRPC call (HTTP/2, Content-Type application/grpc[+format]) answered
+// with HTTP 200 counts as its final grpc-status mapped to HTTP (NOT_FOUND
+// 404, UNAVAILABLE 503, ...; see grpcHTTPStatus); one without a grpc-status
+// counts as 500, the UNKNOWN or INTERNAL its client reports. The access log adds
+// "grpc_status" (null when missing).
 func (t *Telemetry) Middleware(route string) func(http.Handler) http.Handler {
 	rs := t.route(route)
 	return func(next http.Handler) http.Handler {
@@ -99,7 +106,17 @@ type outcome struct {
 	sent int
 	// aborted marks a response the client did not receive whole.
 	aborted bool
+	// grpc tells whether this was a gRPC response and whether it carried
+	// a grpc-status; grpcCode is that status.
+	grpc     int8
+	grpcCode int
 }
+
+const (
+	grpcNone    = iota // not a gRPC exchange (or not one that ended in HTTP 200)
+	grpcStatus         // grpcCode holds the final grpc-status
+	grpcMissing        // a gRPC response without a (valid) grpc-status
+)
 
 // outcomeOf judges the request from what the writer saw and how the handler
 // ended.
@@ -140,9 +157,111 @@ func outcomeOf(sw *statusWriter, r *http.Request, how int) outcome {
 			// The handler finished but the client did not get it all.
 			o.status = problem.StatusClientClosed
 			o.aborted = true
+			return o
+		}
+		// gRPC answers HTTP 200 and carries the result in grpc-status; a
+		// non-200 answer (a proxy's or a server's own) is already honest.
+		if o.status == http.StatusOK && isGRPC(r) {
+			o.grpcResult(sw.w.Header(), r)
 		}
 	}
 	return o
+}
+
+// isGRPC reports a gRPC call: HTTP/2 with Content-Type application/grpc or
+// application/grpc+FORMAT (not gRPC-Web, whose status rides in the body).
+// It is the problem package's test, so the calls that get their gateway
+// errors as grpc-status are the ones counted by it. The protocol check
+// comes first: an HTTP/1 request costs no header lookup.
+func isGRPC(r *http.Request) bool {
+	if r.ProtoMajor != 2 {
+		return false
+	}
+	ct := r.Header["Content-Type"]
+	if len(ct) == 0 {
+		return false
+	}
+	rest, ok := strings.CutPrefix(ct[0], "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
+}
+
+// trailerGRPCStatus is where a grpc-status trailer that was not announced
+// before the header went out sits in the writer's header map
+// (http.TrailerPrefix); httputil.ReverseProxy puts it there when the
+// upstream sent more trailers than it announced.
+const trailerGRPCStatus = http.TrailerPrefix + "Grpc-Status"
+
+// grpcResult counts a gRPC response that ended normally by its final
+// grpc-status: a trailer (announced, so set under its own name after the
+// body, or under http.TrailerPrefix), or a header in a trailers-only
+// response. Without one, gRPC clients report UNKNOWN or INTERNAL, both 500
+// in the mapping, so it counts as 500 (or 499 when the client had gone):
+// the call failed, whoever broke the protocol.
+func (o *outcome) grpcResult(h http.Header, r *http.Request) {
+	v := h[trailerGRPCStatus]
+	if len(v) == 0 {
+		v = h["Grpc-Status"]
+	}
+	if len(v) > 0 {
+		if code, ok := parseGRPCStatus(v[0]); ok {
+			o.grpc, o.grpcCode = grpcStatus, code
+			o.status = grpcHTTPStatus(code)
+			return
+		}
+	}
+	o.grpc = grpcMissing
+	if r.Context().Err() != nil {
+		o.status = problem.StatusClientClosed
+	} else {
+		o.status = http.StatusInternalServerError
+	}
+}
+
+// parseGRPCStatus reads a grpc-status value: a non-negative decimal integer
+// (1 to 9 digits, so it fits any int).
+func parseGRPCStatus(s string) (int, bool) {
+	if len(s) == 0 || len(s) > 9 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// grpcHTTPStatus is the HTTP status a gRPC code counts as, the mapping of
+// google.rpc.Code. A code outside 0-16 is UNKNOWN to a client, so 500.
+func grpcHTTPStatus(code int) int {
+	switch code {
+	case 0: // OK
+		return http.StatusOK
+	case 1: // CANCELLED
+		return problem.StatusClientClosed
+	case 3, 9, 11: // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+		return http.StatusBadRequest
+	case 4: // DEADLINE_EXCEEDED
+		return http.StatusGatewayTimeout
+	case 5: // NOT_FOUND
+		return http.StatusNotFound
+	case 6, 10: // ALREADY_EXISTS, ABORTED
+		return http.StatusConflict
+	case 7: // PERMISSION_DENIED
+		return http.StatusForbidden
+	case 8: // RESOURCE_EXHAUSTED
+		return http.StatusTooManyRequests
+	case 12: // UNIMPLEMENTED
+		return http.StatusNotImplemented
+	case 14: // UNAVAILABLE
+		return http.StatusServiceUnavailable
+	case 16: // UNAUTHENTICATED
+		return http.StatusUnauthorized
+	}
+	return http.StatusInternalServerError // UNKNOWN, INTERNAL, DATA_LOSS, others
 }
 
 // clientGone reports whether the client went away: its context was

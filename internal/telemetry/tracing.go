@@ -124,10 +124,14 @@ func endSpan(span trace.Span, status int) {
 }
 
 // endServerSpan records how the request counted: the outcome status (502 or
-// 499 for a response cut short, not the 200 its header may have carried).
+// 499 for a response cut short, the mapped grpc-status for gRPC; not the 200
+// the header may have carried).
 func endServerSpan(span trace.Span, o outcome) {
 	if o.aborted {
 		span.SetAttributes(attribute.Bool("portico.response.aborted", true))
+	}
+	if o.grpc == grpcStatus {
+		span.SetAttributes(attribute.Int("rpc.grpc.status_code", o.grpcCode))
 	}
 	endSpan(span, o.status)
 }

@@ -284,7 +284,6 @@ func (t *Telemetry) finish(rs *routeState, sw *statusWriter, r *http.Request, in
 	end := t.now()
 	d := end.Sub(start)
 	o := outcomeOf(sw, r, how)
-	rs.inflightN.Add(-1)
 	rs.inflight.Dec()
 	if sw.upgraded {
 		rs.ws.Dec()
@@ -305,6 +304,11 @@ func (t *Telemetry) finish(rs *routeState, sw *statusWriter, r *http.Request, in
 	sw.rs = nil
 	sw.writeErr = nil
 	t.writers.Put(sw)
+	// Last, once this request touched every series: the last request of a
+	// route a reload removed takes the route's series away (RetainRoutes).
+	if rs.inflightN.Add(-1) == 0 && rs.retired.Load() {
+		t.dropSeries(rs)
+	}
 }
 
 // statusWriter records the status and body size of a response. It keeps the

@@ -194,9 +194,9 @@ func (rs *routeStats) series(now time.Time) Series {
 	return s
 }
 
-// Stats returns the live statistics of every route seen since the process
-// started (routes survive reloads; a route removed from the config keeps its
-// history until it ages out of the windows).
+// Stats returns the live statistics of every route of the running config
+// and "unmatched". A route kept across reloads keeps its history; a route a
+// reload removed is gone from the next snapshot (RetainRoutes).
 func (t *Telemetry) Stats() StatsSnapshot {
 	now := t.now()
 	t.mu.Lock()

@@ -7,6 +7,8 @@
 // registry, so metric series and live statistics survive config reloads. The
 // gateway compiles each route's chain with Middleware(route), which resolves
 // the route's series once; per request the middleware only does atomic adds.
+// After swapping in a new runtime the gateway calls RetainRoutes, which lets
+// the state of routes the reload removed go.
 package telemetry
 
 import (
@@ -137,16 +139,19 @@ type Telemetry struct {
 }
 
 // routeState is everything the middleware needs for one route, resolved once
-// and kept for the life of the process.
+// and kept while the route is in the running config (RetainRoutes).
 type routeState struct {
 	name      string
 	inflightN atomic.Int64
-	inflight  prometheus.Gauge
-	ws        prometheus.Gauge
-	hist      prometheus.Observer
-	counters  [numMethods][numCodes]atomic.Pointer[prometheus.Counter]
-	slo       atomic.Pointer[func(int, time.Duration, time.Time)]
-	stats     routeStats
+	// retired is set when a reload removed the route; its Prometheus
+	// series go when its last in-flight request has finished.
+	retired  atomic.Bool
+	inflight prometheus.Gauge
+	ws       prometheus.Gauge
+	hist     prometheus.Observer
+	counters [numMethods][numCodes]atomic.Pointer[prometheus.Counter]
+	slo      atomic.Pointer[func(int, time.Duration, time.Time)]
+	stats    routeStats
 }
 
 // New returns the process's Telemetry with its registry and the access-log
@@ -302,6 +307,69 @@ func (t *Telemetry) route(name string) *routeState {
 		t.attachSLO(rs, o)
 	}
 	return rs
+}
+
+// UnmatchedRoute is the route name of requests that match no route; its
+// state is kept whatever RetainRoutes is told.
+const UnmatchedRoute = "unmatched"
+
+// RetainRoutes tells which routes the running config has. The gateway calls
+// it after it swapped in a newly compiled runtime, with the names of that
+// runtime's routes and BFF endpoints. A route not among them (removed or
+// renamed by the reload, or compiled by a reload that failed) leaves
+// /admin/stats and the dashboard at once, and stops being offered to the
+// SLO engine; a route among them keeps its state, so statistics carry on
+// across reloads. Requests still in flight on the old runtime finish
+// against the removed route's state, which nothing reads any more.
+//
+// The Prometheus series of a removed route (its portico_requests_total,
+// duration histogram, in-flight and WebSocket gauges) are deleted once its
+// last in-flight request has finished. Prometheus usually keeps counters for
+// the life of the process, but DESIGN.md bounds label sets by the config:
+// without this every rename would leave a route's method x code counters and
+// histogram buckets behind until the next restart. A rate() over the deleted
+// series ends where it was last scraped, as after a restart; what the route
+// counted after that last scrape is lost, at most one scrape interval of a
+// route that no longer exists. A route that comes back gets new series.
+func (t *Telemetry) RetainRoutes(names []string) {
+	keep := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		keep[n] = struct{}{}
+	}
+	t.mu.Lock()
+	var removed []*routeState
+	for name, rs := range t.routes {
+		if _, ok := keep[name]; ok || name == UnmatchedRoute {
+			continue
+		}
+		delete(t.routes, name)
+		removed = append(removed, rs)
+	}
+	t.mu.Unlock()
+	for _, rs := range removed {
+		// finish deletes the series when the last in-flight request ends;
+		// with none in flight now, nobody else will. Both may do it: it
+		// is idempotent.
+		rs.retired.Store(true)
+		if rs.inflightN.Load() == 0 {
+			t.dropSeries(rs)
+		}
+	}
+}
+
+// dropSeries deletes the Prometheus series of a removed route, unless a
+// later config brought the name back: those series are the new route's now.
+// Holding t.mu orders this against route creating them again.
+func (t *Telemetry) dropSeries(rs *routeState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, back := t.routes[rs.name]; back {
+		return
+	}
+	t.requests.DeletePartialMatch(prometheus.Labels{"route": rs.name})
+	t.duration.DeleteLabelValues(rs.name)
+	t.inflight.DeleteLabelValues(rs.name)
+	t.websockets.DeleteLabelValues(rs.name)
 }
 
 func (t *Telemetry) counter(rs *routeState, method, status int) prometheus.Counter {

@@ -32,6 +32,10 @@ import (
 // Connection: close, HTTP/1.0). Everything else (bodies, upgrades, Expect:
 // 100-continue, HTTPS, h2c) goes to fallback, the tuned net/http
 // Transport.
+//
+// A Pool hands its attempt timeout to roundTrip as a deadline, which
+// becomes the connection's own until the answer's header arrived: an
+// attempt then costs no context, timer or goroutine of its own.
 type h1Client struct {
 	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback    http.RoundTripper
@@ -50,7 +54,8 @@ type h1Conn struct {
 	br     *bufio.Reader // reads through limit
 	bw     *bufio.Writer
 	idleAt time.Time
-	limit  int64 // bytes the reader may still take: bounds an answer's header
+	limit  int64  // bytes the reader may still take: bounds an answer's header
+	abort  func() // stops a blocked read or write at once; made once per connection
 }
 
 // Read feeds br: while an answer's header is read, at most maxHeaderBytes,
@@ -75,6 +80,10 @@ const (
 )
 
 var errHeaderTooLarge = errors.New("upstream answer header larger than 10 MiB")
+
+// errAttemptTimeout is roundTrip's error when its deadline passed before
+// the answer's header arrived.
+var errAttemptTimeout = errors.New("upstream answer header not read before the attempt's deadline")
 
 // livenessAfter: a connection idle for longer is probed before reuse. A
 // server that closed it (many close idle connections after a few seconds)
@@ -112,6 +121,14 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !fastPath(req) {
 		return c.fallback.RoundTrip(req)
 	}
+	return c.roundTrip(req, time.Time{})
+}
+
+// roundTrip serves a request that fastPath accepted. A non-zero deadline
+// bounds the exchange until the answer's header, dialing included: past
+// it, roundTrip fails with errAttemptTimeout, unless the request's context
+// ended first (its error is returned then). The body is not bounded by it.
+func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
 	// Header names and values are checked as net/http's Transport does:
 	// an invalid one is the caller's error, never sent.
 	for k, vv := range req.Header {
@@ -131,11 +148,11 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	// the connection as it was taken from the pool, and the fast path only
 	// carries methods that are safe to repeat (RFC 9110 9.2.2).
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := c.get(ctx, host)
+		pc, reused, err := c.get(ctx, host, deadline)
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := c.exchange(ctx, pc, req)
+		resp, sent, err := c.exchange(ctx, pc, req, deadline)
 		if err == nil {
 			return resp, nil
 		}
@@ -143,19 +160,26 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return nil, errAttemptTimeout
+		}
 		if !reused || sent || attempt > 0 {
 			return nil, err
 		}
 	}
 }
 
-// exchange writes req on pc and reads the answer's header. sent reports
-// that some of an answer was read, after which the request must not be
-// repeated.
-func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) (resp *http.Response, sent bool, err error) {
+// exchange writes req on pc and reads the answer's header, within
+// deadline unless it is zero. sent reports that some of an answer was
+// read, after which the request must not be repeated.
+func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, deadline time.Time) (resp *http.Response, sent bool, err error) {
+	if !deadline.IsZero() {
+		// Before the cancellation hook below, which must win.
+		_ = pc.conn.SetDeadline(deadline)
+	}
 	stop := func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, pc.abort)
 	}
 	if err := req.Write(pc.bw); err != nil {
 		stop()
@@ -199,6 +223,15 @@ func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request) 
 		// this path.
 		stop()
 		return nil, true, errors.New("upstream answered 101 Switching Protocols to a request that did not ask to upgrade")
+	}
+	if !deadline.IsZero() {
+		// The deadline bounds the header only. A cancellation that set
+		// its deadline in the past meanwhile (the context is done before
+		// the hook runs) must not be undone.
+		_ = pc.conn.SetDeadline(time.Time{})
+		if ctx.Err() != nil {
+			pc.abort()
+		}
 	}
 	keep := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1)
 	if resp.Body == http.NoBody || req.Method == http.MethodHead {
@@ -258,8 +291,9 @@ func (b *h1Body) Close() error {
 	return nil
 }
 
-// get returns an idle connection to host (reused) or dials a new one.
-func (c *h1Client) get(ctx context.Context, host string) (pc *h1Conn, reused bool, err error) {
+// get returns an idle connection to host (reused) or dials a new one,
+// within deadline unless it is zero.
+func (c *h1Client) get(ctx context.Context, host string, deadline time.Time) (pc *h1Conn, reused bool, err error) {
 	now := time.Now()
 	for {
 		c.mu.Lock()
@@ -283,11 +317,21 @@ func (c *h1Client) get(ctx context.Context, host string) (pc *h1Conn, reused boo
 	if !strings.Contains(addr, ":") || strings.HasSuffix(addr, "]") {
 		addr = net.JoinHostPort(strings.Trim(addr, "[]"), "80")
 	}
-	conn, err := c.dial(ctx, "tcp", addr)
+	dctx := ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	conn, err := c.dial(dctx, "tcp", addr)
 	if err != nil {
+		if ctx.Err() == nil && dctx.Err() != nil {
+			return nil, false, errAttemptTimeout
+		}
 		return nil, false, err
 	}
-	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit}
+	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit,
+		abort: func() { _ = conn.SetDeadline(aLongTimeAgo) }}
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
 	return pc, false, nil
 }

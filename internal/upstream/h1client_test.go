@@ -227,6 +227,19 @@ func TestH1ContextCancelStopsTheExchange(t *testing.T) {
 		t.Fatal("reading a body after the context was cancelled succeeded")
 	}
 	res.Body.Close()
+	// With an attempt deadline, which is lifted once the header arrived,
+	// a cancellation still stops the body.
+	ctx3, cancel3 := context.WithCancel(context.Background())
+	req, _ = http.NewRequestWithContext(ctx3, http.MethodGet, srv.URL+"/slow-body", nil)
+	res, err = c.roundTrip(req, time.Now().Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel3()
+	if _, err := io.ReadAll(res.Body); err == nil {
+		t.Fatal("reading a body after the context was cancelled succeeded")
+	}
+	res.Body.Close()
 }
 
 func TestH1OtherRequestsGoToTheFallback(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -266,11 +267,11 @@ func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
 	return p.bal.pick(req, c)
 }
 
-// attemptState is one attempt's bookkeeping and, once headers arrived, its
-// response body wrapper (one allocation for both): closing the body ends
-// the attempt, dropping the target's (and, for the response RoundTrip
-// returns, the upstream's) in-flight count and releasing the attempt's
-// context.
+// attemptState is one attempt's bookkeeping, its outbound request and,
+// once headers arrived, its response body wrapper (one allocation for all):
+// closing the body ends the attempt, dropping the target's (and, for the
+// response RoundTrip returns, the upstream's) in-flight count and releasing
+// the attempt's context.
 type attemptState struct {
 	io.ReadCloser // the response body
 	t             *target
@@ -280,6 +281,8 @@ type attemptState struct {
 	// timer state: 0 waiting for headers, 1 headers arrived, 2 fired.
 	state  atomic.Int32
 	closed atomic.Bool
+	out    http.Request // the request as sent to t
+	url    url.URL      // out.URL
 }
 
 func (a *attemptState) fire() {
@@ -331,20 +334,10 @@ func (b attemptRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser,
 	getBody func() (io.ReadCloser, error), probe bool) (*http.Response, error) {
-	a := &attemptState{t: t}
-	var out *http.Request
-	if p.timeout > 0 {
-		var actx context.Context
-		actx, a.cancel = context.WithCancel(ctx)
-		a.timer = time.AfterFunc(p.timeout, a.fire)
-		out = req.WithContext(actx)
-	} else {
-		out = new(http.Request)
-		*out = *req
-	}
-	u := *req.URL
-	u.Scheme, u.Host = t.scheme, t.host
-	out.URL = &u
+	a := &attemptState{t: t, out: *req, url: *req.URL} // out keeps req's context
+	out := &a.out
+	a.url.Scheme, a.url.Host = t.scheme, t.host
+	out.URL = &a.url
 	if !p.preserveHost || out.Host == "" {
 		out.Host = t.host
 	}
@@ -353,11 +346,46 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 		out.GetBody = getBody
 	}
 
-	t.inflight.Add(1)
+	rt := p.tr.forTarget(t)
+	lean, _ := rt.(*h1Client)
+	if lean != nil && !fastPath(out) {
+		rt, lean = lean.fallback, nil
+	}
 	start := time.Now()
-	res, err := p.tr.forTarget(t).RoundTrip(out)
+	// The attempt's deadline, until response headers. It is left out when
+	// the caller's own deadline comes no later: that one ends the attempt
+	// first, and is classified as the caller's, as it would be with the
+	// attempt's timer running behind it.
+	var deadline time.Time
+	if p.timeout > 0 {
+		deadline = start.Add(p.timeout)
+		if d, ok := ctx.Deadline(); ok && !d.After(deadline) {
+			deadline = time.Time{}
+		}
+	}
+	t.inflight.Add(1)
+	var (
+		res      *http.Response
+		err      error
+		timedOut bool
+	)
+	switch {
+	case lean != nil:
+		// The lean client bounds the exchange with the connection's
+		// deadline: no context, timer or goroutine per attempt.
+		res, err = lean.roundTrip(out, deadline)
+		timedOut = err == errAttemptTimeout
+	case !deadline.IsZero():
+		var actx context.Context
+		actx, a.cancel = context.WithCancel(ctx)
+		a.timer = time.AfterFunc(p.timeout, a.fire)
+		res, err = rt.RoundTrip(out.WithContext(actx))
+		timedOut = !a.arrived()
+	default:
+		res, err = rt.RoundTrip(out)
+	}
 	elapsed := time.Since(start)
-	if !a.arrived() {
+	if timedOut {
 		if res != nil {
 			_ = res.Body.Close()
 			res = nil

@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -305,13 +306,21 @@ func TestRetriesZeroAndResetTarget(t *testing.T) {
 	})
 }
 
+// The attempt timeout is the lean client's connection deadline or, on Go's
+// transport, a timer per attempt: both classify alike.
 func TestAttemptTimeout(t *testing.T) {
+	for _, client := range []string{"lean", "standard"} {
+		t.Run(client, func(t *testing.T) { testAttemptTimeout(t, client) })
+	}
+}
+
+func testAttemptTimeout(t *testing.T, client string) {
 	env := newEnv(t, nil)
 	h := hanging(t)
 	good := newCounting(t)
 	t.Run("hung target retried elsewhere", func(t *testing.T) {
 		p := env.apply(t, &config.Upstream{Targets: targets(h.URL, good.URL), Retries: ptr(1),
-			Timeout: config.Duration(50 * time.Millisecond)})
+			Timeout: config.Duration(50 * time.Millisecond), HTTP1Client: client})
 		start := time.Now()
 		status, _, err := send(p, http.MethodGet, "")
 		if err != nil || status != 200 {
@@ -323,7 +332,7 @@ func TestAttemptTimeout(t *testing.T) {
 	})
 	t.Run("single hung target gives 504", func(t *testing.T) {
 		p := env.apply(t, &config.Upstream{Targets: targets(h.URL), Retries: ptr(0),
-			Timeout: config.Duration(50 * time.Millisecond)})
+			Timeout: config.Duration(50 * time.Millisecond), HTTP1Client: client})
 		_, _, err := send(p, http.MethodGet, "")
 		if problemCode(err) != "upstream_timeout" {
 			t.Fatalf("err %v, want upstream_timeout", err)
@@ -338,26 +347,62 @@ func TestAttemptTimeout(t *testing.T) {
 		}))
 		defer slowBody.Close()
 		p := env.apply(t, &config.Upstream{Targets: targets(slowBody.URL), Retries: ptr(0),
-			Timeout: config.Duration(50 * time.Millisecond)})
-		status, body, err := send(p, http.MethodGet, "")
-		if err != nil || status != 200 || body != "late body" {
-			t.Fatalf("status %d body %q err %v", status, body, err)
+			Timeout: config.Duration(50 * time.Millisecond), HTTP1Client: client})
+		for i := range 2 { // the second one on the connection the first left
+			status, body, err := send(p, http.MethodGet, "")
+			if err != nil || status != 200 || body != "late body" {
+				t.Fatalf("request %d: status %d body %q err %v", i, status, body, err)
+			}
 		}
 	})
 	t.Run("client deadline stops retries", func(t *testing.T) {
 		p := env.apply(t, &config.Upstream{Targets: targets(h.URL, h.URL+"/"), Retries: ptr(5),
-			Timeout: config.Duration(10 * time.Second)})
+			Timeout: config.Duration(10 * time.Second), HTTP1Client: client})
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
 		_, _, err := sendCtx(ctx, p, http.MethodGet, "")
-		if err == nil || ctx.Err() == nil {
-			t.Fatalf("err %v", err)
+		if err == nil || ctx.Err() == nil || problemCode(err) != "" {
+			t.Fatalf("err %v, want the context's", err)
 		}
 		if got := testutil.ToFloat64(env.reg.m.retries.WithLabelValues("u")); got != 1 {
 			// one retry came from the first subtest
 			t.Fatalf("retries_total %v, want 1 (no retry past the deadline)", got)
 		}
 	})
+	t.Run("a client deadline past the attempt's still gives 504", func(t *testing.T) {
+		p := env.apply(t, &config.Upstream{Targets: targets(h.URL), Retries: ptr(0),
+			Timeout: config.Duration(50 * time.Millisecond), HTTP1Client: client})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _, err := sendCtx(ctx, p, http.MethodGet, "")
+		if problemCode(err) != "upstream_timeout" {
+			t.Fatalf("err %v, want upstream_timeout", err)
+		}
+	})
+}
+
+// The lean client's attempt deadline covers dialing too.
+func TestAttemptTimeoutCoversTheDial(t *testing.T) {
+	env := newEnv(t, nil)
+	good := newCounting(t)
+	p := env.apply(t, &config.Upstream{Targets: targets(good.URL), Retries: ptr(0),
+		Timeout: config.Duration(50 * time.Millisecond)})
+	h1 := p.tr.forTarget(p.targets[0]).(*h1Client)
+	h1.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		<-ctx.Done() // a connect that never completes
+		return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+	}
+	start := time.Now()
+	_, _, err := send(p, http.MethodGet, "")
+	if problemCode(err) != "upstream_timeout" {
+		t.Fatalf("err %v, want upstream_timeout", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	if s := statusOf(t, env.reg, "u"); s.Targets[0].Requests != 1 || s.Targets[0].ErrorRate != 1 {
+		t.Fatalf("a timed-out dial must count as one failure: %+v", s.Targets[0])
+	}
 }
 
 func TestMaxInflightSheds(t *testing.T) {

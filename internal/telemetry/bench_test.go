@@ -81,3 +81,30 @@ func BenchmarkStatsRecord(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkMiddlewareGRPC is the stage on a gRPC call over HTTP/2 whose
+// grpc-status arrives as a trailer: reading and mapping it must not
+// allocate.
+func BenchmarkMiddlewareGRPC(b *testing.B) {
+	status := []string{"5"} // NOT_FOUND; shared so the handler allocates nothing
+	h := func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.Header()[trailerGRPCStatus] = status
+	}
+	tel := New(Deps{AccessLog: io.Discard})
+	defer tel.Close()
+	tel.SetSLO(nopSLO{})
+	tel.SetAccessLog(false)
+	mw := tel.Middleware("bench")(http.HandlerFunc(h))
+	req := httptest.NewRequest("POST", "/pkg.Svc/Method", nil)
+	req.ProtoMajor, req.ProtoMinor, req.Proto = 2, 0, "HTTP/2.0"
+	req.Header.Set("Content-Type", "application/grpc")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req := req.Clone(req.Context())
+		w := &discardWriter{h: http.Header{}}
+		for pb.Next() {
+			mw.ServeHTTP(w, req)
+		}
+	})
+}

@@ -153,10 +153,12 @@ func outcomeOf(sw *statusWriter, r *http.Request, how int) outcome {
 			} else {
 				o.status = http.StatusOK // net/http sends 200 for an empty response
 			}
-		} else if sw.writeErr != nil && sw.status < 500 && clientWriteErr(sw.writeErr) {
+		} else if sw.writeErr != nil && clientWriteErr(sw.writeErr) {
 			// The handler finished but the client did not get it all.
-			o.status = problem.StatusClientClosed
 			o.aborted = true
+			if sw.status < 500 {
+				o.status = problem.StatusClientClosed
+			}
 			return o
 		}
 		// gRPC answers HTTP 200 and carries the result in grpc-status; a

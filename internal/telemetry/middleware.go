@@ -35,14 +35,14 @@ import (
 // when the client had gone (its context canceled or a write to it failed). A
 // handler that returns normally after a write to the client failed counts as
 // 499 as well. A 5xx already sent stays as it was: it was a failure either
-// way. The access log keeps the status sent and adds "aborted" and
+// way. A handler stopped without recover (runtime.Goexit) counts as 500. The access log keeps the status sent and adds "aborted" and
 // "outcome_status".
 //
 // A gRPC call (HTTP/2, Content-Type application/grpc[+format]) answered
 // with HTTP 200 counts as its final grpc-status mapped to HTTP (NOT_FOUND
 // 404, UNAVAILABLE 503, ...; see grpcHTTPStatus); one without a grpc-status
-// counts as 500, the UNKNOWN or INTERNAL its client reports. The access log adds
-// "grpc_status" (null when missing).
+// counts as 500, the UNKNOWN or INTERNAL its client reports. The access log
+// adds "grpc_status" (null when missing).
 func (t *Telemetry) Middleware(route string) func(http.Handler) http.Handler {
 	rs := t.route(route)
 	return func(next http.Handler) http.Handler {

@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -445,6 +447,183 @@ func TestH1AgreesWithGoTransport(t *testing.T) {
 			c := newH1(t)
 			if lean, want := read(c), read(std); lean != want {
 				t.Fatalf("lean client read\n%s\nGo's transport read\n%s", lean, want)
+			}
+		})
+	}
+}
+
+// readHead reads a request's head up to and including its blank line.
+func readHead(br *bufio.Reader) (string, error) {
+	var sb strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		sb.WriteString(line)
+		if err != nil {
+			return sb.String(), err
+		}
+		if line == "\r\n" {
+			return sb.String(), nil
+		}
+	}
+}
+
+// normalizeHead orders a request head's fields by name, keeping the order
+// of the lines of one name: HTTP gives no meaning to the order between
+// different names (RFC 9110 5.3), and the lean client does not sort them.
+func normalizeHead(head string) string {
+	lines := strings.Split(strings.TrimSuffix(head, "\r\n\r\n"), "\r\n")
+	fields := lines[1:]
+	slices.SortStableFunc(fields, func(a, b string) int {
+		ka, _, _ := strings.Cut(a, ":")
+		kb, _, _ := strings.Cut(b, ":")
+		return strings.Compare(ka, kb)
+	})
+	return strings.Join(lines, "\r\n")
+}
+
+// The lean client sends the same request heads as Go's transport (with
+// compression off, as the gateway's is), byte for byte but for the order
+// of the header fields, and refuses the same requests.
+func TestH1WritesWhatGoTransportWrites(t *testing.T) {
+	heads := make(chan string, 1)
+	addr := rawServer(t, func(conn net.Conn) {
+		head, err := readHead(bufio.NewReader(conn))
+		if err != nil {
+			return
+		}
+		heads <- head
+		_, _ = io.WriteString(conn, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+	})
+	base := "http://" + addr
+	parse := func(method, rawURL string) *http.Request {
+		req, err := http.NewRequest(method, rawURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req
+	}
+	withURL := func(method string, u url.URL) *http.Request {
+		u.Scheme, u.Host = "http", addr
+		req := parse(method, base)
+		req.URL = &u
+		return req
+	}
+	withHost := func(host string) *http.Request {
+		req := parse(http.MethodGet, base+"/h")
+		req.Host = host
+		return req
+	}
+	withHeader := func(h http.Header) *http.Request {
+		req := parse(http.MethodGet, base+"/h")
+		req.Header = h
+		return req
+	}
+	for _, tc := range []struct {
+		name string
+		mk   func() *http.Request
+	}{
+		{"root", func() *http.Request { return parse(http.MethodGet, base+"/") }},
+		{"query", func() *http.Request { return parse(http.MethodGet, base+"/a/b?x=1&y=%20z&e=&=v") }},
+		{"forced empty query", func() *http.Request { return parse(http.MethodGet, base+"/a?") }},
+		{"empty path", func() *http.Request { return withURL(http.MethodGet, url.URL{}) }},
+		{"escaped path kept", func() *http.Request { return parse(http.MethodGet, base+"/a%2Fb/c%20d/%7Ee") }},
+		{"path escaped on the way", func() *http.Request { return withURL(http.MethodGet, url.URL{Path: "/a b/ü/%/x?y#z"}) }},
+		{"raw path not matching path", func() *http.Request {
+			return withURL(http.MethodGet, url.URL{Path: "/a/b", RawPath: "/a%2Fc"})
+		}},
+		{"opaque", func() *http.Request { return withURL(http.MethodGet, url.URL{Opaque: "/raw%2Fpath", RawQuery: "q=1"}) }},
+		{"opaque with authority", func() *http.Request { return withURL(http.MethodGet, url.URL{Opaque: "//" + addr + "/x"}) }},
+		{"OPTIONS *", func() *http.Request { return withURL(http.MethodOptions, url.URL{Path: "*"}) }},
+		{"OPTIONS path", func() *http.Request { return parse(http.MethodOptions, base+"/o") }},
+		{"HEAD", func() *http.Request { return parse(http.MethodHead, base+"/h?x") }},
+		{"host from URL", func() *http.Request { return withHost("") }},
+		{"host without port", func() *http.Request { return withHost("api.example") }},
+		{"host with port", func() *http.Request { return withHost("api.example:8443") }},
+		{"IPv6 host", func() *http.Request { return withHost("[2001:db8::1]:8080") }},
+		{"IPv6 host without port", func() *http.Request { return withHost("[::1]") }},
+		{"IPv6 host with zone", func() *http.Request { return withHost("[fe80::1%en0]:8080") }},
+		{"IPv4 host", func() *http.Request { return withHost("10.1.2.3:80") }},
+		{"unicode host", func() *http.Request { return withHost("bücher.example:8080") }},
+		{"invalid host emptied", func() *http.Request { return withHost("a b/c") }},
+		{"empty and repeated headers", func() *http.Request {
+			return withHeader(http.Header{"X-Empty": {""}, "X-Rep": {"a", "b", "a"}, "X-None": {}, "Accept": {"*/*"}})
+		}},
+		{"values trimmed, inner blanks kept", func() *http.Request {
+			return withHeader(http.Header{"X-Pad": {"  a \t b\t "}, "X-Obs": {"caf\xc3\xa9 \xff"}})
+		}},
+		{"non-canonical name", func() *http.Request { return withHeader(http.Header{"x-lower": {"1"}, "X-Lower": {"2"}}) }},
+		{"fields the request line or framing own", func() *http.Request {
+			return withHeader(http.Header{"Host": {"other"}, "Content-Length": {"0"}, "Trailer": {"X-T"},
+				"Transfer-Encoding": {}, "User-Agent": {"ua/1"}})
+		}},
+		{"user agent absent", func() *http.Request { return withHeader(http.Header{}) }},
+		{"user agent empty as ReverseProxy sets it", func() *http.Request { return withHeader(http.Header{"User-Agent": {""}}) }},
+		{"user agent present without values", func() *http.Request { return withHeader(http.Header{"User-Agent": {}}) }},
+		{"user agent: first of two, trimmed", func() *http.Request {
+			return withHeader(http.Header{"User-Agent": {"  first/1 ", "second/2"}})
+		}},
+		{"user agent of blanks", func() *http.Request { return withHeader(http.Header{"User-Agent": {"  "}}) }},
+		{"close", func() *http.Request { r := parse(http.MethodGet, base+"/c"); r.Close = true; return r }},
+		{"close already said", func() *http.Request {
+			r := withHeader(http.Header{"Connection": {"keep-alive, Close"}})
+			r.Close = true
+			return r
+		}},
+		{"close with another connection token", func() *http.Request {
+			r := withHeader(http.Header{"Connection": {"x-closed"}})
+			r.Close = true
+			return r
+		}},
+		{"trailer ignored without a body", func() *http.Request {
+			r := parse(http.MethodGet, base+"/t")
+			r.Trailer = http.Header{"X-T": {"1"}}
+			return r
+		}},
+		{"unknown length without a body", func() *http.Request {
+			r := parse(http.MethodGet, base+"/l")
+			r.ContentLength, r.Body = -1, http.NoBody
+			return r
+		}},
+		// Refused by both before anything is sent.
+		{"control byte in query", func() *http.Request { return withURL(http.MethodGet, url.URL{Path: "/q", RawQuery: "a=\x01"}) }},
+		{"control byte in opaque", func() *http.Request { return withURL(http.MethodGet, url.URL{Opaque: "/a\x7f"}) }},
+		{"CR LF in a value", func() *http.Request { return withHeader(http.Header{"X-Bad": {"a\r\nInjected: 1"}}) }},
+		{"invalid name", func() *http.Request { return withHeader(http.Header{"Bad Name": {"1"}}) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			send := func(rt http.RoundTripper) string {
+				req := tc.mk()
+				if !fastPath(req) {
+					t.Fatal("the request does not take the lean path")
+				}
+				res, err := rt.RoundTrip(req)
+				if err != nil {
+					return "refused"
+				}
+				res.Body.Close()
+				select {
+				case head := <-heads:
+					return normalizeHead(head)
+				case <-time.After(5 * time.Second):
+					t.Fatal("the server saw no request")
+				}
+				return ""
+			}
+			c := newH1(t)
+			c.fallback = roundTripFunc(func(*http.Request) (*http.Response, error) {
+				t.Fatal("the lean client handed the request on")
+				return nil, nil
+			})
+			std := &http.Transport{DisableCompression: true}
+			defer std.CloseIdleConnections()
+			lean, want := send(c), send(std)
+			if lean != want {
+				t.Fatalf("lean client sent\n%q\nGo's transport sent\n%q", lean, want)
+			}
+			select {
+			case head := <-heads:
+				t.Fatalf("a refused request reached the server: %q", head)
+			default:
 			}
 		})
 	}

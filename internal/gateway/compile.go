@@ -20,6 +20,7 @@ import (
 	"github.com/portico-gw/portico/internal/ratelimit"
 	"github.com/portico-gw/portico/internal/reqctx"
 	"github.com/portico-gw/portico/internal/router"
+	"github.com/portico-gw/portico/internal/telemetry"
 	"github.com/portico-gw/portico/internal/upstream"
 )
 
@@ -178,7 +179,7 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		return nil, err
 	}
 	rt.router = rtr
-	rt.notFound = chain(unmatchedHandler(), g.tel.Middleware("unmatched"), recover, stripIdentity)
+	rt.notFound = chain(unmatchedHandler(), g.tel.Middleware(telemetry.UnmatchedRoute), recover, stripIdentity)
 	return rt, nil
 }
 

@@ -236,6 +236,12 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 		return err
 	}
 	g.current.Store(rt)
+	// Live statistics and series of routes this config no longer has go.
+	names := make([]string, len(rt.routes))
+	for i, ri := range rt.routes {
+		names[i] = ri.Name
+	}
+	g.tel.RetainRoutes(names)
 	g.tel.ConfigReload(true)
 	g.log.Info("config reloaded", "routes", len(rt.routes), "files", cfg.Files)
 	return nil
@@ -311,7 +317,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	decoded, escaped, err := router.CleanPath(r.URL.EscapedPath())
 	if err != nil {
-		info.Route = "unmatched"
+		info.Route = telemetry.UnmatchedRoute
 		rt.notFound.ServeHTTP(w, withProblem(r, problem.FromUpstream(err)))
 		return
 	}
@@ -322,12 +328,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		info.Params = params
 		h.ServeHTTP(w, r)
 	case router.MethodNotAllowed:
-		info.Route = "unmatched"
+		info.Route = telemetry.UnmatchedRoute
 		w.Header().Set("Allow", res.Allow)
 		rt.notFound.ServeHTTP(w, withProblem(r, problem.New(http.StatusMethodNotAllowed, "method_not_allowed",
 			"the route does not accept "+r.Method+"; allowed: "+res.Allow)))
 	default:
-		info.Route = "unmatched"
+		info.Route = telemetry.UnmatchedRoute
 		rt.notFound.ServeHTTP(w, r)
 	}
 }

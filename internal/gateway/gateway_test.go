@@ -531,3 +531,64 @@ func TestAdminTokenGuardsAndRotates(t *testing.T) {
 	check("after rotation", "first-token", 401)
 	check("after rotation", "second-token", 200)
 }
+
+// TestReloadDropsRemovedRoutesFromStats: after a reload that removes a
+// route, /admin/stats and /metrics no longer show it, and the route that
+// stayed keeps what it had counted.
+func TestReloadDropsRemovedRoutesFromStats(t *testing.T) {
+	a := echoUpstream(t, "a")
+	twoRoutes := fmt.Sprintf(baseConfig, a.URL) + `  - name: old
+    match: {path: "/old/*"}
+    upstream: echo
+    public: true
+`
+	h := start(t, twoRoutes)
+	for range 2 {
+		getJSON(t, h.base+"/api/x", nil, nil)
+		getJSON(t, h.base+"/old/x", nil, nil)
+	}
+	stats := func() map[string]uint64 {
+		t.Helper()
+		var snap struct {
+			Routes []struct {
+				Route  string `json:"route"`
+				Last5m struct {
+					Requests uint64 `json:"requests"`
+				} `json:"last_5m"`
+			} `json:"routes"`
+		}
+		getJSON(t, h.admin+"/admin/stats", nil, &snap)
+		out := map[string]uint64{}
+		for _, r := range snap.Routes {
+			out[r.Route] = r.Last5m.Requests
+		}
+		return out
+	}
+	if s := stats(); s["echo"] != 2 || s["old"] != 2 {
+		t.Fatalf("before the reload: %v, want echo and old at 2", s)
+	}
+	resp := h.rewrite(t, fmt.Sprintf(baseConfig, a.URL))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
+	}
+	s := stats()
+	if _, ok := s["old"]; ok {
+		t.Errorf("after the reload /admin/stats still lists the removed route: %v", s)
+	}
+	if s["echo"] != 2 {
+		t.Errorf("after the reload echo counts %d, want the 2 from before it", s["echo"])
+	}
+	mresp, err := http.Get(h.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if strings.Contains(string(b), `route="old"`) {
+		t.Errorf("/metrics still has series of the removed route:\n%s", grepLines(string(b), `route="old"`))
+	}
+	if !strings.Contains(string(b), `portico_requests_total{code="200",method="GET",route="echo"} 2`) {
+		t.Errorf("/metrics lost the kept route's count:\n%s", grepLines(string(b), "portico_requests_total"))
+	}
+}

@@ -231,20 +231,27 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 		err = g.certs.Reload(cfg.Server.TLS)
 	}
 	if err != nil {
+		// A config that failed to compile may have registered its new
+		// route names; only the running config's stay.
+		g.tel.RetainRoutes(old.routeNames())
 		g.tel.ConfigReload(false)
 		g.log.Error("config reload failed; keeping the running config", "err", err.Error())
 		return err
 	}
 	g.current.Store(rt)
 	// Live statistics and series of routes this config no longer has go.
+	g.tel.RetainRoutes(rt.routeNames())
+	g.tel.ConfigReload(true)
+	g.log.Info("config reloaded", "routes", len(rt.routes), "files", cfg.Files)
+	return nil
+}
+
+func (rt *runtime) routeNames() []string {
 	names := make([]string, len(rt.routes))
 	for i, ri := range rt.routes {
 		names[i] = ri.Name
 	}
-	g.tel.RetainRoutes(names)
-	g.tel.ConfigReload(true)
-	g.log.Info("config reloaded", "routes", len(rt.routes), "files", cfg.Files)
-	return nil
+	return names
 }
 
 // restartNeeded refuses reloads that change what a running process cannot

@@ -592,3 +592,38 @@ func TestReloadDropsRemovedRoutesFromStats(t *testing.T) {
 		t.Errorf("/metrics lost the kept route's count:\n%s", grepLines(string(b), "portico_requests_total"))
 	}
 }
+
+// TestFailedCompileLeavesNoStats: a config that validates but fails to
+// compile part-way (its first route compiled, its second did not) adds
+// nothing to /admin/stats: the running config's routes are all it lists.
+func TestFailedCompileLeavesNoStats(t *testing.T) {
+	a := echoUpstream(t, "a")
+	h := start(t, fmt.Sprintf(baseConfig, a.URL))
+	cfg, err := config.LoadBytes("next.yaml", []byte(fmt.Sprintf(baseConfig, a.URL)+`  - name: compiled-first
+    match: {path: "/first/*"}
+    upstream: echo
+    public: true
+  - name: fails-second
+    match: {path: "/second/*"}
+    upstream: echo
+    public: true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Routes[2].Upstream = "no-such-upstream" // past validation, so compile is what fails
+	if err := h.gw.Apply(cfg); err == nil {
+		t.Fatal("Apply of a route with an unknown upstream succeeded")
+	}
+	var snap struct {
+		Routes []struct {
+			Route string `json:"route"`
+		} `json:"routes"`
+	}
+	getJSON(t, h.admin+"/admin/stats", nil, &snap)
+	for _, r := range snap.Routes {
+		if r.Route != "echo" && r.Route != "unmatched" {
+			t.Errorf("/admin/stats lists %q from a config that never ran", r.Route)
+		}
+	}
+}

@@ -27,8 +27,11 @@ import (
 // about a third off the proxy's CPU per request.
 //
 // The request head is written as Request.Write would (writeRequest, but
-// for the order of the header fields) and http.ReadResponse parses the
-// answer (Content-Length, chunked, trailers, Connection: close, HTTP/1.0). Everything else (bodies, upgrades, Expect:
+// for the order of the header fields). The common answer (HTTP/1.1, a
+// final status, Content-Length framing, its head in the read buffer) is
+// read by parseResponse exactly as http.ReadResponse would read it, and
+// every other one by http.ReadResponse (chunked, trailers, close-delimited,
+// HTTP/1.0, 1xx, 204, 304, HEAD, anything malformed). Everything else (bodies, upgrades, Expect:
 // 100-continue, HTTPS, h2c) goes to fallback, the tuned net/http
 // Transport.
 //
@@ -184,13 +187,18 @@ func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, 
 		stop()
 		return nil, false, err
 	}
+	var ans *h1Answer
 	for n1xx := 0; ; n1xx++ {
-		pc.limit = maxHeaderBytes
-		resp, err = http.ReadResponse(pc.br, req)
-		pc.limit = noLimit
-		if err != nil {
-			stop()
-			return nil, true, err
+		if ans = parseResponse(pc.br, req); ans != nil {
+			resp = &ans.resp
+		} else {
+			pc.limit = maxHeaderBytes
+			resp, err = http.ReadResponse(pc.br, req)
+			pc.limit = noLimit
+			if err != nil {
+				stop()
+				return nil, true, err
+			}
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
@@ -230,7 +238,15 @@ func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, 
 		resp.Body = http.NoBody
 		return resp, true, nil
 	}
-	resp.Body = &h1Body{c: c, pc: pc, body: resp.Body, stop: stop, keep: keep}
+	var b *h1Body
+	if ans != nil { // parseResponse read the head; the length is known
+		b = &ans.body
+		b.fixed = fixedBody{br: pc.br, remain: resp.ContentLength}
+	} else {
+		b = &h1Body{body: resp.Body}
+	}
+	b.c, b.pc, b.stop, b.keep = c, pc, stop, keep
+	resp.Body = b
 	return resp, true, nil
 }
 
@@ -249,19 +265,26 @@ func (c *h1Client) finish(pc *h1Conn, stop func() bool, keep bool) {
 // to the pool, closing it early closes the connection (what is left of the
 // answer would have to be read first, and it may be large).
 type h1Body struct {
-	c    *h1Client
-	pc   *h1Conn
-	body io.ReadCloser
-	stop func() bool
-	keep bool
-	done bool
+	c     *h1Client
+	pc    *h1Conn
+	body  io.ReadCloser // from http.ReadResponse; nil when fixed reads it
+	fixed fixedBody
+	stop  func() bool
+	keep  bool
+	done  bool
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	n, err := b.body.Read(p)
+	var n int
+	var err error
+	if b.body != nil {
+		n, err = b.body.Read(p)
+	} else {
+		n, err = b.fixed.Read(p)
+	}
 	if err == io.EOF {
 		b.done = true
 		b.c.finish(b.pc, b.stop, b.keep)

@@ -135,7 +135,12 @@ func TestH1ReusesOneConnection(t *testing.T) {
 
 func TestH1ConnectionCloseAndEarlyBodyCloseDoNotReuse(t *testing.T) {
 	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/close" {
+		switch r.URL.Path {
+		case "/close-small": // sent with Content-Length
+			w.Header().Set("Connection", "close")
+			_, _ = io.WriteString(w, "ok")
+			return
+		case "/close": // sent chunked
 			w.Header().Set("Connection", "close")
 		}
 		_, _ = io.WriteString(w, strings.Repeat("x", 64<<10))
@@ -145,6 +150,11 @@ func TestH1ConnectionCloseAndEarlyBodyCloseDoNotReuse(t *testing.T) {
 	get(t, c, http.MethodGet, srv.URL+"/close")
 	if n := srv.conns.Load(); n != 2 {
 		t.Fatalf("Connection: close answers: %d connections, want 2", n)
+	}
+	get(t, c, http.MethodGet, srv.URL+"/close-small")
+	get(t, c, http.MethodGet, srv.URL+"/close-small")
+	if n := srv.conns.Load(); n != 4 {
+		t.Fatalf("Connection: close answers with a length: %d connections, want 4", n)
 	}
 	// A body closed half read must not leave the rest of the answer on a
 	// pooled connection for the next request to read.
@@ -161,8 +171,8 @@ func TestH1ConnectionCloseAndEarlyBodyCloseDoNotReuse(t *testing.T) {
 	if _, body := get(t, c, http.MethodGet, srv.URL+"/big"); len(body) != 64<<10 {
 		t.Fatalf("next answer: %d bytes, want %d", len(body), 64<<10)
 	}
-	if n := srv.conns.Load(); n != 4 {
-		t.Fatalf("%d connections, want 4 (the half-read one closed)", n)
+	if n := srv.conns.Load(); n != 6 {
+		t.Fatalf("%d connections, want 6 (the half-read one closed)", n)
 	}
 }
 
@@ -416,10 +426,25 @@ func TestH1AgreesWithGoTransport(t *testing.T) {
 		"no-content":             "HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n",
 		"repeated-header":        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
 		"early-hints-then-final": "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+		"fields-canonicalized-trimmed-merged": "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nX-Pad:  v \t\r\n" +
+			"X-Rep: 1\r\nx-rep: 2\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\nContent-Length: 3\r\n\r\nabc",
+		"connection-close-with-length": "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
+		"connection-keep-alive":        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+		"pragma-no-cache":              "HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n",
+		"status-without-reason":        "HTTP/1.1 503\r\nContent-Length: 4\r\n\r\nbusy",
+		"leading-zeros-in-length":      "HTTP/1.1 200 OK\r\nContent-Length: 002\r\n\r\nok",
+		"repeated-equal-lengths":       "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length:  2\r\n\r\nok",
+		"trailer-field-without-chunks": "HTTP/1.1 200 OK\r\nTrailer: X-T\r\nContent-Length: 1\r\n\r\nx",
+		"folded-field":                 "HTTP/1.1 200 OK\r\nX-F: a\r\n b\r\nContent-Length: 1\r\n\r\nx",
+		"space-before-colon":           "HTTP/1.1 200 OK\r\nX-S : 1\r\nContent-Length: 1\r\n\r\nx",
+		"bare-line-feeds":              "HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+		"odd-status":                   "HTTP/1.1 600 Odd\r\nContent-Length: 1\r\n\r\nx",
 		// Malformed: both clients must refuse (the error texts differ).
 		"conflicting-content-length": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
 		"bad-status-line":            "HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
 		"short-body":                 "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		"nul-in-a-value":             "HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+		"length-not-a-number":        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
 	}
 	for name, raw := range answers {
 		t.Run(name, func(t *testing.T) {
@@ -626,5 +651,39 @@ func TestH1WritesWhatGoTransportWrites(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// parseResponse takes the answers most upstreams send and leaves the rest
+// to http.ReadResponse (FuzzReadResponse holds it to reading what it takes
+// exactly as http.ReadResponse would).
+func TestParseResponseTakesOnlyTheCommonAnswer(t *testing.T) {
+	const common = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\nContent-Length: 2\r\n\r\n{}"
+	for _, tc := range []struct {
+		raw    string
+		method string
+		taken  bool
+	}{
+		{common, http.MethodGet, true},
+		{common, http.MethodOptions, true},
+		{"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", http.MethodGet, true},
+		{common, http.MethodHead, false},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", http.MethodGet, false},
+		{"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", http.MethodGet, false},
+		{"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", http.MethodGet, false},
+		{"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n", http.MethodGet, false},
+		{"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", http.MethodGet, false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", http.MethodGet, false}, // head not whole yet
+	} {
+		br := bufio.NewReader(strings.NewReader(tc.raw))
+		_, _ = br.Peek(1)
+		req := &http.Request{Method: tc.method, URL: &url.URL{Path: "/"}}
+		a := parseResponse(br, req)
+		if (a != nil) != tc.taken {
+			t.Errorf("%s %q: taken %t, want %t", tc.method, tc.raw, a != nil, tc.taken)
+		}
+		if a == nil && br.Buffered() != len(tc.raw) {
+			t.Errorf("%q: left to http.ReadResponse with %d bytes consumed", tc.raw, len(tc.raw)-br.Buffered())
+		}
 	}
 }

@@ -2,7 +2,9 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -191,7 +193,11 @@ func hasToken(v, token string) bool {
 
 func isTokenBoundary(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
 
-func asciiEqualFold(s, lower string) bool {
+// asciiEqualFold reports whether s is lower, ignoring ASCII case.
+func asciiEqualFold[T string | []byte](s T, lower string) bool {
+	if len(s) != len(lower) {
+		return false
+	}
 	for i := 0; i < len(s); i++ {
 		b := s[i]
 		if 'A' <= b && b <= 'Z' {
@@ -202,4 +208,232 @@ func asciiEqualFold(s, lower string) bool {
 		}
 	}
 	return true
+}
+
+// parseResponse reads the head of a common answer from what br has
+// buffered: "HTTP/1.1", a final status other than 204 and 304,
+// well-formed header fields each on one line, one valid Content-Length
+// and no Transfer-Encoding (scanHead), to a request other than HEAD. For
+// anything else (also a head not buffered whole) it returns nil and
+// consumes nothing, and http.ReadResponse reads the same bytes: the
+// answers parseResponse takes are those it can read exactly as
+// http.ReadResponse would, and FuzzReadResponse holds it to that.
+//
+// On success the head is consumed, the answer's resp.ContentLength is the
+// body's length and resp.Body is http.NoBody when that is 0, else nil:
+// the caller reads the body (fixedBody).
+func parseResponse(br *bufio.Reader, req *http.Request) *h1Answer {
+	if req.Method == http.MethodHead {
+		return nil
+	}
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, crlfcrlf)
+	if end < 0 {
+		return nil
+	}
+	// Check everything before allocating anything: an answer left to
+	// http.ReadResponse (a chunked one, say) costs only this scan.
+	code, fields, length, ok := scanHead(buf[:end+2])
+	if !ok {
+		return nil
+	}
+
+	// One string holds the status and every field; the Response's strings
+	// are slices of it.
+	head := string(buf[:end+2])
+	line, rest, _ := strings.Cut(head, "\r\n")
+	a := new(h1Answer)
+	h := make(http.Header, fields)
+	strs := a.vals[:] // the first value of each name
+	if fields > len(a.vals) {
+		strs = make([]string, fields)
+	}
+	for rest != "" {
+		var field string
+		field, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, _ := strings.Cut(field, ":")
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		value = textproto.TrimString(value)
+		if vv := h[name]; vv != nil {
+			h[name] = append(vv, value)
+		} else {
+			vv, strs = strs[:1:1], strs[1:]
+			vv[0] = value
+			h[name] = vv
+		}
+	}
+	// As http.ReadResponse: Connection: close in an HTTP/1.1 answer ends
+	// the connection after it and is removed; Pragma: no-cache without
+	// Cache-Control implies Cache-Control: no-cache.
+	closing := httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	if closing {
+		delete(h, "Connection")
+	}
+	if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
+		if _, ok := h["Cache-Control"]; !ok {
+			h["Cache-Control"] = []string{"no-cache"}
+		}
+	}
+	_, _ = br.Discard(end + 4)
+	a.resp = http.Response{
+		Status: line[len("HTTP/1.1 "):], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, ContentLength: length, Close: closing, Request: req,
+	}
+	if length == 0 {
+		a.resp.Body = http.NoBody
+	}
+	return a
+}
+
+// scanHead checks an answer's head (status line and fields, each line
+// ending in CRLF) for what parseResponse takes: the status line
+// "HTTP/1.1 ddd" with an optional reason, as http.ReadResponse reads it,
+// and a final status other than 204 and 304; each field a token, a colon
+// and a valid value on one line (no obs-fold); no Transfer-Encoding; one
+// Content-Length, decimal. It returns the status code, the number of
+// fields and the length.
+func scanHead(head []byte) (code, fields int, length int64, ok bool) {
+	i := bytes.Index(head, crlf)
+	line, rest := head[:i], head[i+2:]
+	status, ok := bytes.CutPrefix(line, []byte("HTTP/1.1 "))
+	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' || bytes.ContainsAny(status, "\r\n") {
+		return 0, 0, 0, false
+	}
+	for _, c := range status[:3] {
+		if c < '0' || c > '9' {
+			return 0, 0, 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
+		return 0, 0, 0, false
+	}
+	lengths := 0
+	for len(rest) > 0 {
+		i := bytes.Index(rest, crlf)
+		field := rest[:i]
+		rest = rest[i+2:]
+		name, value, ok := bytes.Cut(field, []byte(":"))
+		if !ok || len(name) == 0 || !validFieldName(name) || !validFieldValue(value) {
+			return 0, 0, 0, false // including obs-fold: a line that starts with a blank
+		}
+		fields++
+		switch {
+		case asciiEqualFold(name, "transfer-encoding"):
+			return 0, 0, 0, false
+		case asciiEqualFold(name, "content-length"):
+			lengths++
+			if length, ok = parseLength(trimBlanks(value)); !ok {
+				return 0, 0, 0, false
+			}
+		}
+	}
+	if lengths != 1 {
+		// None (a body until close) or several (even equal ones):
+		// http.ReadResponse's rules.
+		return 0, 0, 0, false
+	}
+	return code, fields, length, true
+}
+
+var (
+	crlf     = []byte("\r\n")
+	crlfcrlf = []byte("\r\n\r\n")
+)
+
+// trimBlanks trims spaces and tabs, as net/textproto trims a value.
+func trimBlanks(s []byte) []byte {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// parseLength reads a Content-Length value as http.ReadResponse accepts
+// it: decimal digits, at most 63 bits (here at most 18 digits, so that it
+// cannot overflow; longer values are left to http.ReadResponse).
+func parseLength(s []byte) (int64, bool) {
+	if len(s) == 0 || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// validFieldName reports whether s is a token (RFC 9110 5.6.2).
+func validFieldName(s []byte) bool {
+	for _, c := range s {
+		if !tokenByte[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// validFieldValue reports whether s holds only field-vchar, SP and HTAB
+// (RFC 9110 5.5; obs-text allowed), as net/textproto accepts a value.
+func validFieldValue(s []byte) bool {
+	for _, c := range s {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// h1Answer is an answer parseResponse read, with room for its body reader
+// and for the first values of its header fields: one allocation for what
+// would otherwise take three.
+type h1Answer struct {
+	resp http.Response
+	body h1Body
+	vals [8]string
+}
+
+var tokenByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// fixedBody reads a body of known length from br as net/http's body
+// does: its last bytes come with io.EOF, and an end of stream before them
+// is io.ErrUnexpectedEOF.
+type fixedBody struct {
+	br     *bufio.Reader
+	remain int64
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.remain <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.remain {
+		p = p[:b.remain]
+	}
+	n, err := b.br.Read(p)
+	b.remain -= int64(n)
+	switch {
+	case err == io.EOF && b.remain > 0:
+		err = io.ErrUnexpectedEOF
+	case err == nil && n > 0 && b.remain == 0:
+		err = io.EOF
+	}
+	return n, err
 }

@@ -144,6 +144,7 @@ func FuzzReadResponse(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nhelloNEXT",
 		"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nX-A: 1\r\nx-a:  2 \t\r\nConnection: keep-alive, close\r\n\r\nabc",
 		"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nPragma: no-cache\r\nTrailer: X-T\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nETag: \"x\"\r\nX-REQUEST-ID: 1\r\nWWW-Authenticate: Basic\r\nCONTENT-LENGTH: 0\r\n\r\n",
 		"HTTP/1.1 200\r\nContent-Length: 007\r\n\r\n1234567",
 		"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
 		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",

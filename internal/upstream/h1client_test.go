@@ -427,7 +427,7 @@ func TestH1AgreesWithGoTransport(t *testing.T) {
 		"repeated-header":        "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
 		"early-hints-then-final": "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
 		"fields-canonicalized-trimmed-merged": "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nX-Pad:  v \t\r\n" +
-			"X-Rep: 1\r\nx-rep: 2\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\nContent-Length: 3\r\n\r\nabc",
+			"X-Rep: 1\r\nx-rep: 2\r\nX-Empty:\r\nX-Obs: caf\xc3\xa9\r\nETag: \"v1\"\r\nX-REQUEST-ID: r\r\nContent-Length: 3\r\n\r\nabc",
 		"connection-close-with-length": "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
 		"connection-keep-alive":        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
 		"pragma-no-cache":              "HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n",

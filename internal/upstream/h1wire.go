@@ -227,20 +227,16 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Answer {
 		return nil
 	}
 	buf, _ := br.Peek(br.Buffered())
-	end := bytes.Index(buf, crlfcrlf)
-	if end < 0 {
-		return nil
-	}
 	// Check everything before allocating anything: an answer left to
 	// http.ReadResponse (a chunked one, say) costs only this scan.
-	code, fields, length, ok := scanHead(buf[:end+2])
+	size, code, fields, length, ok := scanHead(buf)
 	if !ok {
 		return nil
 	}
 
-	// One string holds the status and every field; the Response's strings
-	// are slices of it.
-	head := string(buf[:end+2])
+	// One string holds the status and every field (each line with its
+	// CRLF); the Response's strings are slices of it.
+	head := string(buf[:size-2])
 	line, rest, _ := strings.Cut(head, "\r\n")
 	a := new(h1Answer)
 	h := make(http.Header, fields)
@@ -252,7 +248,9 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Answer {
 		var field string
 		field, rest, _ = strings.Cut(rest, "\r\n")
 		name, value, _ := strings.Cut(field, ":")
-		name = textproto.CanonicalMIMEHeaderKey(name)
+		if !isCanonical(name) {
+			name = textproto.CanonicalMIMEHeaderKey(name)
+		}
 		value = textproto.TrimString(value)
 		if vv := h[name]; vv != nil {
 			h[name] = append(vv, value)
@@ -274,7 +272,7 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Answer {
 			h["Cache-Control"] = []string{"no-cache"}
 		}
 	}
-	_, _ = br.Discard(end + 4)
+	_, _ = br.Discard(size)
 	a.resp = http.Response{
 		Status: line[len("HTTP/1.1 "):], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, ContentLength: length, Close: closing, Request: req,
@@ -285,61 +283,88 @@ func parseResponse(br *bufio.Reader, req *http.Request) *h1Answer {
 	return a
 }
 
-// scanHead checks an answer's head (status line and fields, each line
-// ending in CRLF) for what parseResponse takes: the status line
-// "HTTP/1.1 ddd" with an optional reason, as http.ReadResponse reads it,
-// and a final status other than 204 and 304; each field a token, a colon
-// and a valid value on one line (no obs-fold); no Transfer-Encoding; one
-// Content-Length, decimal. It returns the status code, the number of
-// fields and the length.
-func scanHead(head []byte) (code, fields int, length int64, ok bool) {
-	i := bytes.Index(head, crlf)
-	line, rest := head[:i], head[i+2:]
+// scanHead checks that buf starts with an answer's whole head of the kind
+// parseResponse takes: every line ending in CRLF, up to an empty one; the
+// status line "HTTP/1.1 ddd" with an optional reason, as http.ReadResponse
+// reads it, and a final status other than 204 and 304; each field a token,
+// a colon and a valid value on one line (no obs-fold); no
+// Transfer-Encoding; one Content-Length, decimal. It returns the size of
+// the head with its empty line, the status code, the number of fields and
+// the length.
+func scanHead(buf []byte) (size, code, fields int, length int64, ok bool) {
+	line, rest, ok := cutLine(buf)
+	if !ok {
+		return 0, 0, 0, 0, false
+	}
 	status, ok := bytes.CutPrefix(line, []byte("HTTP/1.1 "))
-	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' || bytes.ContainsAny(status, "\r\n") {
-		return 0, 0, 0, false
+	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' || bytes.IndexByte(status, '\r') >= 0 {
+		return 0, 0, 0, 0, false
 	}
 	for _, c := range status[:3] {
 		if c < '0' || c > '9' {
-			return 0, 0, 0, false
+			return 0, 0, 0, 0, false
 		}
 		code = code*10 + int(c-'0')
 	}
 	if code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified {
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
 	lengths := 0
-	for len(rest) > 0 {
-		i := bytes.Index(rest, crlf)
-		field := rest[:i]
-		rest = rest[i+2:]
+	for {
+		var field []byte
+		if field, rest, ok = cutLine(rest); !ok {
+			return 0, 0, 0, 0, false
+		}
+		if len(field) == 0 {
+			break
+		}
+		// A CR or LF in a field is refused with the other control bytes.
 		name, value, ok := bytes.Cut(field, []byte(":"))
 		if !ok || len(name) == 0 || !validFieldName(name) || !validFieldValue(value) {
-			return 0, 0, 0, false // including obs-fold: a line that starts with a blank
+			return 0, 0, 0, 0, false // including obs-fold: a line that starts with a blank
 		}
 		fields++
 		switch {
 		case asciiEqualFold(name, "transfer-encoding"):
-			return 0, 0, 0, false
+			return 0, 0, 0, 0, false
 		case asciiEqualFold(name, "content-length"):
 			lengths++
 			if length, ok = parseLength(trimBlanks(value)); !ok {
-				return 0, 0, 0, false
+				return 0, 0, 0, 0, false
 			}
 		}
 	}
 	if lengths != 1 {
 		// None (a body until close) or several (even equal ones):
 		// http.ReadResponse's rules.
-		return 0, 0, 0, false
+		return 0, 0, 0, 0, false
 	}
-	return code, fields, length, true
+	return len(buf) - len(rest), code, fields, length, true
 }
 
-var (
-	crlf     = []byte("\r\n")
-	crlfcrlf = []byte("\r\n\r\n")
-)
+// cutLine cuts the first line, which must end in CRLF, from b.
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return nil, nil, false
+	}
+	return b[:i-1], b[i+1:], true
+}
+
+// isCanonical reports whether a token is in canonical form (as
+// textproto.CanonicalMIMEHeaderKey would return it), which is far cheaper
+// to check than to compute.
+func isCanonical(name string) bool {
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
 
 // trimBlanks trims spaces and tabs, as net/textproto trims a value.
 func trimBlanks(s []byte) []byte {

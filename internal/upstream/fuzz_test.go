@@ -46,11 +46,11 @@ func FuzzConfigParsers(f *testing.F) {
 // writes what Request.Write writes, but for the order of header fields;
 // what checkRequest refuses for its URL, Request.Write refuses too.
 func FuzzWriteRequest(f *testing.F) {
-	f.Add(uint8(0), "", "/a/b", "", "x=1", "X-A", " v ", "curl/8", false)
-	f.Add(uint8(1), "[fe80::1%en0]:80", "/a%2Fb", "", "", "User-Agent", "", "", true)
-	f.Add(uint8(2), "bücher.example", "*", "", "", "Connection", "close", "\x00", true)
-	f.Add(uint8(0), "a b", "", "//h/p", "q", "x-lower", "\t", "  ", false)
-	f.Fuzz(func(t *testing.T, method uint8, host, path, opaque, query, key, value, ua string, close bool) {
+	f.Add(uint8(0), "", "/a/b", "", "x=1", "X-A", " v ", "curl/8", false, uint8(0))
+	f.Add(uint8(1), "[fe80::1%en0]:80", "/a%2Fb", "", "", "User-Agent", "", "", true, uint8(3))
+	f.Add(uint8(2), "bücher.example", "*", "", "", "Connection", "close", "\x00", true, uint8(20))
+	f.Add(uint8(0), "a b", "", "//h/p", "q", "x-lower", "\t", "  ", false, uint8(16))
+	f.Fuzz(func(t *testing.T, method uint8, host, path, opaque, query, key, value, ua string, close bool, extra uint8) {
 		u := &url.URL{Scheme: "http", Host: "127.0.0.1:1", Path: path, Opaque: opaque, RawQuery: query}
 		req := &http.Request{
 			Method: []string{http.MethodGet, http.MethodHead, http.MethodOptions}[method%3],
@@ -60,6 +60,9 @@ func FuzzWriteRequest(f *testing.F) {
 		if ua != "\x00" {
 			req.Header["User-Agent"] = []string{ua}
 		}
+		for i := range int(extra % 24) { // past the fields checkRequest lists
+			req.Header[fmt.Sprintf("X-Extra-%d", i)] = []string{"v"}
+		}
 		if !fastPath(req) {
 			return
 		}
@@ -67,7 +70,8 @@ func FuzzWriteRequest(f *testing.F) {
 		bw := bufio.NewWriter(&want)
 		werr := req.Write(bw)
 		_ = bw.Flush()
-		if err := checkRequest(req); err != nil {
+		var fields headFields
+		if err := checkRequest(req, &fields); err != nil {
 			if err == errCTLInURL && werr == nil {
 				t.Fatalf("checkRequest refused what Request.Write wrote: %q", want.String())
 			}
@@ -77,7 +81,7 @@ func FuzzWriteRequest(f *testing.F) {
 			t.Fatalf("Request.Write refused what checkRequest passed: %v", werr)
 		}
 		bw = bufio.NewWriter(&got)
-		if err := writeRequest(bw, req); err != nil {
+		if err := writeRequest(bw, req, &fields); err != nil {
 			t.Fatal(err)
 		}
 		_ = bw.Flush()

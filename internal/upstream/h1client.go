@@ -132,7 +132,8 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // ended first (its error is returned then). The body is not bounded by it.
 func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
 	// An invalid request is the caller's error, never sent.
-	if err := checkRequest(req); err != nil {
+	var fields headFields
+	if err := checkRequest(req, &fields); err != nil {
 		return nil, err
 	}
 	ctx := req.Context()
@@ -146,7 +147,7 @@ func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Respo
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := c.exchange(ctx, pc, req, deadline)
+		resp, sent, err := c.exchange(ctx, pc, req, &fields, deadline)
 		if err == nil {
 			return resp, nil
 		}
@@ -163,10 +164,11 @@ func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Respo
 	}
 }
 
-// exchange writes req on pc and reads the answer's header, within
+// exchange writes req (with the fields checkRequest listed) on pc and
+// reads the answer's header, within
 // deadline unless it is zero. sent reports that some of an answer was
 // read, after which the request must not be repeated.
-func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, deadline time.Time) (resp *http.Response, sent bool, err error) {
+func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, fields *headFields, deadline time.Time) (resp *http.Response, sent bool, err error) {
 	if !deadline.IsZero() {
 		// Before the cancellation hook below, which must win.
 		_ = pc.conn.SetDeadline(deadline)
@@ -175,7 +177,7 @@ func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, 
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, pc.abort)
 	}
-	if err := writeRequest(pc.bw, req); err != nil {
+	if err := writeRequest(pc.bw, req, fields); err != nil {
 		stop()
 		return nil, false, err
 	}

@@ -577,6 +577,15 @@ func TestH1WritesWhatGoTransportWrites(t *testing.T) {
 			return withHeader(http.Header{"X-Pad": {"  a \t b\t "}, "X-Obs": {"caf\xc3\xa9 \xff"}})
 		}},
 		{"non-canonical name", func() *http.Request { return withHeader(http.Header{"x-lower": {"1"}, "X-Lower": {"2"}}) }},
+		{"many fields", func() *http.Request {
+			h := http.Header{"User-Agent": {"many/1"}, "Connection": {"close"}, "Content-Length": {"0"}}
+			for i := range 30 {
+				h[fmt.Sprintf("X-Field-%d", i)] = []string{"v", fmt.Sprint(i)}
+			}
+			r := withHeader(h)
+			r.Close = true
+			return r
+		}},
 		{"fields the request line or framing own", func() *http.Request {
 			return withHeader(http.Header{"Host": {"other"}, "Content-Length": {"0"}, "Trailer": {"X-T"},
 				"Transfer-Encoding": {}, "User-Agent": {"ua/1"}})

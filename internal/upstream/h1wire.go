@@ -17,7 +17,8 @@ import (
 // checkRequest refuses, as net/http's Transport does before sending
 // anything, a request with an invalid header name or value (a value with
 // CR or LF could smuggle a field) or a control byte in its request URI.
-func checkRequest(req *http.Request) error {
+// It lists the header fields in f for writeRequest on the way.
+func checkRequest(req *http.Request, f *headFields) error {
 	for k, vv := range req.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return errors.New("net/http: invalid header field name " + k)
@@ -27,6 +28,23 @@ func checkRequest(req *http.Request) error {
 				return errors.New("net/http: invalid header field value for " + k)
 			}
 		}
+		switch k {
+		case "User-Agent":
+			f.ua, f.hasUA = vv, true
+			continue
+		case "Connection":
+			if len(vv) > 0 {
+				f.connection = vv[0]
+			}
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue // written from the request's fields, or not at all
+		}
+		if f.n < len(f.list) {
+			f.list[f.n] = headField{k, vv}
+			f.n++
+		} else {
+			f.overflow = true
+		}
 	}
 	if !requestURIValid(req.URL) {
 		return errCTLInURL
@@ -34,9 +52,25 @@ func checkRequest(req *http.Request) error {
 	return nil
 }
 
+// headFields are what checkRequest found in a request's header for
+// writeRequest, which then need not walk the map again.
+type headFields struct {
+	list       [16]headField // the fields written as they are
+	n          int
+	overflow   bool     // more than len(list): writeRequest walks the map
+	ua         []string // the User-Agent values
+	hasUA      bool     // a User-Agent key is present, even without values
+	connection string   // the first Connection value
+}
+
+type headField struct {
+	k  string
+	vv []string
+}
+
 // writeRequest writes the head of a request that fastPath accepted (GET,
 // HEAD or OPTIONS without a body, Upgrade, Expect or Transfer-Encoding)
-// and checkRequest passed, byte for byte as
+// and checkRequest passed (filling f), byte for byte as
 // Request.Write would but for the order of the header fields, which
 // RFC 9110 5.3 leaves free between different names (Request.Write sorts
 // them, at the cost of a sort and a pooled slice per request). Requests
@@ -54,7 +88,7 @@ func checkRequest(req *http.Request) error {
 // methods send no zero length); then the other fields, values trimmed of
 // surrounding blanks, except Host, User-Agent, Content-Length,
 // Transfer-Encoding and Trailer.
-func writeRequest(bw *bufio.Writer, req *http.Request) error {
+func writeRequest(bw *bufio.Writer, req *http.Request, f *headFields) error {
 	if t := httptrace.ContextClientTrace(req.Context()); t != nil &&
 		(t.WroteHeaderField != nil || t.WroteHeaders != nil || t.WroteRequest != nil) {
 		return req.Write(bw)
@@ -80,33 +114,40 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
 
-	h := req.Header
-	if ua, ok := h["User-Agent"]; !ok {
+	if !f.hasUA {
 		bw.WriteString("User-Agent: " + defaultUserAgent + "\r\n")
-	} else if len(ua) > 0 && ua[0] != "" {
+	} else if len(f.ua) > 0 && f.ua[0] != "" {
 		bw.WriteString("User-Agent: ")
-		bw.WriteString(textproto.TrimString(ua[0]))
+		bw.WriteString(textproto.TrimString(f.ua[0]))
 		bw.WriteString("\r\n")
 	}
-	if req.Close {
-		if c := h["Connection"]; len(c) == 0 || !hasToken(c[0], "close") {
-			bw.WriteString("Connection: close\r\n")
-		}
+	if req.Close && !hasToken(f.connection, "close") {
+		bw.WriteString("Connection: close\r\n")
 	}
-	for k, vv := range h {
-		switch k {
-		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
-			continue
+	if f.overflow {
+		for k, vv := range req.Header {
+			switch k {
+			case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+				continue
+			}
+			writeField(bw, k, vv)
 		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(textproto.TrimString(v))
-			bw.WriteString("\r\n")
+	} else {
+		for _, fl := range f.list[:f.n] {
+			writeField(bw, fl.k, fl.vv)
 		}
 	}
 	_, err = bw.WriteString("\r\n")
 	return err
+}
+
+func writeField(bw *bufio.Writer, k string, vv []string) {
+	for _, v := range vv {
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(textproto.TrimString(v))
+		bw.WriteString("\r\n")
+	}
 }
 
 // defaultUserAgent is what Request.Write sends when a request has no
@@ -116,13 +157,9 @@ const defaultUserAgent = "Go-http-client/1.1"
 var errCTLInURL = errors.New("net/http: can't write control character in Request.URL")
 
 // requestURIValid reports whether the request URI of u (URL.RequestURI)
-// is free of control bytes.
+// is free of control bytes. An escaped path never holds one.
 func requestURIValid(u *url.URL) bool {
-	if u.Opaque != "" {
-		if strings.HasPrefix(u.Opaque, "//") && hasCTL(u.Scheme) || hasCTL(u.Opaque) {
-			return false
-		}
-	} else if hasCTL(u.EscapedPath()) {
+	if u.Opaque != "" && (strings.HasPrefix(u.Opaque, "//") && hasCTL(u.Scheme) || hasCTL(u.Opaque)) {
 		return false
 	}
 	return !hasCTL(u.RawQuery)

@@ -467,7 +467,11 @@ func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
 
 	out.URL.Scheme = b.target.Scheme
 	out.URL.Host = b.target.Host
-	setEscapedPath(out.URL, b.basePath+h.outboundPath(in.URL.EscapedPath(), info))
+	path := h.outboundPath(in.URL.EscapedPath(), info)
+	if b.basePath != "" {
+		path = b.basePath + path
+	}
+	setEscapedPath(out.URL, path)
 	if b.preserveHost {
 		out.Host = in.Host
 	} else {
@@ -475,22 +479,27 @@ func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
 	}
 
 	// X-Forwarded-*: ReverseProxy removed the client's copies from out.
+	// The client's own are read only from a trusted peer.
 	peer := peerHost(in.RemoteAddr)
-	trusted := h.isTrusted(peer)
-	if prior := in.Header["X-Forwarded-For"]; trusted && len(prior) > 0 {
-		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + peer}
+	var priorFor, priorProto, priorHost []string
+	if h.isTrusted(peer) {
+		priorFor, priorProto, priorHost = in.Header["X-Forwarded-For"], in.Header["X-Forwarded-Proto"], in.Header["X-Forwarded-Host"]
+	}
+	if len(priorFor) > 0 {
+		out.Header["X-Forwarded-For"] = []string{strings.Join(priorFor, ", ") + ", " + peer}
 	} else if peer != "" {
 		out.Header["X-Forwarded-For"] = ex.val(valXFF, peer)
 	}
-	if v := in.Header["X-Forwarded-Proto"]; trusted && len(v) > 0 {
-		out.Header["X-Forwarded-Proto"] = v[:1:1]
-	} else if in.TLS != nil {
+	switch {
+	case len(priorProto) > 0:
+		out.Header["X-Forwarded-Proto"] = priorProto[:1:1]
+	case in.TLS != nil:
 		out.Header["X-Forwarded-Proto"] = protoHTTPS
-	} else {
+	default:
 		out.Header["X-Forwarded-Proto"] = protoHTTP
 	}
-	if v := in.Header["X-Forwarded-Host"]; trusted && len(v) > 0 {
-		out.Header["X-Forwarded-Host"] = v[:1:1]
+	if len(priorHost) > 0 {
+		out.Header["X-Forwarded-Host"] = priorHost[:1:1]
 	} else if in.Host != "" {
 		out.Header["X-Forwarded-Host"] = ex.val(valXFHost, in.Host)
 	}

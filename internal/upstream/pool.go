@@ -390,9 +390,12 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 			_ = res.Body.Close()
 			res = nil
 		}
-		if ctx.Err() == nil {
+		if cerr := ctx.Err(); cerr == nil {
 			err = problem.Wrap(http.StatusGatewayTimeout, "upstream_timeout",
 				"the upstream did not answer in time", context.DeadlineExceeded)
+		} else if err == errAttemptTimeout {
+			// The caller's context ended too: its error, as with the timer.
+			err = cerr
 		}
 	}
 	now := p.reg.now().UnixNano()

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http/httpguts"
 )
 
 // h1Client is the round tripper of plain http:// targets for the requests
@@ -97,45 +95,24 @@ const livenessAfter = time.Second
 // or write return at once, which is how a cancelled context stops one.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// fastPath reports whether req can be served by the h1 client.
-func fastPath(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-	default:
-		return false
-	}
-	if req.URL.Scheme != "http" || (req.Body != nil && req.Body != http.NoBody) || req.ContentLength > 0 {
-		return false
-	}
-	h := req.Header
-	if len(h["Upgrade"]) > 0 || len(h["Expect"]) > 0 || len(h["Transfer-Encoding"]) > 0 || len(req.TransferEncoding) > 0 {
-		return false
-	}
-	for _, v := range h["Connection"] {
-		if httpguts.HeaderValuesContainsToken([]string{v}, "upgrade") {
-			return false
-		}
-	}
-	return true
-}
-
 func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !fastPath(req) {
+	var fields headFields
+	lean, err := scanRequest(req, &fields)
+	if !lean {
 		return c.fallback.RoundTrip(req)
 	}
-	return c.roundTrip(req, time.Time{})
+	if err != nil {
+		return nil, err // the caller's error, never sent
+	}
+	return c.roundTrip(req, &fields, time.Time{})
 }
 
-// roundTrip serves a request that fastPath accepted. A non-zero deadline
-// bounds the exchange until the answer's header, dialing included: past
-// it, roundTrip fails with errAttemptTimeout, unless the request's context
-// ended first (its error is returned then). The body is not bounded by it.
-func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
-	// An invalid request is the caller's error, never sent.
-	var fields headFields
-	if err := checkRequest(req, &fields); err != nil {
-		return nil, err
-	}
+// roundTrip serves a request that scanRequest accepted and passed, with the
+// fields it listed. A non-zero deadline bounds the exchange until the
+// answer's header, dialing included: past it, roundTrip fails with
+// errAttemptTimeout, unless the request's context ended first (its error
+// is returned then). The body is not bounded by it.
+func (c *h1Client) roundTrip(req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
 	ctx := req.Context()
 	host := req.URL.Host // the idle pool's key; get adds the default port to dial
 	// A request on a reused connection that fails before any byte of an
@@ -147,7 +124,7 @@ func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Respo
 		if err != nil {
 			return nil, err
 		}
-		resp, sent, err := c.exchange(ctx, pc, req, &fields, deadline)
+		resp, sent, err := c.exchange(ctx, pc, req, fields, deadline)
 		if err == nil {
 			return resp, nil
 		}
@@ -164,7 +141,7 @@ func (c *h1Client) roundTrip(req *http.Request, deadline time.Time) (*http.Respo
 	}
 }
 
-// exchange writes req (with the fields checkRequest listed) on pc and
+// exchange writes req (with the fields scanRequest listed) on pc and
 // reads the answer's header, within
 // deadline unless it is zero. sent reports that some of an answer was
 // read, after which the request must not be repeated.

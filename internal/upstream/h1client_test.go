@@ -243,7 +243,11 @@ func TestH1ContextCancelStopsTheExchange(t *testing.T) {
 	// a cancellation still stops the body.
 	ctx3, cancel3 := context.WithCancel(context.Background())
 	req, _ = http.NewRequestWithContext(ctx3, http.MethodGet, srv.URL+"/slow-body", nil)
-	res, err = c.roundTrip(req, time.Now().Add(time.Minute))
+	var fields headFields
+	if lean, err := scanRequest(req, &fields); !lean || err != nil {
+		t.Fatal(lean, err)
+	}
+	res, err = c.roundTrip(req, &fields, time.Now().Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,6 +332,21 @@ func TestH1RejectsInvalidHeaders(t *testing.T) {
 	}
 	if n := srv.conns.Load(); n != 0 {
 		t.Fatalf("%d connections opened for a refused request", n)
+	}
+	// Through a pool too, which checks the request before the client.
+	e := newEnv(t, nil)
+	p := e.apply(t, &config.Upstream{Targets: targets(srv.URL), Retries: ptr(0)})
+	req, _ = http.NewRequest(http.MethodGet, srv.URL, nil)
+	req.Header["X-Bad"] = []string{"a\r\nInjected: yes"}
+	if res, err := p.RoundTrip(req); err == nil {
+		res.Body.Close()
+		t.Fatal("a header value with CR LF was sent through the pool")
+	}
+	if n := srv.conns.Load(); n != 0 {
+		t.Fatalf("%d connections opened for a refused request", n)
+	}
+	if s := statusOf(t, e.reg, "u"); s.InFlight != 0 || s.Targets[0].InFlight != 0 {
+		t.Fatalf("in-flight counts leak: %+v", s)
 	}
 }
 
@@ -627,7 +646,7 @@ func TestH1WritesWhatGoTransportWrites(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			send := func(rt http.RoundTripper) string {
 				req := tc.mk()
-				if !fastPath(req) {
+				if lean, _ := scanRequest(req, new(headFields)); !lean {
 					t.Fatal("the request does not take the lean path")
 				}
 				res, err := rt.RoundTrip(req)

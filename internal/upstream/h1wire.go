@@ -14,18 +14,45 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// checkRequest refuses, as net/http's Transport does before sending
-// anything, a request with an invalid header name or value (a value with
-// CR or LF could smuggle a field) or a control byte in its request URI.
-// It lists the header fields in f for writeRequest on the way.
-func checkRequest(req *http.Request, f *headFields) error {
+// scanRequest reports whether req takes the lean client: GET, HEAD or
+// OPTIONS to an http:// URL, without a body, Upgrade, Expect or
+// Transfer-Encoding, and without "upgrade" in Connection. For such a
+// request it also returns the error net/http's Transport would give before
+// sending anything: an invalid header name or value (a value with CR or
+// LF could smuggle a field) or a control byte in the request URI; and it
+// lists the header fields in f for writeRequest. One walk over the header
+// map does all three.
+func scanRequest(req *http.Request, f *headFields) (lean bool, err error) {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false, nil
+	}
+	if req.URL.Scheme != "http" || (req.Body != nil && req.Body != http.NoBody) || req.ContentLength > 0 ||
+		len(req.TransferEncoding) > 0 {
+		return false, nil
+	}
 	for k, vv := range req.Header {
+		switch k {
+		case "Upgrade", "Expect", "Transfer-Encoding":
+			if len(vv) > 0 {
+				return false, nil
+			}
+		case "Connection":
+			if httpguts.HeaderValuesContainsToken(vv, "upgrade") {
+				return false, nil
+			}
+		}
+		if err != nil {
+			continue // only whether the request is lean is still open
+		}
 		if !httpguts.ValidHeaderFieldName(k) {
-			return errors.New("net/http: invalid header field name " + k)
+			err = errors.New("net/http: invalid header field name " + k)
+			continue
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return errors.New("net/http: invalid header field value for " + k)
+				err = errors.New("net/http: invalid header field value for " + k)
 			}
 		}
 		switch k {
@@ -46,13 +73,13 @@ func checkRequest(req *http.Request, f *headFields) error {
 			f.overflow = true
 		}
 	}
-	if !requestURIValid(req.URL) {
-		return errCTLInURL
+	if err == nil && !requestURIValid(req.URL) {
+		err = errCTLInURL
 	}
-	return nil
+	return true, err
 }
 
-// headFields are what checkRequest found in a request's header for
+// headFields are what scanRequest found in a request's header for
 // writeRequest, which then need not walk the map again.
 type headFields struct {
 	list       [16]headField // the fields written as they are
@@ -68,9 +95,8 @@ type headField struct {
 	vv []string
 }
 
-// writeRequest writes the head of a request that fastPath accepted (GET,
-// HEAD or OPTIONS without a body, Upgrade, Expect or Transfer-Encoding)
-// and checkRequest passed (filling f), byte for byte as
+// writeRequest writes the head of a request that scanRequest accepted and
+// passed (filling f), byte for byte as
 // Request.Write would but for the order of the header fields, which
 // RFC 9110 5.3 leaves free between different names (Request.Write sorts
 // them, at the cost of a sort and a pooled slice per request). Requests

@@ -348,8 +348,15 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 
 	rt := p.tr.forTarget(t)
 	lean, _ := rt.(*h1Client)
-	if lean != nil && !fastPath(out) {
-		rt, lean = lean.fallback, nil
+	var (
+		fields  headFields
+		invalid error // of a request the lean client takes: never sent
+	)
+	if lean != nil {
+		var ok bool
+		if ok, invalid = scanRequest(out, &fields); !ok {
+			rt, lean = lean.fallback, nil
+		}
 	}
 	start := time.Now()
 	// The attempt's deadline, until response headers. It is left out when
@@ -370,10 +377,12 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 		timedOut bool
 	)
 	switch {
+	case lean != nil && invalid != nil:
+		err = invalid
 	case lean != nil:
 		// The lean client bounds the exchange with the connection's
 		// deadline: no context, timer or goroutine per attempt.
-		res, err = lean.roundTrip(out, deadline)
+		res, err = lean.roundTrip(out, &fields, deadline)
 		timedOut = err == errAttemptTimeout
 	case !deadline.IsZero():
 		var actx context.Context

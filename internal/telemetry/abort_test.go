@@ -103,6 +103,30 @@ func proxyTo(t *testing.T, tel *Telemetry, upstreamURL string) *httputil.Reverse
 	}
 }
 
+// proxyRig is a gateway-like server for one route: the telemetry stage in
+// front of a reverse proxy to upstreamURL, with its access log, SLO hook and
+// the panic that came out of the stage. Everything closes with the test.
+type proxyRig struct {
+	tel    *Telemetry
+	logs   logBuffer
+	slo    sloStatuses
+	panics chan any
+	gw     *httptest.Server
+}
+
+func newProxyRig(t *testing.T, route, upstreamURL string) *proxyRig {
+	t.Helper()
+	r := &proxyRig{}
+	r.tel = New(Deps{AccessLog: &r.logs})
+	t.Cleanup(func() { _ = r.tel.Close() })
+	r.tel.SetSLO(&r.slo)
+	var h http.Handler
+	h, r.panics = servedOnce(r.tel.Middleware(route)(proxyTo(t, r.tel, upstreamURL)))
+	r.gw = httptest.NewServer(h)
+	t.Cleanup(r.gw.Close)
+	return r
+}
+
 // checkCut checks what a user sees of a response whose 200 header went out
 // but whose body was cut: /metrics counts the route once as want and never
 // as 200, and the one access log line (read after closing tel) keeps the 200
@@ -142,14 +166,8 @@ func TestUpstreamCutMidBodyCountsAs502(t *testing.T) {
 		_ = brw.Flush()
 	}))
 	defer upstream.Close()
-	var logs logBuffer
-	tel := New(Deps{AccessLog: &logs})
-	defer tel.Close()
-	var slo sloStatuses
-	tel.SetSLO(&slo)
-	h, panics := servedOnce(tel.Middleware("cut")(proxyTo(t, tel, upstream.URL)))
-	gw := httptest.NewServer(h)
-	defer gw.Close()
+	r := newProxyRig(t, "cut", upstream.URL)
+	tel, logs, slo, panics, gw := r.tel, &r.logs, &r.slo, r.panics, r.gw
 
 	resp, err := http.Get(gw.URL + "/file")
 	if err == nil {
@@ -176,7 +194,7 @@ func TestUpstreamCutMidBodyCountsAs502(t *testing.T) {
 	if s := slo.of("cut"); len(s) != 1 || s[0] != 502 {
 		t.Errorf("SLO hook saw %v, want [502]", s)
 	}
-	checkCut(t, tel, &logs, "cut", 502)
+	checkCut(t, tel, logs, "cut", 502)
 }
 
 // TestClientGoneMidBodyCountsAs499: the client reads the first chunk of a
@@ -189,14 +207,8 @@ func TestClientGoneMidBodyCountsAs499(t *testing.T) {
 		<-r.Context().Done() // the proxy gives up on us once the client left
 	}))
 	defer upstream.Close()
-	var logs logBuffer
-	tel := New(Deps{AccessLog: &logs})
-	defer tel.Close()
-	var slo sloStatuses
-	tel.SetSLO(&slo)
-	h, panics := servedOnce(tel.Middleware("stream")(proxyTo(t, tel, upstream.URL)))
-	gw := httptest.NewServer(h)
-	defer gw.Close()
+	r := newProxyRig(t, "stream", upstream.URL)
+	tel, logs, slo, panics, gw := r.tel, &r.logs, &r.slo, r.panics, r.gw
 
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", gw.URL, nil)
@@ -220,7 +232,7 @@ func TestClientGoneMidBodyCountsAs499(t *testing.T) {
 	if s := slo.of("stream"); len(s) != 1 || s[0] != 499 {
 		t.Errorf("SLO hook saw %v, want [499]", s)
 	}
-	checkCut(t, tel, &logs, "stream", 499)
+	checkCut(t, tel, logs, "stream", 499)
 }
 
 // TestWriteFailureCountsAs499: a handler that does not panic but whose

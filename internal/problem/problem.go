@@ -101,7 +101,7 @@ func Write(w http.ResponseWriter, r *http.Request, e *Error) {
 		if in := reqctx.From(r.Context()); in != nil {
 			requestID = in.RequestID
 		}
-		if isGRPC(r) {
+		if IsGRPC(r) {
 			writeGRPC(w, e)
 			return
 		}
@@ -201,14 +201,20 @@ func WriteStatus(w http.ResponseWriter, r *http.Request, status int, code, detai
 	Write(w, r, New(status, code, detail))
 }
 
-// isGRPC reports a gRPC call: HTTP/2 with Content-Type application/grpc or
-// application/grpc+FORMAT (not gRPC-Web, which browsers read as HTTP).
-func isGRPC(r *http.Request) bool {
+// IsGRPC reports a gRPC call: HTTP/2 with Content-Type application/grpc,
+// application/grpc+FORMAT or application/grpc;PARAMS (not gRPC-Web, which
+// browsers read as HTTP). Such a call gets its errors as grpc-status here,
+// and telemetry counts it by its grpc-status. The protocol is checked
+// first, so an HTTP/1 request costs no header lookup.
+func IsGRPC(r *http.Request) bool {
 	if r.ProtoMajor != 2 {
 		return false
 	}
-	ct := r.Header.Get("Content-Type")
-	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	ct := r.Header["Content-Type"]
+	if len(ct) == 0 {
+		return false
+	}
+	rest, ok := strings.CutPrefix(ct[0], "application/grpc")
 	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 

@@ -17,10 +17,11 @@ import (
 // deadline: gRPC over HTTP/2 sends it as grpc-timeout, and unlike the route
 // timeout it bounds the whole call, streams included.
 
-// isGRPC reports whether r is a gRPC call: HTTP/2 with a Content-Type of
-// application/grpc or application/grpc+proto, ;charset... (the gRPC over
-// HTTP/2 spec). It is the same test problem.Write applies, so a call the
-// proxy treats as gRPC also gets its errors as grpc-status.
+// isGRPC reports whether r is a gRPC-family call for the proxy's purposes
+// (grpc-timeout, streaming): HTTP/2 with a Content-Type that starts with
+// application/grpc. It is broader than problem.IsGRPC on purpose: gRPC-Web
+// calls send grpc-timeout too, so they get its deadline here, while their
+// errors stay problem+json and telemetry counts them by HTTP status.
 func isGRPC(r *http.Request) bool {
 	if r.ProtoMajor != 2 {
 		return false

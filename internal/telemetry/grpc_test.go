@@ -188,8 +188,8 @@ func TestGRPCOnlyForGRPCCalls(t *testing.T) {
 		if c.ct != "" {
 			r.Header.Set("Content-Type", c.ct)
 		}
-		if got := isGRPC(r); got != c.grpc {
-			t.Errorf("HTTP/%d %q: isGRPC = %v", c.proto, c.ct, got)
+		if got := problem.IsGRPC(r); got != c.grpc {
+			t.Errorf("HTTP/%d %q: IsGRPC = %v", c.proto, c.ct, got)
 		}
 	}
 

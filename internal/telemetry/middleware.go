@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -163,28 +162,11 @@ func outcomeOf(sw *statusWriter, r *http.Request, how int) outcome {
 		}
 		// gRPC answers HTTP 200 and carries the result in grpc-status; a
 		// non-200 answer (a proxy's or a server's own) is already honest.
-		if o.status == http.StatusOK && isGRPC(r) {
+		if o.status == http.StatusOK && problem.IsGRPC(r) {
 			o.grpcResult(sw.w.Header(), r)
 		}
 	}
 	return o
-}
-
-// isGRPC reports a gRPC call: HTTP/2 with Content-Type application/grpc or
-// application/grpc+FORMAT (not gRPC-Web, whose status rides in the body).
-// It is the problem package's test, so the calls that get their gateway
-// errors as grpc-status are the ones counted by it. The protocol check
-// comes first: an HTTP/1 request costs no header lookup.
-func isGRPC(r *http.Request) bool {
-	if r.ProtoMajor != 2 {
-		return false
-	}
-	ct := r.Header["Content-Type"]
-	if len(ct) == 0 {
-		return false
-	}
-	rest, ok := strings.CutPrefix(ct[0], "application/grpc")
-	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 // trailerGRPCStatus is where a grpc-status trailer that was not announced

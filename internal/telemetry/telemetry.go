@@ -315,11 +315,11 @@ const UnmatchedRoute = "unmatched"
 
 // RetainRoutes tells which routes the running config has. The gateway calls
 // it after it swapped in a newly compiled runtime, and after a compile that
-// failed, with the names of the running runtime's routes and BFF endpoints. A route not among them (removed or
-// renamed by the reload, or registered by a reload that failed) leaves
-// /admin/stats and the dashboard at once, and stops being offered to the
-// SLO engine; a route among them keeps its state, so statistics carry on
-// across reloads. Requests still in flight on the old runtime finish
+// failed, with the names of the running runtime's routes and BFF
+// endpoints. A route not among them (removed or renamed by the reload, or
+// registered by a reload that failed) leaves /admin/stats and the
+// dashboard at once, and stops being offered to the SLO engine; a route
+// among them keeps its state, so statistics carry on across reloads. Requests still in flight on the old runtime finish
 // against the removed route's state, which nothing reads any more.
 //
 // The Prometheus series of a removed route (its portico_requests_total,

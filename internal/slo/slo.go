@@ -324,6 +324,16 @@ func (e *Engine) Observer(route string) func(status int, d time.Duration, end ti
 	}
 }
 
+// ForgetRoute drops the engine's entry for a route the running config no
+// longer has, so that routes renamed over many reloads do not pile up. A hook
+// handed out before keeps counting for in-flight requests against the SLOs
+// applied when it was last updated; a route that comes back gets a new one.
+func (e *Engine) ForgetRoute(route string) {
+	e.mu.Lock()
+	delete(e.routes, route)
+	e.mu.Unlock()
+}
+
 // IsBad is the SLI: 5xx is bad; 499 (client gone), 101 (a WebSocket's
 // lifetime is not a latency) and other statuses are judged by latency alone,
 // when the SLO has a threshold, except 499, which is never bad.

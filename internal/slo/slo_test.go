@@ -3,6 +3,7 @@ package slo
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -377,6 +378,36 @@ func TestWebhookRetries(t *testing.T) {
 	got := h.wait(t, 2)
 	if len(got) != 2 || h.posts.Load() != 4 {
 		t.Errorf("got %d notifications after %d posts, want 2 after 4 (2 failures retried)", len(got), h.posts.Load())
+	}
+}
+
+// TestForgetRoute: routes the config dropped leave the engine, so renames
+// over many reloads do not pile up; a hook handed out before still counts
+// its in-flight requests, and a route that comes back counts again.
+func TestForgetRoute(t *testing.T) {
+	clk := newClock()
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})
+	defer e.Close()
+	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99}}); err != nil {
+		t.Fatal(err)
+	}
+	old := e.Observer("r")
+	for i := range 1000 {
+		e.Observer(fmt.Sprintf("renamed-%d", i))
+		e.ForgetRoute(fmt.Sprintf("renamed-%d", i))
+	}
+	e.ForgetRoute("r")
+	e.mu.Lock()
+	n := len(e.routes)
+	e.mu.Unlock()
+	if n != 0 {
+		t.Errorf("engine keeps %d routes after they were all forgotten", n)
+	}
+	old(500, 0, clk.Now()) // a request in flight across the reload
+	e.Observer("r")(200, 0, clk.Now())
+	e.Evaluate(clk.Now())
+	if snap := e.Snapshot(); len(snap) != 1 || snap[0].Bad != 1 || snap[0].Good != 1 {
+		t.Errorf("after forget and return: %+v", snap)
 	}
 }
 

@@ -64,6 +64,8 @@ func (s *sloStatuses) Observer(route string) func(int, time.Duration, time.Time)
 	}
 }
 
+func (s *sloStatuses) ForgetRoute(string) {}
+
 func (s *sloStatuses) of(route string) []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

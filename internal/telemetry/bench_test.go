@@ -27,6 +27,8 @@ func (nopSLO) Observer(string) func(int, time.Duration, time.Time) {
 	return func(int, time.Duration, time.Time) {}
 }
 
+func (nopSLO) ForgetRoute(string) {}
+
 func BenchmarkMiddleware(b *testing.B) {
 	body := []byte("ok")
 	bare := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -84,10 +84,18 @@ func routeSeries(t *testing.T, tel *Telemetry, name string) []string {
 	return out
 }
 
-// sloRoutes records which routes the middleware asked the SLO engine for.
+// sloRoutes records which routes the middleware asked the SLO engine for,
+// and which it told the engine to forget.
 type sloRoutes struct {
-	mu     sync.Mutex
-	routes []string
+	mu        sync.Mutex
+	routes    []string
+	forgotten []string
+}
+
+func (s *sloRoutes) ForgetRoute(route string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgotten = append(s.forgotten, route)
 }
 
 func (s *sloRoutes) Observer(route string) func(int, time.Duration, time.Time) {
@@ -148,6 +156,11 @@ func TestReloadDropsRemovedRoutes(t *testing.T) {
 	slices.Sort(slo.routes)
 	if !slices.Equal(slo.routes, []string{"kept", "new", "unmatched"}) {
 		t.Errorf("SLO hooks requested for %v", slo.routes)
+	}
+
+	g.reload("kept")
+	if !slices.Equal(slo.forgotten, []string{"new"}) {
+		t.Errorf("SLO engine told to forget %v, want [new]", slo.forgotten)
 	}
 
 	// A route that comes back starts afresh.

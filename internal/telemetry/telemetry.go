@@ -55,8 +55,10 @@ type Deps struct {
 
 // SLOObserver is what the middleware needs from the SLO engine: a hook per
 // route, called once per finished request, that stays valid across reloads.
+// ForgetRoute is called when a route leaves the running config.
 type SLOObserver interface {
 	Observer(route string) func(status int, d time.Duration, end time.Time)
+	ForgetRoute(route string)
 }
 
 // defaultBuckets are the standard upper bounds (seconds) of
@@ -318,7 +320,7 @@ const UnmatchedRoute = "unmatched"
 // failed, with the names of the running runtime's routes and BFF
 // endpoints. A route not among them (removed or renamed by the reload, or
 // registered by a reload that failed) leaves /admin/stats and the
-// dashboard at once, and stops being offered to the SLO engine; a route
+// dashboard at once, and the SLO engine forgets it; a route
 // among them keeps its state, so statistics carry on across reloads. Requests still in flight on the old runtime finish
 // against the removed route's state, which nothing reads any more.
 //
@@ -344,6 +346,11 @@ func (t *Telemetry) RetainRoutes(names []string) {
 		}
 		delete(t.routes, name)
 		removed = append(removed, rs)
+		if t.slo != nil {
+			// Under t.mu, so that no route of the same name is being
+			// created meanwhile; the engine never calls back into t.
+			t.slo.ForgetRoute(name)
+		}
 	}
 	t.mu.Unlock()
 	for _, rs := range removed {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -440,7 +441,8 @@ routes:
 }
 
 // idle: 10,000 idle keep-alive connections, each after one request; RSS
-// growth per connection.
+// growth per connection, once RSS has settled and, as before that was
+// measured, one second after the last connection.
 func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	const n = 10000
 	_, ng, pt, err := e.lineup(ctx, "idle", porticoConfig("", plainRoute), 64, nil)
@@ -454,25 +456,51 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	}
 	defer std.stop()
 	t := newTable(fmt.Sprintf("%d idle HTTP/1.1 keep-alive client connections", n),
-		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open; stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
+		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open, once it has settled (four samples over a second within 0.25 MiB, at most 15 s); stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
 		"nginx", "stdlib-proxy", "portico")
 	for _, s := range []*system{ng, std, pt} {
 		if s == nil {
 			continue
 		}
-		before := s.proc.rssMiB()
+		before, _ := settledRSS(ctx, s.proc)
 		conns, err := openIdle(ctx, strings.TrimPrefix(s.base, "http://"), n)
 		if err != nil {
 			closeAll(conns)
 			return nil, fmt.Errorf("%s: %w", s.name, err)
 		}
 		time.Sleep(time.Second)
-		after := s.proc.rssMiB()
+		at1s := s.proc.rssMiB()
+		after, took := settledRSS(ctx, s.proc)
 		closeAll(conns)
 		t.add(s.name, sample{rssMiB: after})
-		t.extra = append(t.extra, fmt.Sprintf("%s: RSS %.1f MiB idle before, %.1f MiB with %d connections: %.1f KiB per connection.",
-			s.name, before, after, n, (after-before)*1024/n))
-		fmt.Printf("   %-8s %.1f -> %.1f MiB (%.1f KiB per connection)\n", s.name, before, after, (after-before)*1024/n)
+		perConn := func(rss float64) float64 { return (rss - before) * 1024 / n }
+		t.extra = append(t.extra, fmt.Sprintf("%s: RSS %.1f MiB idle before; with %d connections %.1f MiB once settled (%.1f s after the last connected): %.1f KiB per connection; one second after the last connected, %.1f MiB: %.1f KiB.",
+			s.name, before, n, after, took.Seconds()+1, perConn(after), at1s, perConn(at1s)))
+		fmt.Printf("   %-8s %.1f -> %.1f MiB settled (%.1f KiB per connection; %.1f KiB at 1 s)\n", s.name, before, after, perConn(after), perConn(at1s))
 	}
 	return t, nil
+}
+
+// settledRSS samples p's RSS until it has settled: four samples in a row,
+// a second apart in all, within 0.25 MiB of each other, or 15 s. A Go runtime
+// returns a burst's garbage to the OS over seconds after the burst, so an
+// idle process's RSS read at one fixed moment depends on that moment.
+func settledRSS(ctx context.Context, p *proc) (float64, time.Duration) {
+	const every, window, limit = 250 * time.Millisecond, 4, 15 * time.Second
+	start := time.Now()
+	var last []float64
+	for {
+		last = append(last, p.rssMiB())
+		if len(last) > window {
+			last = last[1:]
+		}
+		if len(last) == window && slices.Max(last)-slices.Min(last) <= 0.25 {
+			break
+		}
+		if time.Since(start) >= limit || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(every)
+	}
+	return last[len(last)-1], time.Since(start)
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -285,7 +286,8 @@ func startBackendProcess(b *testing.B, n int, delay time.Duration) []string {
 // BenchmarkFanOut6Sleep5ms prices one merged request as the gateway pays
 // for it: six backends in another process that each take 5ms (so every
 // backend call parks on the network, as in production), 16 concurrent
-// clients. cpu-ns/op is this process's CPU time per merged request.
+// clients. cpu-ns/op is this process's CPU time per merged request. The
+// -1client variants send one request at a time and report its latency.
 //
 //   - pools: the endpoint over the real upstream pools with the config
 //     defaults, as the gateway runs it;
@@ -335,70 +337,98 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 		return h.(*endpoint)
 	}
 
-	b.Run("pools", func(b *testing.B) {
-		benchClients(b, pooled(b))
-	})
-
-	b.Run("goroutines", func(b *testing.B) {
-		e := pooled(b)
-		e.workers = nil
-		benchClients(b, e)
-	})
-
-	b.Run("transport", func(b *testing.B) {
-		// The endpoint puts the upstream's name where the host goes, so
-		// naming each upstream by its address lets a bare Transport serve.
-		rts := map[string]http.RoundTripper{}
-		var backends []*config.Backend
-		for i, a := range addrs {
-			rts[a] = tr
-			backends = append(backends, &config.Backend{Upstream: a, Path: "/item/{claims.sub}",
-				Into: fmt.Sprintf("svc%d", i), Fields: []string{"id", "name", "status"}})
-		}
-		h := newEndpoint(b, &config.Endpoint{Name: "feed", Timeout: config.Duration(5 * time.Second), Backends: backends}, rts)
-		benchClients(b, h)
-	})
-
-	b.Run("floor", func(b *testing.B) {
-		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			bodies := make([][]byte, len(addrs))
-			var wg sync.WaitGroup
+	cases := []struct {
+		name    string
+		handler func(b *testing.B) http.Handler
+	}{
+		{"pools", func(b *testing.B) http.Handler { return pooled(b) }},
+		{"goroutines", func(b *testing.B) http.Handler {
+			e := pooled(b)
+			e.workers = nil
+			return e
+		}},
+		{"transport", func(b *testing.B) http.Handler {
+			// The endpoint puts the upstream's name where the host goes, so
+			// naming each upstream by its address lets a bare Transport serve.
+			rts := map[string]http.RoundTripper{}
+			var backends []*config.Backend
 			for i, a := range addrs {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					req, err := http.NewRequestWithContext(r.Context(), "GET", "http://"+a+"/item/u42", nil)
-					if err != nil {
+				rts[a] = tr
+				backends = append(backends, &config.Backend{Upstream: a, Path: "/item/{claims.sub}",
+					Into: fmt.Sprintf("svc%d", i), Fields: []string{"id", "name", "status"}})
+			}
+			return newEndpoint(b, &config.Endpoint{Name: "feed", Timeout: config.Duration(5 * time.Second), Backends: backends}, rts)
+		}},
+		{"floor", func(b *testing.B) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				bodies := make([][]byte, len(addrs))
+				var wg sync.WaitGroup
+				for i, a := range addrs {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						req, err := http.NewRequestWithContext(r.Context(), "GET", "http://"+a+"/item/u42", nil)
+						if err != nil {
+							return
+						}
+						resp, err := tr.RoundTrip(req)
+						if err != nil {
+							return
+						}
+						bodies[i], _ = io.ReadAll(resp.Body)
+						resp.Body.Close()
+					}()
+				}
+				wg.Wait()
+				out := []byte{'{'}
+				for i, body := range bodies {
+					if body == nil {
+						w.WriteHeader(http.StatusBadGateway)
 						return
 					}
-					resp, err := tr.RoundTrip(req)
-					if err != nil {
-						return
+					if i > 0 {
+						out = append(out, ',')
 					}
-					bodies[i], _ = io.ReadAll(resp.Body)
-					resp.Body.Close()
-				}()
-			}
-			wg.Wait()
-			out := []byte{'{'}
-			for i, body := range bodies {
-				if body == nil {
-					w.WriteHeader(http.StatusBadGateway)
-					return
+					out = append(out, fmt.Sprintf("%q:", addrs[i])...)
+					out = append(out, body...)
 				}
-				if i > 0 {
-					out = append(out, ',')
-				}
-				out = append(out, fmt.Sprintf("%q:", addrs[i])...)
-				out = append(out, body...)
-			}
-			out = append(out, '}')
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusOK)
-			_, _ = w.Write(out)
-		})
-		benchClients(b, h)
-	})
+				out = append(out, '}')
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusOK)
+				_, _ = w.Write(out)
+			})
+		}},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) { benchClients(b, c.handler(b)) })
+	}
+	for _, c := range cases {
+		b.Run(c.name+"-1client", func(b *testing.B) { benchOneClient(b, c.handler(b)) })
+	}
+}
+
+// benchOneClient drives h from one client, a request at a time, and reports
+// the median and 99th percentile of its latency: the added latency at one
+// connection that the BFF target is about, without the front server.
+func benchOneClient(b *testing.B, h http.Handler) {
+	r := gatewayRequest("GET", "/mobile/feed")
+	r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	info := reqctx.From(r.Context())
+	w := &discardWriter{h: http.Header{}}
+	var took []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		info.Start = start
+		clear(w.h)
+		h.ServeHTTP(w, r)
+		took = append(took, time.Since(start))
+		if w.code != http.StatusOK {
+			b.Fatalf("status %d: %v", w.code, w.h)
+		}
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(took[len(took)*99/100].Microseconds()), "p99-µs")
 }
 
 // benchClients drives h from 16 concurrent clients and reports this

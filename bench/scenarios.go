@@ -456,7 +456,7 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	}
 	defer std.stop()
 	t := newTable(fmt.Sprintf("%d idle HTTP/1.1 keep-alive client connections", n),
-		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open, once it has settled (four samples over a second within 0.25 MiB, at most 15 s); stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
+		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open, once it has settled (four samples 250 ms apart within 0.25 MiB, at most 15 s); stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
 		"nginx", "stdlib-proxy", "portico")
 	for _, s := range []*system{ng, std, pt} {
 		if s == nil {
@@ -482,7 +482,7 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 }
 
 // settledRSS samples p's RSS until it has settled: four samples in a row,
-// a second apart in all, within 0.25 MiB of each other, or 15 s. A Go runtime
+// 250 ms apart, within 0.25 MiB of each other, or 15 s. A Go runtime
 // returns a burst's garbage to the OS over seconds after the burst, so an
 // idle process's RSS read at one fixed moment depends on that moment.
 func settledRSS(ctx context.Context, p *proc) (float64, time.Duration) {

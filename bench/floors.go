@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -58,14 +60,21 @@ func runStdProxy(args []string) {
 
 // runFanout is the least a net/http fan-out can do: six concurrent
 // RoundTrips (one goroutine each), each body read whole, written out as
-// one JSON object. No shaping, validation, timeouts or metrics.
+// one JSON object. No shaping, validation, timeouts or metrics. With
+// -sequential it prices another design instead of a floor: the handler's
+// goroutine writes all six requests, then reads the six answers in order.
 func runFanout(args []string) {
 	fs := flag.NewFlagSet("fanout", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "listen address (loopback)")
 	upstream := fs.String("upstream", "", "upstream host:port")
 	n := fs.Int("n", 6, "backends per request")
+	sequential := fs.Bool("sequential", false, "write all requests from the handler's goroutine, then read the answers in order, over sockets of its own (no goroutine per call)")
 	_ = fs.Parse(args)
 	tr := floorTransport()
+	var seq *connSets
+	if *sequential {
+		seq = &connSets{upstream: *upstream, n: *n}
+	}
 	urls := make([]string, *n)
 	keys := make([][]byte, *n)
 	for i := range urls {
@@ -75,24 +84,28 @@ func runFanout(args []string) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		bodies := make([][]byte, len(urls))
 		errs := make([]error, len(urls))
-		var wg sync.WaitGroup
-		for i, u := range urls {
-			wg.Go(func() {
-				req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				resp, err := tr.RoundTrip(req)
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				defer resp.Body.Close()
-				bodies[i], errs[i] = io.ReadAll(resp.Body)
-			})
+		if seq != nil {
+			seq.fetch(bodies, errs)
+		} else {
+			var wg sync.WaitGroup
+			for i, u := range urls {
+				wg.Go(func() {
+					req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u, nil)
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					resp, err := tr.RoundTrip(req)
+					if err != nil {
+						errs[i] = err
+						return
+					}
+					defer resp.Body.Close()
+					bodies[i], errs[i] = io.ReadAll(resp.Body)
+				})
+			}
+			wg.Wait()
 		}
-		wg.Wait()
 		var out bytes.Buffer
 		out.WriteByte('{')
 		for i, b := range bodies {
@@ -141,4 +154,81 @@ func (e *env) startPrinting(ctx context.Context, name, path, bin string, args ..
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &system{name: name, base: "http://" + addr, proc: p}, nil
+}
+
+// connSets keeps sets of n keep-alive sockets to the upstream, one socket
+// per backend, for the sequential fan-out: a request takes a set, writes
+// all n requests, then reads the n answers in order, so that it never hands
+// a call to another goroutine nor parks more than while the first answer is
+// on its way. Plain HTTP/1.1 only; a set that saw an error is closed.
+type connSets struct {
+	upstream string
+	n        int
+	mu       sync.Mutex
+	free     []*connSet
+}
+
+type connSet struct {
+	conns []net.Conn
+	r     []*bufio.Reader
+	w     []*bufio.Writer
+}
+
+func (cs *connSets) get() (*connSet, error) {
+	cs.mu.Lock()
+	if k := len(cs.free); k > 0 {
+		set := cs.free[k-1]
+		cs.free = cs.free[:k-1]
+		cs.mu.Unlock()
+		return set, nil
+	}
+	cs.mu.Unlock()
+	set := &connSet{}
+	for range cs.n {
+		c, err := net.Dial("tcp", cs.upstream)
+		if err != nil {
+			set.close()
+			return nil, err
+		}
+		set.conns = append(set.conns, c)
+		set.r = append(set.r, bufio.NewReader(c))
+		set.w = append(set.w, bufio.NewWriter(c))
+	}
+	return set, nil
+}
+
+func (set *connSet) close() {
+	for _, c := range set.conns {
+		c.Close()
+	}
+}
+
+func (cs *connSets) fetch(bodies [][]byte, errs []error) {
+	set, err := cs.get()
+	if err != nil {
+		errs[0] = err
+		return
+	}
+	for i, w := range set.w {
+		fmt.Fprintf(w, "GET /small?delay=5&b=%d HTTP/1.1\r\nHost: %s\r\n\r\n", i+1, cs.upstream)
+		if errs[i] = w.Flush(); errs[i] != nil {
+			set.close()
+			return
+		}
+	}
+	for i, r := range set.r {
+		resp, err := http.ReadResponse(r, nil)
+		if err == nil {
+			bodies[i], err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		if err != nil {
+			errs[i] = err
+			set.close()
+			return
+		}
+	}
+	cs.mu.Lock()
+	cs.free = append(cs.free, set)
+	cs.mu.Unlock()
 }

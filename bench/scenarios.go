@@ -294,17 +294,22 @@ func (e *env) bff(ctx context.Context, o options) ([]*table, error) {
 		return nil, err
 	}
 	defer fan.stop()
+	seq, err := e.startFloor(ctx, "seq-fanout", "fanout", "/", "-sequential")
+	if err != nil {
+		return nil, err
+	}
+	defer seq.stop()
 	direct := &system{name: "direct", base: "http://" + e.upAddr}
 	runs := []struct {
 		s    *system
 		name string
 		path string
-	}{{direct, "direct", "/small?delay=5"}, {fan, "stdlib-fanout", "/"}, {pt, "portico-bff", "/bff/feed"}}
-	note := "direct is one 5 ms call to the same backend; stdlib-fanout is six goroutines doing `Transport.RoundTrip` and `io.ReadAll`, then one JSON object written out (the net/http floor); nginx cannot aggregate, so it is not in these tables"
+	}{{direct, "direct", "/small?delay=5"}, {fan, "stdlib-fanout", "/"}, {seq, "seq-fanout", "/"}, {pt, "portico-bff", "/bff/feed"}}
+	note := "direct is one 5 ms call to the same backend; stdlib-fanout is six goroutines doing `Transport.RoundTrip` and `io.ReadAll`, then one JSON object written out (the net/http floor); seq-fanout is the same with no goroutine per call: the handler writes all six requests on keep-alive sockets of its own, then reads the six answers in order (a design Portico does not use, priced for comparison); nginx cannot aggregate, so it is not in these tables"
 	var tables []*table
 	for _, conns := range []int{1, 16} {
 		t := newTable(fmt.Sprintf("BFF fan-out to 6 backends that each answer in 5 ms, compression off, %d connection(s)", conns),
-			fmt.Sprintf("`wrk -t%d -c%d`; %s", min(conns, 2), conns, note), "direct", "stdlib-fanout", "portico-bff")
+			fmt.Sprintf("`wrk -t%d -c%d`; %s", min(conns, 2), conns, note), "direct", "stdlib-fanout", "seq-fanout", "portico-bff")
 		for r := 0; r < o.rounds; r++ {
 			for _, run := range runs {
 				smp, err := measure(ctx, run.s, run.s.base+run.path, conns, o, nil, "")
@@ -318,7 +323,7 @@ func (e *env) bff(ctx context.Context, o options) ([]*table, error) {
 		p50 := func(s sample) float64 { return s.p50ms }
 		p99 := func(s sample) float64 { return s.p99ms }
 		cpu := func(s sample) float64 { return s.cpuMsPer1k }
-		for _, sys := range []string{"stdlib-fanout", "portico-bff"} {
+		for _, sys := range []string{"stdlib-fanout", "seq-fanout", "portico-bff"} {
 			t.extra = append(t.extra, fmt.Sprintf("%s over the direct 5 ms call (medians): p50 %+.3f ms, p99 %+.3f ms; CPU per merged request %.0f µs.",
 				sys, t.med(sys, p50)-t.med("direct", p50), t.med(sys, p99)-t.med("direct", p99), t.med(sys, cpu)))
 		}

@@ -73,7 +73,7 @@ func runFanout(args []string) {
 	tr := floorTransport()
 	var seq *connSets
 	if *sequential {
-		seq = &connSets{upstream: *upstream, n: *n}
+		seq = newConnSets(*upstream, *n)
 	}
 	urls := make([]string, *n)
 	keys := make([][]byte, *n)
@@ -163,7 +163,7 @@ func (e *env) startPrinting(ctx context.Context, name, path, bin string, args ..
 // on its way. Plain HTTP/1.1 only; a set that saw an error is closed.
 type connSets struct {
 	upstream string
-	n        int
+	reqs     [][]byte // the request to backend i, written as is
 	mu       sync.Mutex
 	free     []*connSet
 }
@@ -171,7 +171,14 @@ type connSets struct {
 type connSet struct {
 	conns []net.Conn
 	r     []*bufio.Reader
-	w     []*bufio.Writer
+}
+
+func newConnSets(upstream string, n int) *connSets {
+	cs := &connSets{upstream: upstream}
+	for i := range n {
+		cs.reqs = append(cs.reqs, fmt.Appendf(nil, "GET /small?delay=5&b=%d HTTP/1.1\r\nHost: %s\r\n\r\n", i+1, upstream))
+	}
+	return cs
 }
 
 func (cs *connSets) get() (*connSet, error) {
@@ -184,7 +191,7 @@ func (cs *connSets) get() (*connSet, error) {
 	}
 	cs.mu.Unlock()
 	set := &connSet{}
-	for range cs.n {
+	for range cs.reqs {
 		c, err := net.Dial("tcp", cs.upstream)
 		if err != nil {
 			set.close()
@@ -192,7 +199,6 @@ func (cs *connSets) get() (*connSet, error) {
 		}
 		set.conns = append(set.conns, c)
 		set.r = append(set.r, bufio.NewReader(c))
-		set.w = append(set.w, bufio.NewWriter(c))
 	}
 	return set, nil
 }
@@ -209,9 +215,8 @@ func (cs *connSets) fetch(bodies [][]byte, errs []error) {
 		errs[0] = err
 		return
 	}
-	for i, w := range set.w {
-		fmt.Fprintf(w, "GET /small?delay=5&b=%d HTTP/1.1\r\nHost: %s\r\n\r\n", i+1, cs.upstream)
-		if errs[i] = w.Flush(); errs[i] != nil {
+	for i, c := range set.conns {
+		if _, errs[i] = c.Write(cs.reqs[i]); errs[i] != nil {
 			set.close()
 			return
 		}

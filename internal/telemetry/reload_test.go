@@ -178,37 +178,60 @@ func TestReloadDropsRemovedRoutes(t *testing.T) {
 	}
 }
 
+// slowRig is a swap gateway whose first request on "slow" waits until
+// finish; parkSlow returns it with that request already in flight.
+type slowRig struct {
+	g       *swapGateway
+	srv     *httptest.Server
+	served  sync.WaitGroup // requests the server has finished
+	release chan struct{}
+	done    chan struct{} // the parked request's client got its answer
+}
+
+func parkSlow(t *testing.T, tel *Telemetry, routes ...string) *slowRig {
+	t.Helper()
+	r := &slowRig{release: make(chan struct{}), done: make(chan struct{})}
+	entered := make(chan struct{})
+	var first atomic.Bool
+	r.g = newSwapGateway(tel, func(route string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if route == "slow" && first.CompareAndSwap(false, true) {
+				close(entered)
+				<-r.release
+			}
+			_, _ = io.WriteString(w, "ok")
+		})
+	}, routes...)
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		defer r.served.Done()
+		r.g.ServeHTTP(w, req)
+	}))
+	t.Cleanup(r.srv.Close)
+	r.served.Add(1)
+	go func() {
+		defer close(r.done)
+		get(t, r.srv.URL+"/slow")
+	}()
+	<-entered
+	return r
+}
+
+// finish lets the parked request end and waits until it has.
+func (r *slowRig) finish() {
+	close(r.release)
+	<-r.done
+	r.served.Wait()
+}
+
 // TestReloadWithRequestInFlight: a request on a removed route finishes
 // after the reload without harm; its route's series stay (the in-flight
 // gauge says 1) until it ends, then go; /admin/stats never lists it again.
 func TestReloadWithRequestInFlight(t *testing.T) {
 	tel := New(Deps{AccessLog: io.Discard})
 	defer tel.Close()
-	entered, release := make(chan struct{}), make(chan struct{})
-	var served sync.WaitGroup
-	g := newSwapGateway(tel, func(route string) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if route == "slow" {
-				close(entered)
-				<-release
-			}
-			_, _ = io.WriteString(w, "ok")
-		})
-	}, "slow", "fast")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer served.Done()
-		g.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	served.Add(1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		get(t, srv.URL+"/slow")
-	}()
-	<-entered
+	r := parkSlow(t, tel, "slow", "fast")
 
-	g.reload("fast")
+	r.g.reload("fast")
 	if _, ok := statsByRoute(tel)["slow"]; ok {
 		t.Error("a removed route is listed while its last request is in flight")
 	}
@@ -216,9 +239,7 @@ func TestReloadWithRequestInFlight(t *testing.T) {
 	if v := got[`portico_inflight_requests{route="slow"}`]; v != 1 {
 		t.Errorf("in-flight gauge of the removed route = %v, want 1 until it ends", v)
 	}
-	close(release)
-	<-done
-	served.Wait()
+	r.finish()
 	if s := routeSeries(t, tel, "slow"); len(s) != 0 {
 		t.Errorf("series of the removed route after its last request: %v", s)
 	}
@@ -302,39 +323,14 @@ func TestReloadRacesRequests(t *testing.T) {
 func TestRouteBackWhileOldRequestInFlight(t *testing.T) {
 	tel := New(Deps{AccessLog: io.Discard})
 	defer tel.Close()
-	entered, release := make(chan struct{}), make(chan struct{})
-	var first atomic.Bool
-	var served sync.WaitGroup
-	g := newSwapGateway(tel, func(route string) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if route == "slow" && first.CompareAndSwap(false, true) {
-				close(entered)
-				<-release
-			}
-			_, _ = io.WriteString(w, "ok")
-		})
-	}, "slow")
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		defer served.Done()
-		g.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	served.Add(1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		get(t, srv.URL+"/slow")
-	}()
-	<-entered
-	g.reload()       // slow removed, its request still in flight
-	g.reload("slow") // and back
-	close(release)
-	<-done
-	served.Wait()
+	r := parkSlow(t, tel, "slow")
+	r.g.reload()       // slow removed, its request still in flight
+	r.g.reload("slow") // and back
+	r.finish()
 
-	served.Add(2)
-	get(t, srv.URL+"/slow")
-	get(t, srv.URL+"/slow")
+	r.served.Add(2)
+	get(t, r.srv.URL+"/slow")
+	get(t, r.srv.URL+"/slow")
 	got, _ := scrape(t, tel)
 	// The old request counts too: it ended under the same route name.
 	if v := got[`portico_requests_total{code="200",method="GET",route="slow"}`]; v < 2 {

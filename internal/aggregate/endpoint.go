@@ -22,6 +22,7 @@ import (
 	"github.com/portico-gw/portico/internal/identity"
 	"github.com/portico-gw/portico/internal/problem"
 	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/upstream"
 )
 
 // DefaultMaxBackendBodyBytes caps a backend body when the BFF sets no
@@ -111,6 +112,9 @@ type backend struct {
 	nameJSON []byte
 	shaper   *shaper
 	call     BackendFunc
+	// sends is the backend's fetcher when its upstream can write a request
+	// and have its answer read later (an upstream.Sender), nil otherwise.
+	sends *fetcher
 }
 
 // endpoint is one compiled BFF endpoint; it is immutable once built.
@@ -307,6 +311,9 @@ func (e *endpoint) compileBackend(bc *config.Backend, all []*config.Backend, ind
 	}
 	f := &fetcher{e: e, b: b, upstream: bc.Upstream, method: method, tmpl: tmpl, rt: rt}
 	b.call = f.call
+	if sr, ok := rt.(upstream.Sender); ok && sr.CanSend(method) {
+		f.sr, b.sends = sr, f
+	}
 	return b, nil
 }
 
@@ -318,6 +325,7 @@ type fetcher struct {
 	method   string
 	tmpl     *template
 	rt       http.RoundTripper
+	sr       upstream.Sender // rt, when it can send
 }
 
 // statusError is a non-2xx answer from a backend.
@@ -336,10 +344,20 @@ func (e *bodyError) Unwrap() error { return e.err }
 var errTooLarge = errors.New("body larger than max_backend_body_bytes")
 
 func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
-	e := f.e
+	out, err := f.request(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.rt.RoundTrip(out)
+	return f.answer(in.cs, out, resp, err)
+}
+
+// request renders the outbound request for in, under ctx.
+func (f *fetcher) request(ctx context.Context, in *Input) (*http.Request, error) {
 	cs := in.cs
 	if cs == nil {
-		cs = new(callState)
+		in.cs = new(callState)
+		cs = in.cs
 	}
 	if in.hdr == nil {
 		in.hdr, in.hdrN = appendHeaderFields(nil, make([]string, 0, fixedFields), in.Request, in.Info)
@@ -378,7 +396,11 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: cs.header(in.hdr, in.hdrN),
 	}
-	resp, err := f.rt.RoundTrip(out.WithContext(ctx))
+	return out.WithContext(ctx), nil
+}
+
+// answer reads and shapes the answer (resp, err) to the request out.
+func (f *fetcher) answer(cs *callState, out *http.Request, resp *http.Response, err error) (*Result, error) {
 	if err != nil {
 		// The transport may still be writing the request: its URL and
 		// header stay with it, and the next call makes new ones.
@@ -387,21 +409,21 @@ func (f *fetcher) call(ctx context.Context, in *Input) (*Result, error) {
 	}
 	// Closing the body below ends the transport's use of the request
 	// (net/http's rule for reusing one), before the next call on cs.
-	cs.url = u
+	cs.url = out.URL
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Drain a little so the connection can be reused.
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		return nil, &statusError{status: resp.StatusCode}
 	}
-	body, err := e.readBody(resp, cs.body)
+	body, err := f.e.readBody(resp, cs.body)
 	cs.body = body
 	if err != nil {
 		return nil, err
 	}
 	ct := resp.Header.Get("Content-Type")
 	isJS := isJSON(ct)
-	val, inBody, err := f.shape(s, ct, isJS, body, cs.value[:0])
+	val, inBody, err := f.shape(&cs.scan, ct, isJS, body, cs.value[:0])
 	// An unshaped body is its own value (a sub-slice, no copy); only a
 	// value built in the value buffer goes back into it.
 	if !inBody {
@@ -658,9 +680,13 @@ type runState struct {
 	results []*Result
 	errs    []*problem.Error
 	calls   []callState
-	fatal   atomic.Int32 // first required backend to fail, or -1
-	wg      sync.WaitGroup
-	cancel  context.CancelFunc
+	// sent holds the calls the handler's goroutine sent, by backend;
+	// queue lists them in the order they are read.
+	sent   []sentCall
+	queue  []int
+	fatal  atomic.Int32 // first required backend to fail, or -1
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
 	// hdr and fixed hold the backends' request header (appendHeaderFields).
 	hdr   []headerField
 	fixed []string
@@ -675,7 +701,7 @@ func (e *endpoint) getState() *runState {
 	}
 	n := len(e.backends)
 	return &runState{in: make([]Input, n), results: make([]*Result, n), errs: make([]*problem.Error, n),
-		calls: make([]callState, n), fixed: make([]string, 0, fixedFields)}
+		calls: make([]callState, n), sent: make([]sentCall, n), fixed: make([]string, 0, fixedFields)}
 }
 
 func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -713,14 +739,7 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.in[i] = base
 		st.in[i].cs = &st.calls[i]
 	}
-	for k, i := range e.roots {
-		if k == len(e.roots)-1 {
-			e.run(ctx, st, i)
-		} else {
-			st.wg.Add(1)
-			e.workers.do(task{e: e, ctx: ctx, st: st, i: i})
-		}
-	}
+	e.fanOut(ctx, st)
 	st.wg.Wait()
 	cancel()
 
@@ -748,12 +767,156 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	clear(st.hdr)
 	st.hdr = st.hdr[:0]
+	st.queue = st.queue[:0]
 	clear(st.fixed[:cap(st.fixed)])
 	if cap(st.out) > maxKeptBuf {
 		st.out = nil
 	}
 	st.cancel = nil
 	e.states.Put(st)
+}
+
+// sentCall is a backend call whose request is written and whose answer
+// is still to be read.
+type sentCall struct {
+	call   upstream.Pending
+	out    *http.Request
+	ctx    context.Context // the backend's, under its own timeout
+	cancel context.CancelFunc
+}
+
+// fanOut runs the backends. Those whose upstream can send have their
+// requests written from this goroutine before any answer is read, and
+// their answers read here in turn; the others go to workers. When nothing
+// was sent, the last root runs here instead, on a worker's terms.
+//
+// Read in turn, a failed required backend is seen once the answers before
+// it have been read, rather than the moment it fails; the endpoint's
+// timeout still bounds the wait, and its error is the same.
+func (e *endpoint) fanOut(ctx context.Context, st *runState) {
+	last := -1 // a root that does not send: run here or on a worker
+	for _, i := range e.roots {
+		if e.backends[i].sends != nil {
+			continue
+		}
+		if last >= 0 {
+			e.spawn(ctx, st, last)
+		}
+		last = i
+	}
+	for _, i := range e.roots {
+		if e.backends[i].sends != nil {
+			e.send(ctx, st, i)
+		}
+	}
+	if len(st.queue) == 0 {
+		if last >= 0 {
+			e.run(ctx, st, last)
+		}
+		return
+	}
+	if last >= 0 {
+		e.spawn(ctx, st, last)
+	}
+	read := 0
+	defer func() {
+		// Only a panic leaves calls unread: they are ended, so that their
+		// connections and in-flight counts are not lost.
+		if read < len(st.queue) {
+			st.cancel()
+			for _, i := range st.queue[read:] {
+				if c := st.sent[i].call; c != nil {
+					if resp, err := c.Wait(); err == nil {
+						resp.Body.Close()
+					}
+				}
+			}
+		}
+	}()
+	for ; read < len(st.queue); read++ {
+		e.receive(ctx, st, st.queue[read])
+	}
+}
+
+// spawn runs backend i on a worker.
+func (e *endpoint) spawn(ctx context.Context, st *runState, i int) {
+	st.wg.Add(1)
+	e.workers.do(task{e: e, ctx: ctx, st: st, i: i})
+}
+
+// backendContext is backend i's context: ctx under the backend's own
+// timeout when it has one.
+func (e *endpoint) backendContext(ctx context.Context, b *backend) (context.Context, context.CancelFunc) {
+	if b.timeout > 0 {
+		return context.WithTimeout(ctx, b.timeout)
+	}
+	return ctx, nil
+}
+
+// send writes backend i's request and queues the call to be read; a
+// request its upstream will not send goes to a worker instead.
+func (e *endpoint) send(ctx context.Context, st *runState, i int) {
+	b := e.backends[i]
+	in := &st.in[i]
+	if b.dep >= 0 {
+		in.dep = st.results[b.dep]
+	}
+	bctx, cancel := e.backendContext(ctx, b)
+	out, err := b.sends.request(bctx, in)
+	if err == nil {
+		if err = bctx.Err(); err == nil {
+			c, ok := b.sends.sr.Send(out)
+			if !ok {
+				if cancel != nil {
+					cancel()
+				}
+				e.spawn(ctx, st, i)
+				return
+			}
+			st.sent[i] = sentCall{call: c, out: out, ctx: bctx, cancel: cancel}
+			st.queue = append(st.queue, i)
+			return
+		}
+	}
+	e.settle(ctx, st, i, nil, err, bctx)
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// receive reads the answer of backend i's sent call.
+func (e *endpoint) receive(ctx context.Context, st *runState, i int) {
+	sc := st.sent[i]
+	st.sent[i] = sentCall{}
+	resp, err := sc.call.Wait()
+	res, err := e.backends[i].sends.answer(&st.calls[i], sc.out, resp, err)
+	e.settle(ctx, st, i, res, err, sc.ctx)
+	if sc.cancel != nil {
+		sc.cancel()
+	}
+}
+
+// settle records the outcome of backend i, read by the handler's
+// goroutine, and starts its dependents: sent when they can be, on workers
+// otherwise.
+func (e *endpoint) settle(ctx context.Context, st *runState, i int, res *Result, err error, bctx context.Context) {
+	b := e.backends[i]
+	if err != nil {
+		st.errs[i] = e.classify(b, err, bctx, st.in[i].Request.Context())
+		e.failed(st, i)
+		for _, k := range b.children {
+			e.skip(st, k, i)
+		}
+		return
+	}
+	st.results[i] = res
+	for _, k := range b.children {
+		if e.backends[k].sends != nil {
+			e.send(ctx, st, k)
+		} else {
+			e.spawn(ctx, st, k)
+		}
+	}
 }
 
 // run executes backend i and then, on the same goroutine, the last of its
@@ -765,10 +928,7 @@ func (e *endpoint) run(ctx context.Context, st *runState, i int) {
 		if b.dep >= 0 {
 			in.dep = st.results[b.dep]
 		}
-		bctx, cancel := ctx, context.CancelFunc(nil)
-		if b.timeout > 0 {
-			bctx, cancel = context.WithTimeout(ctx, b.timeout)
-		}
+		bctx, cancel := e.backendContext(ctx, b)
 		res, err := b.call(bctx, in)
 		if err != nil {
 			st.errs[i] = e.classify(b, err, bctx, in.Request.Context())
@@ -790,8 +950,7 @@ func (e *endpoint) run(ctx context.Context, st *runState, i int) {
 			return
 		}
 		for _, k := range kids[:len(kids)-1] {
-			st.wg.Add(1)
-			e.workers.do(task{e: e, ctx: ctx, st: st, i: k})
+			e.spawn(ctx, st, k)
 		}
 		i = kids[len(kids)-1]
 	}

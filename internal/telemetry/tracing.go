@@ -20,6 +20,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/upstream"
 )
 
 // tracer is the tracing mode in force. Without export (provider nil) the
@@ -255,6 +256,16 @@ type traceTransport struct {
 }
 
 func (tt *traceTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	out, span := tt.start(req)
+	resp, err := tt.rt.RoundTrip(out)
+	endClientSpan(span, resp, err)
+	return resp, err
+}
+
+// start begins req's client span (nil when not exporting) and returns the
+// request to send: req itself outside a trace, else a copy carrying the
+// trace context (a RoundTripper must not modify its request).
+func (tt *traceTransport) start(req *http.Request) (*http.Request, trace.Span) {
 	tr := tt.t.tracing.Load()
 	ctx := req.Context()
 	var span trace.Span
@@ -263,20 +274,65 @@ func (tt *traceTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			trace.WithAttributes(attribute.String("http.request.method", req.Method), attribute.String("server.address", req.URL.Host)))
 	}
 	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return tt.rt.RoundTrip(req)
+		return req, span
 	}
-	// A RoundTripper must not modify its request, so inject into a copy.
 	out := req.Clone(ctx)
 	propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
-	resp, err := tt.rt.RoundTrip(out)
-	if span != nil {
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-			span.End()
-		} else {
-			endSpan(span, resp.StatusCode)
-		}
+	return out, span
+}
+
+func endClientSpan(span trace.Span, resp *http.Response, err error) {
+	if span == nil {
+		return
 	}
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.End()
+		return
+	}
+	endSpan(span, resp.StatusCode)
+}
+
+// CanSend and Send pass the upstream pool's split of a request into its
+// sending and the reading of its answer (upstream.Sender) through the
+// tracing: the span runs from the send to the answer's header, as it does
+// around a RoundTrip.
+func (tt *traceTransport) CanSend(method string) bool {
+	s, ok := tt.rt.(upstream.Sender)
+	return ok && s.CanSend(method)
+}
+
+func (tt *traceTransport) Send(req *http.Request) (upstream.Pending, bool) {
+	s, ok := tt.rt.(upstream.Sender)
+	if !ok || !s.CanSend(req.Method) {
+		return nil, false
+	}
+	out, span := tt.start(req)
+	c, ok := s.Send(out)
+	if !ok {
+		// Past CanSend only a request that asks for an upgrade or carries
+		// a body is refused, which a BFF never sends; the caller's
+		// RoundTrip then has a span of its own.
+		if span != nil {
+			span.End()
+		}
+		return nil, false
+	}
+	if span == nil {
+		return c, true
+	}
+	return &tracedCall{Pending: c, span: span}, true
+}
+
+// tracedCall ends its span when the answer's header is read.
+type tracedCall struct {
+	upstream.Pending
+	span trace.Span
+}
+
+func (c *tracedCall) Wait() (*http.Response, error) {
+	resp, err := c.Pending.Wait()
+	endClientSpan(c.span, resp, err)
 	return resp, err
 }

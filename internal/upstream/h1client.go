@@ -113,55 +113,115 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // errAttemptTimeout, unless the request's context ended first (its error
 // is returned then). The body is not bounded by it.
 func (c *h1Client) roundTrip(req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
+	var x h1Exchange
+	if err := c.send(&x, req, fields, deadline); err != nil {
+		return nil, err
+	}
+	return c.receive(&x, req, fields, deadline)
+}
+
+// h1Exchange is a request written by send whose answer receive reads.
+type h1Exchange struct {
+	pc     *h1Conn
+	stop   func() bool // unregisters the cancellation hook; false once it ran
+	reused bool        // pc came from the idle pool
+	again  bool        // this is the one resend a reused connection allows
+}
+
+// send takes a connection for req and writes req on it, within deadline
+// unless it is zero. A request on a reused connection that fails before
+// any byte of an answer arrives is sent again on a new one, once: the
+// server may have closed the connection as it was taken from the pool,
+// and the fast path only carries methods that are safe to repeat (RFC 9110
+// 9.2.2). send and receive apart let a caller write several requests
+// before it reads any answer, all on its own goroutine.
+func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields, deadline time.Time) error {
 	ctx := req.Context()
 	host := req.URL.Host // the idle pool's key; get adds the default port to dial
-	// A request on a reused connection that fails before any byte of an
-	// answer arrives is sent again on a new one: the server may have closed
-	// the connection as it was taken from the pool, and the fast path only
-	// carries methods that are safe to repeat (RFC 9110 9.2.2).
-	for attempt := 0; ; attempt++ {
+	for {
 		pc, reused, err := c.get(ctx, host, deadline)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		resp, sent, err := c.exchange(ctx, pc, req, fields, deadline)
+		x.pc, x.reused = pc, reused
+		if x.stop, err = c.write(ctx, pc, req, fields, deadline); err == nil {
+			return nil
+		}
+		if err = c.failed(x, ctx, deadline, err, false); err != nil {
+			return err
+		}
+	}
+}
+
+// receive reads the answer's header to the request send wrote. fields
+// are send's, or nil when the caller did not keep them.
+func (c *h1Client) receive(x *h1Exchange, req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
+	ctx := req.Context()
+	for {
+		resp, sent, err := c.read(ctx, x.pc, req, x.stop, deadline)
 		if err == nil {
 			return resp, nil
 		}
-		pc.conn.Close()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if err = c.failed(x, ctx, deadline, err, sent); err != nil {
+			return nil, err
 		}
-		if !deadline.IsZero() && !time.Now().Before(deadline) {
-			return nil, errAttemptTimeout
+		if fields == nil {
+			// A caller that kept no fields from send: listed again, for
+			// this rare resend only.
+			fields = new(headFields)
+			_, _ = scanRequest(req, fields)
 		}
-		if !reused || sent || attempt > 0 {
+		if err = c.send(x, req, fields, deadline); err != nil {
 			return nil, err
 		}
 	}
 }
 
-// exchange writes req (with the fields scanRequest listed) on pc and
-// reads the answer's header, within
-// deadline unless it is zero. sent reports that some of an answer was
-// read, after which the request must not be repeated.
-func (c *h1Client) exchange(ctx context.Context, pc *h1Conn, req *http.Request, fields *headFields, deadline time.Time) (resp *http.Response, sent bool, err error) {
+// failed closes the connection of a failed exchange and returns the error
+// to report, or nil when the request is to be sent again on a new
+// connection (x is then marked as that one resend).
+func (c *h1Client) failed(x *h1Exchange, ctx context.Context, deadline time.Time, err error, sent bool) error {
+	x.pc.conn.Close()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return errAttemptTimeout
+	}
+	if !x.reused || sent || x.again {
+		return err
+	}
+	x.again = true
+	return nil
+}
+
+// write sets pc's deadline, hooks the request's cancellation to it and
+// writes req (with the fields scanRequest listed). stop unregisters the
+// hook; on an error it already ran.
+func (c *h1Client) write(ctx context.Context, pc *h1Conn, req *http.Request, fields *headFields, deadline time.Time) (stop func() bool, err error) {
 	if !deadline.IsZero() {
 		// Before the cancellation hook below, which must win.
 		_ = pc.conn.SetDeadline(deadline)
 	}
-	stop := func() bool { return true }
+	stop = func() bool { return true }
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, pc.abort)
 	}
 	if err := writeRequest(pc.bw, req, fields); err != nil {
 		stop()
-		return nil, false, err
+		return nil, err
 	}
 	if err := pc.bw.Flush(); err != nil {
 		stop()
-		return nil, false, err
+		return nil, err
 	}
+	return stop, nil
+}
+
+// read reads the answer's header to the request write sent on pc, within
+// deadline unless it is zero. sent reports that some of an answer was
+// read, after which the request must not be repeated.
+func (c *h1Client) read(ctx context.Context, pc *h1Conn, req *http.Request, stop func() bool, deadline time.Time) (resp *http.Response, sent bool, err error) {
 	if _, err := pc.br.Peek(1); err != nil {
 		stop()
 		return nil, false, err

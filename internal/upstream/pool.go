@@ -39,6 +39,7 @@ type Pool struct {
 	ignoreAllDown bool
 	ejectAfter    int64 // consecutive failures; 0: passive ejection off
 	ejectBase     int64 // ns
+	sendable      bool  // Send can take requests: every target takes the lean client
 }
 
 var _ http.RoundTripper = (*Pool)(nil)
@@ -73,6 +74,7 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *
 	if pl.balance == "" {
 		pl.balance = "round_robin"
 	}
+	pl.sendable = pl.allLean()
 	if cfg.Retries != nil {
 		pl.retries = max(*cfg.Retries, 0)
 	}
@@ -148,83 +150,131 @@ func errNoHealthyTarget() error {
 // in-flight accounting (max_inflight, least_request). Other errors come
 // from the transport as they are; problem.FromUpstream maps them.
 func (p *Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	var tr trip
+	if err := p.admit(&tr, req); err != nil {
+		return nil, err
+	}
+	return p.run(&tr)
+}
+
+// trip is one request's way through the pool, across its attempts.
+type trip struct {
+	req     *http.Request
+	ctx     context.Context
+	rb      replay
+	now     int64 // unix ns, as of the latest attempt's end
+	attempt int
+	tried   uint64 // bit i: target i was tried
+	lastRes *http.Response
+	lastErr error
+	// res and err end the trip when begin finds no attempt to make.
+	res *http.Response
+	err error
+}
+
+// admit counts req in flight (or refuses it past max_inflight) and readies
+// the replay of its body.
+func (p *Pool) admit(tr *trip, req *http.Request) error {
 	up := p.up
 	if n := up.inflight.Add(1); p.maxInflight > 0 && n > p.maxInflight {
 		up.inflight.Add(-1)
 		closeRequestBody(req)
-		return nil, errOverloaded()
+		return errOverloaded()
 	}
-	ctx := req.Context()
-	now := p.reg.now().UnixNano()
-	up.budget.add(now, 1, 0)
-
-	var rb replay
-	if err := p.initReplay(&rb, req); err != nil {
+	tr.req, tr.ctx = req, req.Context()
+	tr.now = p.reg.now().UnixNano()
+	up.budget.add(tr.now, 1, 0)
+	if err := p.initReplay(&tr.rb, req); err != nil {
 		up.inflight.Add(-1)
-		return nil, err
+		return err
 	}
+	return nil
+}
 
-	var (
-		tried   uint64
-		lastRes *http.Response
-		lastErr error
-	)
-	for attempt := 0; ; attempt++ {
-		probe := false
-		if p.br != nil {
-			ok, pr := p.br.allow(now)
-			if !ok {
-				if attempt == 0 {
-					rb.abort()
-					up.inflight.Add(-1)
-					return nil, errBreakerOpen(p.br.retryAfter(now))
-				}
-				return p.final(&rb, lastRes, lastErr)
-			}
-			probe = pr
+// run makes attempts until one's result is final by the retry rules.
+func (p *Pool) run(tr *trip) (*http.Response, error) {
+	for ; ; tr.attempt++ {
+		i, probe, body, ok := p.begin(tr)
+		if !ok {
+			return tr.res, tr.err
 		}
-		i := p.pick(req, now, tried)
-		if i < 0 {
+		res, err := p.attempt(tr.ctx, tr.req, p.targets[i], body, tr.rb.getBody, probe)
+		if p.settled(tr, res, err) {
+			return tr.res, tr.err
+		}
+	}
+}
+
+// begin readies attempt tr.attempt: the breaker's permission, the target
+// (index i) and the body to send. When there is no attempt to make, ok is
+// false and tr.res, tr.err end the trip.
+func (p *Pool) begin(tr *trip) (i int, probe bool, body io.ReadCloser, ok bool) {
+	up, rb, now := p.up, &tr.rb, tr.now
+	if p.br != nil {
+		allowed, pr := p.br.allow(now)
+		if !allowed {
+			if tr.attempt == 0 {
+				rb.abort()
+				up.inflight.Add(-1)
+				tr.err = errBreakerOpen(p.br.retryAfter(now))
+				return -1, false, nil, false
+			}
+			tr.res, tr.err = p.final(rb, tr.lastRes, tr.lastErr)
+			return -1, false, nil, false
+		}
+		probe = pr
+	}
+	i = p.pick(tr.req, now, tr.tried)
+	if i < 0 {
+		if probe {
+			p.br.record(now, outcomeNeutral, true)
+		}
+		if tr.attempt == 0 {
+			rb.abort()
+			up.inflight.Add(-1)
+			tr.err = errNoHealthyTarget()
+			return -1, false, nil, false
+		}
+		tr.res, tr.err = p.final(rb, tr.lastRes, tr.lastErr)
+		return -1, false, nil, false
+	}
+	body = tr.req.Body
+	if tr.attempt > 0 {
+		// This retry is on: the previous response goes away.
+		if tr.lastRes != nil {
+			drainClose(tr.lastRes.Body)
+		}
+		var err error
+		if body, err = rb.next(); err != nil {
 			if probe {
 				p.br.record(now, outcomeNeutral, true)
 			}
-			if attempt == 0 {
-				rb.abort()
-				up.inflight.Add(-1)
-				return nil, errNoHealthyTarget()
-			}
-			return p.final(&rb, lastRes, lastErr)
+			rb.finish()
+			up.inflight.Add(-1)
+			tr.err = err
+			return -1, false, nil, false
 		}
-		body := req.Body
-		if attempt > 0 {
-			// This retry is on: the previous response goes away.
-			if lastRes != nil {
-				drainClose(lastRes.Body)
-			}
-			var err error
-			if body, err = rb.next(); err != nil {
-				if probe {
-					p.br.record(now, outcomeNeutral, true)
-				}
-				rb.finish()
-				up.inflight.Add(-1)
-				return nil, err
-			}
-			up.retryCtr.Inc()
-			up.budget.add(now, 0, 1)
-		} else if rb.mode != replayNone {
-			body = rb.first()
-		}
-		if i < 64 {
-			tried |= 1 << uint(i)
-		}
-		res, err := p.attempt(ctx, req, p.targets[i], body, rb.getBody, probe)
-		now = p.reg.now().UnixNano()
-		if attempt >= p.retries || !p.retryable(ctx, req, res, err, &rb, now) {
-			return p.final(&rb, res, err)
-		}
-		lastRes, lastErr = res, err
+		up.retryCtr.Inc()
+		up.budget.add(now, 0, 1)
+	} else if rb.mode != replayNone {
+		body = rb.first()
 	}
+	if i < 64 {
+		tr.tried |= 1 << uint(i)
+	}
+	return i, probe, body, true
+}
+
+// settled takes an attempt's result: it reports true when the result is
+// final (tr.res, tr.err are then the trip's), false when a retry follows.
+func (p *Pool) settled(tr *trip, res *http.Response, err error) bool {
+	tr.now = p.reg.now().UnixNano()
+	if tr.attempt >= p.retries || !p.retryable(tr.ctx, tr.req, res, err, &tr.rb, tr.now) {
+		tr.res, tr.err = p.final(&tr.rb, res, err)
+		return true
+	}
+	tr.lastRes, tr.lastErr = res, err
+	return false
 }
 
 // final hands the last attempt's result to the caller; the request stays in
@@ -334,18 +384,8 @@ func (b attemptRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser,
 	getBody func() (io.ReadCloser, error), probe bool) (*http.Response, error) {
-	a := &attemptState{t: t, out: *req, url: *req.URL} // out keeps req's context
-	out := &a.out
-	a.url.Scheme, a.url.Host = t.scheme, t.host
-	out.URL = &a.url
-	if !p.preserveHost || out.Host == "" {
-		out.Host = t.host
-	}
-	out.Body = body
-	if getBody != nil {
-		out.GetBody = getBody
-	}
-
+	a := &attemptState{}
+	out := a.prepare(p, req, t, body, getBody)
 	rt := p.tr.forTarget(t)
 	lean, _ := rt.(*h1Client)
 	var (
@@ -359,17 +399,7 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 		}
 	}
 	start := time.Now()
-	// The attempt's deadline, until response headers. It is left out when
-	// the caller's own deadline comes no later: that one ends the attempt
-	// first, and is classified as the caller's, as it would be with the
-	// attempt's timer running behind it.
-	var deadline time.Time
-	if p.timeout > 0 {
-		deadline = start.Add(p.timeout)
-		if d, ok := ctx.Deadline(); ok && !d.After(deadline) {
-			deadline = time.Time{}
-		}
-	}
+	deadline := p.deadline(ctx, start)
 	t.inflight.Add(1)
 	var (
 		res      *http.Response
@@ -393,6 +423,48 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 	default:
 		res, err = rt.RoundTrip(out)
 	}
+	return p.conclude(ctx, a, res, err, timedOut, probe, start)
+}
+
+// prepare fills a with the request as sent to t and returns it; out keeps
+// req's context.
+func (a *attemptState) prepare(p *Pool, req *http.Request, t *target, body io.ReadCloser,
+	getBody func() (io.ReadCloser, error)) *http.Request {
+	a.t, a.out, a.url = t, *req, *req.URL
+	out := &a.out
+	a.url.Scheme, a.url.Host = t.scheme, t.host
+	out.URL = &a.url
+	if !p.preserveHost || out.Host == "" {
+		out.Host = t.host
+	}
+	out.Body = body
+	if getBody != nil {
+		out.GetBody = getBody
+	}
+	return out
+}
+
+// deadline is the attempt's deadline, until response headers, for an
+// attempt starting at start. It is left out when the caller's own deadline
+// comes no later: that one ends the attempt first, and is classified as
+// the caller's, as it would be with the attempt's timer running behind it.
+func (p *Pool) deadline(ctx context.Context, start time.Time) time.Time {
+	if p.timeout <= 0 {
+		return time.Time{}
+	}
+	deadline := start.Add(p.timeout)
+	if d, ok := ctx.Deadline(); ok && !d.After(deadline) {
+		return time.Time{}
+	}
+	return deadline
+}
+
+// conclude judges an attempt that began at start by its result: the
+// timeout's error, the breaker's record, the target's counts and passive
+// health, and the response body wrapped so that closing it ends a.
+func (p *Pool) conclude(ctx context.Context, a *attemptState, res *http.Response, err error,
+	timedOut, probe bool, start time.Time) (*http.Response, error) {
+	t := a.t
 	elapsed := time.Since(start)
 	if timedOut {
 		if res != nil {

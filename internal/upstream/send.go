@@ -1,0 +1,155 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"time"
+)
+
+// A Sender writes a request at once and reads its answer later, both on
+// the caller's goroutine: a Pool, or a wrapper of one.
+type Sender interface {
+	// CanSend reports whether Send takes requests with method.
+	CanSend(method string) bool
+	// Send writes req; ok is false, and nothing happened, when it cannot.
+	Send(req *http.Request) (c Pending, ok bool)
+}
+
+// Pending is a request on its way; Wait reads its answer, once.
+type Pending interface {
+	Wait() (*http.Response, error)
+}
+
+var (
+	_ Sender  = (*Pool)(nil)
+	_ Pending = (*Call)(nil)
+)
+
+// Call is a request that Send wrote to an upstream; Wait reads its answer.
+//
+// A fan-out that hands each backend call to a goroutine of its own pays
+// for the hand-off, for each goroutine's wake-up when its answer arrives
+// and for the wake-up of the goroutine that waits for them all. Sending
+// every request first and then reading the answers in order, all on the
+// caller's goroutine, pays for none of that: measured in the harness's bff
+// scenario, this design costs about a quarter less CPU per merged request.
+// The answers that arrive while another is read wait in the kernel's
+// socket buffers.
+type Call struct {
+	p        *Pool
+	tr       trip
+	a        attemptState // the first attempt; its body wrapper once answered
+	x        h1Exchange
+	probe    bool
+	start    time.Time
+	deadline time.Time
+	err      error // the first attempt failed before its answer could be read
+	ended    bool  // the trip ended in Send: tr.res, tr.err are its result
+	waited   bool
+}
+
+// CanSend reports whether Send takes requests with method: bodiless GET,
+// HEAD and OPTIONS requests, when every target is a plain http:// one
+// served by the lean client (http1_client: lean, the default).
+func (p *Pool) CanSend(method string) bool {
+	if !p.sendable {
+		return false
+	}
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// allLean reports whether every target of p takes the lean client.
+func (p *Pool) allLean() bool {
+	if p.tr == nil || p.tr.h1 == nil {
+		return false
+	}
+	for _, t := range p.targets {
+		if t.scheme != "http" || t.h2c {
+			return false
+		}
+	}
+	return true
+}
+
+// Send writes req to one of the pool's targets and returns without waiting
+// for the answer, which Wait reads; so one goroutine can have all the
+// requests of a fan-out on their way before it reads the first answer.
+// When req cannot be sent so (see CanSend; also a request whose header
+// asks to upgrade or to expect 100-continue), ok is false and nothing
+// happened: the caller uses RoundTrip.
+//
+// What RoundTrip does, Send and Wait do: admission (max_inflight), the
+// breaker, balancing, the attempt's timeout (running from when the request
+// is written), accounting and passive health. Send makes the first attempt;
+// any retry is made by Wait, as RoundTrip would make it.
+//
+// Every Call must be waited for, once, and a response it returns has its
+// body closed, as RoundTrip's: until then the request is in flight and its
+// connection taken.
+func (p *Pool) Send(req *http.Request) (Pending, bool) {
+	if !p.sendable {
+		return nil, false
+	}
+	c := &Call{p: p}
+	// The request is scanned as it will be sent, to a target's http:// URL.
+	var fields headFields
+	scanned, u := *req, *req.URL
+	u.Scheme = "http"
+	scanned.URL = &u
+	lean, invalid := scanRequest(&scanned, &fields)
+	if !lean {
+		return nil, false
+	}
+	tr := &c.tr
+	if err := p.admit(tr, req); err != nil {
+		tr.err, c.ended = err, true
+		return c, true
+	}
+	i, probe, body, ok := p.begin(tr)
+	if !ok {
+		c.ended = true
+		return c, true
+	}
+	t := p.targets[i]
+	out := c.a.prepare(p, req, t, body, tr.rb.getBody)
+	c.probe, c.start = probe, time.Now()
+	c.deadline = p.deadline(tr.ctx, c.start)
+	t.inflight.Add(1)
+	if invalid != nil {
+		c.err = invalid // never sent, as RoundTrip would not
+		return c, true
+	}
+	c.err = p.tr.h1.send(&c.x, out, &fields, c.deadline)
+	return c, true
+}
+
+var errWaitedTwice = errors.New("upstream: Call.Wait called twice")
+
+// Wait reads the answer to the request Send wrote, retrying as RoundTrip
+// does, and returns what RoundTrip would have returned.
+func (c *Call) Wait() (*http.Response, error) {
+	if c.waited {
+		return nil, errWaitedTwice
+	}
+	c.waited = true
+	tr := &c.tr
+	if c.ended {
+		return tr.res, tr.err
+	}
+	p := c.p
+	var res *http.Response
+	err := c.err
+	if err == nil {
+		res, err = p.tr.h1.receive(&c.x, &c.a.out, nil, c.deadline)
+	}
+	res, err = p.conclude(tr.ctx, &c.a, res, err, err == errAttemptTimeout, c.probe, c.start)
+	if p.settled(tr, res, err) {
+		return tr.res, tr.err
+	}
+	tr.attempt++
+	return p.run(tr)
+}

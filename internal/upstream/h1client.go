@@ -56,6 +56,9 @@ type h1Conn struct {
 	idleAt time.Time
 	limit  int64  // bytes the reader may still take: bounds an answer's header
 	abort  func() // stops a blocked read or write at once; made once per connection
+	// bodyDeadline: a deadline bounds the body being read, to be cleared
+	// before the connection idles.
+	bodyDeadline bool
 }
 
 // Read feeds br: while an answer's header is read, at most maxHeaderBytes,
@@ -113,11 +116,11 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // errAttemptTimeout, unless the request's context ended first (its error
 // is returned then). The body is not bounded by it.
 func (c *h1Client) roundTrip(req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
-	var x h1Exchange
-	if err := c.send(&x, req, fields, deadline); err != nil {
+	x := h1Exchange{deadline: deadline}
+	if err := c.send(&x, req, fields); err != nil {
 		return nil, err
 	}
-	return c.receive(&x, req, fields, deadline)
+	return c.receive(&x, req, fields)
 }
 
 // h1Exchange is a request written by send whose answer receive reads.
@@ -126,28 +129,36 @@ type h1Exchange struct {
 	stop   func() bool // unregisters the cancellation hook; false once it ran
 	reused bool        // pc came from the idle pool
 	again  bool        // this is the one resend a reused connection allows
+	// deadline bounds the exchange until the answer's header, bodyDeadline
+	// the body; zero bounds nothing.
+	deadline, bodyDeadline time.Time
+	// cancelOnly: the request's context stops the exchange when it is
+	// cancelled, but not when its deadline passes, which the deadlines
+	// above then enforce. Set for a caller that may read an answer after
+	// its context's deadline passed (Call.Wait).
+	cancelOnly bool
 }
 
-// send takes a connection for req and writes req on it, within deadline
-// unless it is zero. A request on a reused connection that fails before
-// any byte of an answer arrives is sent again on a new one, once: the
-// server may have closed the connection as it was taken from the pool,
-// and the fast path only carries methods that are safe to repeat (RFC 9110
-// 9.2.2). send and receive apart let a caller write several requests
-// before it reads any answer, all on its own goroutine.
-func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields, deadline time.Time) error {
+// send takes a connection for req and writes req on it, within x.deadline.
+// A request on a reused connection that fails before any byte of an
+// answer arrives is sent again on a new one, once: the server may have
+// closed the connection as it was taken from the pool, and the fast path
+// only carries methods that are safe to repeat (RFC 9110 9.2.2). send and
+// receive apart let a caller write several requests before it reads any
+// answer, all on its own goroutine.
+func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields) error {
 	ctx := req.Context()
 	host := req.URL.Host // the idle pool's key; get adds the default port to dial
 	for {
-		pc, reused, err := c.get(ctx, host, deadline)
+		pc, reused, err := c.get(ctx, host, x.deadline)
 		if err != nil {
 			return err
 		}
 		x.pc, x.reused = pc, reused
-		if x.stop, err = c.write(ctx, pc, req, fields, deadline); err == nil {
+		if err = c.write(ctx, x, req, fields); err == nil {
 			return nil
 		}
-		if err = c.failed(x, ctx, deadline, err, false); err != nil {
+		if err = c.failed(x, ctx, err, false); err != nil {
 			return err
 		}
 	}
@@ -155,14 +166,14 @@ func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields, de
 
 // receive reads the answer's header to the request send wrote. fields
 // are send's, or nil when the caller did not keep them.
-func (c *h1Client) receive(x *h1Exchange, req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
+func (c *h1Client) receive(x *h1Exchange, req *http.Request, fields *headFields) (*http.Response, error) {
 	ctx := req.Context()
 	for {
-		resp, sent, err := c.read(ctx, x.pc, req, x.stop, deadline)
+		resp, sent, err := c.read(ctx, x, req)
 		if err == nil {
 			return resp, nil
 		}
-		if err = c.failed(x, ctx, deadline, err, sent); err != nil {
+		if err = c.failed(x, ctx, err, sent); err != nil {
 			return nil, err
 		}
 		if fields == nil {
@@ -171,7 +182,7 @@ func (c *h1Client) receive(x *h1Exchange, req *http.Request, fields *headFields,
 			fields = new(headFields)
 			_, _ = scanRequest(req, fields)
 		}
-		if err = c.send(x, req, fields, deadline); err != nil {
+		if err = c.send(x, req, fields); err != nil {
 			return nil, err
 		}
 	}
@@ -180,12 +191,12 @@ func (c *h1Client) receive(x *h1Exchange, req *http.Request, fields *headFields,
 // failed closes the connection of a failed exchange and returns the error
 // to report, or nil when the request is to be sent again on a new
 // connection (x is then marked as that one resend).
-func (c *h1Client) failed(x *h1Exchange, ctx context.Context, deadline time.Time, err error, sent bool) error {
+func (c *h1Client) failed(x *h1Exchange, ctx context.Context, err error, sent bool) error {
 	x.pc.conn.Close()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
+	if !x.deadline.IsZero() && !time.Now().Before(x.deadline) {
 		return errAttemptTimeout
 	}
 	if !x.reused || sent || x.again {
@@ -195,33 +206,43 @@ func (c *h1Client) failed(x *h1Exchange, ctx context.Context, deadline time.Time
 	return nil
 }
 
-// write sets pc's deadline, hooks the request's cancellation to it and
-// writes req (with the fields scanRequest listed). stop unregisters the
-// hook; on an error it already ran.
-func (c *h1Client) write(ctx context.Context, pc *h1Conn, req *http.Request, fields *headFields, deadline time.Time) (stop func() bool, err error) {
-	if !deadline.IsZero() {
+// write sets the connection's deadline, hooks the request's cancellation
+// to it and writes req (with the fields scanRequest listed). On an error
+// x.stop already ran.
+func (c *h1Client) write(ctx context.Context, x *h1Exchange, req *http.Request, fields *headFields) error {
+	pc := x.pc
+	if !x.deadline.IsZero() {
 		// Before the cancellation hook below, which must win.
-		_ = pc.conn.SetDeadline(deadline)
+		_ = pc.conn.SetDeadline(x.deadline)
 	}
-	stop = func() bool { return true }
+	x.stop = func() bool { return true }
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, pc.abort)
+		if x.cancelOnly {
+			x.stop = context.AfterFunc(ctx, func() {
+				if ctx.Err() == context.Canceled {
+					pc.abort()
+				}
+			})
+		} else {
+			x.stop = context.AfterFunc(ctx, pc.abort)
+		}
 	}
 	if err := writeRequest(pc.bw, req, fields); err != nil {
-		stop()
-		return nil, err
+		x.stop()
+		return err
 	}
 	if err := pc.bw.Flush(); err != nil {
-		stop()
-		return nil, err
+		x.stop()
+		return err
 	}
-	return stop, nil
+	return nil
 }
 
-// read reads the answer's header to the request write sent on pc, within
-// deadline unless it is zero. sent reports that some of an answer was
-// read, after which the request must not be repeated.
-func (c *h1Client) read(ctx context.Context, pc *h1Conn, req *http.Request, stop func() bool, deadline time.Time) (resp *http.Response, sent bool, err error) {
+// read reads the answer's header to the request write sent, within
+// x.deadline. sent reports that some of an answer was read, after which
+// the request must not be repeated.
+func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (resp *http.Response, sent bool, err error) {
+	pc, stop := x.pc, x.stop
 	if _, err := pc.br.Peek(1); err != nil {
 		stop()
 		return nil, false, err
@@ -262,12 +283,13 @@ func (c *h1Client) read(ctx context.Context, pc *h1Conn, req *http.Request, stop
 		stop()
 		return nil, true, errors.New("upstream answered 101 Switching Protocols to a request that did not ask to upgrade")
 	}
-	if !deadline.IsZero() {
-		// The deadline bounds the header only. A cancellation that set
-		// its deadline in the past meanwhile (the context is done before
-		// the hook runs) must not be undone.
-		_ = pc.conn.SetDeadline(time.Time{})
-		if ctx.Err() != nil {
+	if !x.deadline.IsZero() || !x.bodyDeadline.IsZero() {
+		// Past the header, the body's deadline applies. A cancellation
+		// that set the deadline in the past meanwhile (the context is
+		// done before the hook runs) must not be undone.
+		_ = pc.conn.SetDeadline(x.bodyDeadline)
+		pc.bodyDeadline = !x.bodyDeadline.IsZero()
+		if err := ctx.Err(); err == context.Canceled || err != nil && !x.cancelOnly {
 			pc.abort()
 		}
 	}
@@ -405,6 +427,10 @@ func alive(pc *h1Conn) bool {
 // put returns pc to its host's idle stack, closing the oldest when the
 // stack is full.
 func (c *h1Client) put(pc *h1Conn) {
+	if pc.bodyDeadline {
+		_ = pc.conn.SetDeadline(time.Time{})
+		pc.bodyDeadline = false
+	}
 	pc.idleAt = time.Now()
 	c.mu.Lock()
 	if c.idle == nil {

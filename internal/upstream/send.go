@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -36,16 +37,18 @@ var (
 // The answers that arrive while another is read wait in the kernel's
 // socket buffers.
 type Call struct {
-	p        *Pool
-	tr       trip
-	a        attemptState // the first attempt; its body wrapper once answered
-	x        h1Exchange
-	probe    bool
-	start    time.Time
-	deadline time.Time
-	err      error // the first attempt failed before its answer could be read
-	ended    bool  // the trip ended in Send: tr.res, tr.err are its result
-	waited   bool
+	p     *Pool
+	tr    trip
+	a     attemptState // the first attempt; its body wrapper once answered
+	x     h1Exchange
+	probe bool
+	start time.Time
+	// callers: the caller's deadline (its context's) bounds the answer
+	// before the attempt's does, if any.
+	callers bool
+	err     error // the first attempt failed before its answer could be read
+	ended   bool  // the trip ended in Send: tr.res, tr.err are its result
+	waited  bool
 }
 
 // CanSend reports whether Send takes requests with method: bodiless GET,
@@ -117,15 +120,29 @@ func (p *Pool) Send(req *http.Request) (Pending, bool) {
 	t := p.targets[i]
 	out := c.a.prepare(p, req, t, body, tr.rb.getBody)
 	c.probe, c.start = probe, time.Now()
-	c.deadline = p.deadline(tr.ctx, c.start)
+	// The connection's deadline enforces the caller's deadline too, rather
+	// than the context's cancellation hook, which would stop every call
+	// the caller has not read yet the moment its deadline passes: a
+	// caller reading answers in turn could then not take the ones that
+	// arrived in time (see Wait).
+	x := &c.x
+	x.cancelOnly = true
+	x.deadline = p.deadline(tr.ctx, c.start)
+	if d, ok := tr.ctx.Deadline(); ok && (x.deadline.IsZero() || d.Before(x.deadline)) {
+		x.deadline, x.bodyDeadline, c.callers = d, d, true
+	}
 	t.inflight.Add(1)
 	if invalid != nil {
 		c.err = invalid // never sent, as RoundTrip would not
 		return c, true
 	}
-	c.err = p.tr.h1.send(&c.x, out, &fields, c.deadline)
+	c.err = p.tr.h1.send(x, out, &fields)
 	return c, true
 }
+
+// lateGrace is how long Wait, called after the caller's deadline passed,
+// waits for the rest of an answer that has begun to arrive.
+const lateGrace = time.Millisecond
 
 var errWaitedTwice = errors.New("upstream: Call.Wait called twice")
 
@@ -140,13 +157,28 @@ func (c *Call) Wait() (*http.Response, error) {
 	if c.ended {
 		return tr.res, tr.err
 	}
-	p := c.p
+	p, x := c.p, &c.x
 	var res *http.Response
 	err := c.err
 	if err == nil {
-		res, err = p.tr.h1.receive(&c.x, &c.a.out, nil, c.deadline)
+		if !x.deadline.IsZero() && !time.Now().Before(x.deadline) && tr.ctx.Err() != context.Canceled {
+			// The deadline (the attempt's or the caller's) passed while
+			// the caller was busy, reading other answers: an answer that
+			// arrived meanwhile is still taken, one that did not fails at
+			// once.
+			late := time.Now().Add(lateGrace)
+			x.deadline, x.bodyDeadline = late, late
+			_ = x.pc.conn.SetDeadline(late)
+		}
+		res, err = p.tr.h1.receive(x, &c.a.out, nil)
 	}
-	res, err = p.conclude(tr.ctx, &c.a, res, err, err == errAttemptTimeout, c.probe, c.start)
+	timedOut := err == errAttemptTimeout
+	if timedOut && c.callers {
+		// The caller's deadline, not the attempt's: its error, as from a
+		// round trip that its context ended.
+		timedOut, err = false, context.DeadlineExceeded
+	}
+	res, err = p.conclude(tr.ctx, &c.a, res, err, timedOut, c.probe, c.start)
 	if p.settled(tr, res, err) {
 		return tr.res, tr.err
 	}

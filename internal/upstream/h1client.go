@@ -411,17 +411,15 @@ func (c *h1Client) get(ctx context.Context, host string, deadline time.Time) (pc
 	return pc, false, nil
 }
 
-// alive probes an idle connection without blocking: a read that times out
-// at once means nothing arrived and the peer has not closed it.
+// alive probes an idle connection without blocking: nothing to read and
+// no end of stream means the peer has not closed it. A read with a deadline
+// in the past cannot tell, since Go then fails it without asking the
+// kernel; the probe peeks at the socket itself (peekIdle).
 func alive(pc *h1Conn) bool {
 	if pc.br.Buffered() > 0 {
 		return false // bytes nobody asked for: the connection is out of step
 	}
-	_ = pc.conn.SetReadDeadline(aLongTimeAgo)
-	_, err := pc.br.Peek(1)
-	_ = pc.conn.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return peekIdle(pc.conn)
 }
 
 // put returns pc to its host's idle stack, closing the oldest when the
@@ -501,4 +499,17 @@ func (c *h1Client) CloseIdleConnections() {
 	if ci, ok := c.fallback.(interface{ CloseIdleConnections() }); ok {
 		ci.CloseIdleConnections()
 	}
+}
+
+// peekIdleByDeadline probes a connection that offers no socket to peek at:
+// a read with a deadline just ahead returns at once when the peer closed
+// it or sent something, and times out when it is quiet. The deadline is
+// in the future because a read past its deadline fails without reading.
+func peekIdleByDeadline(conn net.Conn) bool {
+	var buf [1]byte
+	_ = conn.SetReadDeadline(time.Now().Add(50 * time.Microsecond))
+	n, err := conn.Read(buf[:])
+	_ = conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return n == 0 && errors.As(err, &ne) && ne.Timeout()
 }

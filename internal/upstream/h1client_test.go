@@ -203,6 +203,88 @@ func TestH1StaleConnectionIsRetried(t *testing.T) {
 	}
 }
 
+// Connections that the server closed while they idled in the pool for
+// more than livenessAfter are found dead by the probe and never used: with
+// two of them, a request that tried them in turn would spend its one
+// resend on the first and fail on the second.
+func TestH1ProbeDropsConnectionsClosedWhileIdle(t *testing.T) {
+	var accepted atomic.Int64
+	addr := rawServer(t, func(conn net.Conn) {
+		accepted.Add(1)
+		if _, err := http.ReadRequest(bufio.NewReader(conn)); err == nil {
+			_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+		time.Sleep(50 * time.Millisecond) // a short idle timeout
+	})
+	c := newH1(t)
+	url := "http://" + addr + "/"
+	// Two answers in flight at once leave two connections in the pool.
+	var open []*http.Response
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		res, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, res)
+	}
+	for _, res := range open {
+		_, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+	}
+	time.Sleep(livenessAfter + 200*time.Millisecond)
+	if _, body := get(t, c, http.MethodGet, url); body != "ok" {
+		t.Fatalf("body %q", body)
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3 (two closed by the server, one new)", n)
+	}
+}
+
+func TestPeekIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (client, server net.Conn) {
+		t.Helper()
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		server, err = ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { client.Close(); server.Close() })
+		return client, server
+	}
+	// settle gives loopback time to deliver what the server did.
+	settle := func() { time.Sleep(50 * time.Millisecond) }
+
+	quiet, _ := pair()
+	if !peekIdle(quiet) || !peekIdleByDeadline(quiet) {
+		t.Fatal("a quiet open connection was found dead")
+	}
+	closed, srv := pair()
+	srv.Close()
+	settle()
+	if peekIdle(closed) || peekIdleByDeadline(closed) {
+		t.Fatal("a connection the server closed was found alive")
+	}
+	stray, srv := pair()
+	_, _ = srv.Write([]byte("x"))
+	settle()
+	if peekIdle(stray) {
+		t.Fatal("a connection with unasked-for bytes was found quiet")
+	}
+	// The peek took nothing: the byte is still there to be seen.
+	if !func() bool { var b [1]byte; n, _ := stray.Read(b[:]); return n == 1 }() {
+		t.Fatal("the peek consumed the byte")
+	}
+}
+
 func TestH1ContextCancelStopsTheExchange(t *testing.T) {
 	release := make(chan struct{})
 	srv := newConnCounter(t, func(w http.ResponseWriter, r *http.Request) {

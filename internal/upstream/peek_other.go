@@ -1,0 +1,7 @@
+//go:build !unix
+
+package upstream
+
+import "net"
+
+func peekIdle(conn net.Conn) bool { return peekIdleByDeadline(conn) }

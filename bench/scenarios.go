@@ -305,7 +305,7 @@ func (e *env) bff(ctx context.Context, o options) ([]*table, error) {
 		name string
 		path string
 	}{{direct, "direct", "/small?delay=5"}, {fan, "stdlib-fanout", "/"}, {seq, "seq-fanout", "/"}, {pt, "portico-bff", "/bff/feed"}}
-	note := "direct is one 5 ms call to the same backend; stdlib-fanout is six goroutines doing `Transport.RoundTrip` and `io.ReadAll`, then one JSON object written out (the net/http floor); seq-fanout is the same with no goroutine per call: the handler writes all six requests on keep-alive sockets of its own, then reads the six answers in order (a design Portico does not use, priced for comparison); nginx cannot aggregate, so it is not in these tables"
+	note := "direct is one 5 ms call to the same backend; stdlib-fanout is six goroutines doing `Transport.RoundTrip` and `io.ReadAll`, then one JSON object written out (the net/http floor); seq-fanout is the same with no goroutine per call: the handler writes all six requests on keep-alive sockets of its own, then reads the six answers in order (the design of Portico's BFF since its upstream pools can send a request and read the answer later, here bare: the floor of that design); nginx cannot aggregate, so it is not in these tables"
 	var tables []*table
 	for _, conns := range []int{1, 16} {
 		t := newTable(fmt.Sprintf("BFF fan-out to 6 backends that each answer in 5 ms, compression off, %d connection(s)", conns),

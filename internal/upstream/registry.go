@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
 		}, []string{"upstream", "target", "code"})),
 		duration: register(reg, log, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "portico_upstream_duration_seconds",
-			Help:    "Time from sending an attempt to its response headers (or failure).",
+			Help:    "Time from sending an attempt to its response headers (or failure); for a BFF call read in turn, to when the gateway read them.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"upstream"})),
 		healthy: register(reg, log, prometheus.NewGaugeVec(prometheus.GaugeOpts{

@@ -128,8 +128,14 @@ func (p *Pool) Send(req *http.Request) (Pending, bool) {
 	x := &c.x
 	x.cancelOnly = true
 	x.deadline = p.deadline(tr.ctx, c.start)
-	if d, ok := tr.ctx.Deadline(); ok && (x.deadline.IsZero() || d.Before(x.deadline)) {
-		x.deadline, x.bodyDeadline, c.callers = d, d, true
+	if d, ok := tr.ctx.Deadline(); ok {
+		// The caller's deadline bounds the body as well, as its context's
+		// cancellation does a round trip's; the attempt's bounds only the
+		// header.
+		x.bodyDeadline = d
+		if x.deadline.IsZero() || d.Before(x.deadline) {
+			x.deadline, c.callers = d, true
+		}
 	}
 	t.inflight.Add(1)
 	if invalid != nil {
@@ -147,7 +153,11 @@ const lateGrace = time.Millisecond
 var errWaitedTwice = errors.New("upstream: Call.Wait called twice")
 
 // Wait reads the answer to the request Send wrote, retrying as RoundTrip
-// does, and returns what RoundTrip would have returned.
+// does, and returns what RoundTrip would have returned; but for one thing:
+// called after a deadline passed (the attempt's or the caller's), it takes
+// an answer that is already there, since it cannot tell whether it came in
+// time, and fails at once otherwise. Only the time the caller kept it
+// waiting made it late.
 func (c *Call) Wait() (*http.Response, error) {
 	if c.waited {
 		return nil, errWaitedTwice
@@ -161,13 +171,16 @@ func (c *Call) Wait() (*http.Response, error) {
 	var res *http.Response
 	err := c.err
 	if err == nil {
-		if !x.deadline.IsZero() && !time.Now().Before(x.deadline) && tr.ctx.Err() != context.Canceled {
+		if now := time.Now(); !x.deadline.IsZero() && !now.Before(x.deadline) && tr.ctx.Err() != context.Canceled {
 			// The deadline (the attempt's or the caller's) passed while
 			// the caller was busy, reading other answers: an answer that
 			// arrived meanwhile is still taken, one that did not fails at
-			// once.
-			late := time.Now().Add(lateGrace)
-			x.deadline, x.bodyDeadline = late, late
+			// once. Past the caller's own deadline, so does its body.
+			late := now.Add(lateGrace)
+			x.deadline = late
+			if !x.bodyDeadline.IsZero() && !now.Before(x.bodyDeadline) {
+				x.bodyDeadline = late
+			}
 			_ = x.pc.conn.SetDeadline(late)
 		}
 		res, err = p.tr.h1.receive(x, &c.a.out, nil)

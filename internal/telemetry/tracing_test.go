@@ -13,6 +13,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/upstream"
 )
 
 // otlpReceiver is an OTLP/HTTP trace endpoint that decodes what it gets.
@@ -56,18 +57,45 @@ type tracedGateway struct {
 	traceIDs      []string // reqctx.Info.TraceID
 }
 
-func newTracedGateway(t *testing.T, tel *Telemetry) *tracedGateway {
+// The upstream is called with RoundTrip, or, viaSend, through an upstream
+// pool's Send and Wait as a BFF calls its backends.
+func newTracedGateway(t *testing.T, tel *Telemetry, viaSend bool) *tracedGateway {
 	g := &tracedGateway{}
 	g.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.mu.Lock()
 		g.seen = append(g.seen, r.Header.Get("Traceparent"))
 		g.mu.Unlock()
 	}))
-	client := &http.Client{Transport: tel.TraceTransport("posts", http.DefaultTransport)}
+	rt, target := tel.TraceTransport("posts", http.DefaultTransport), g.upstream.URL
+	if viaSend {
+		cfg, err := config.LoadBytes("pools.yaml", []byte("version: 1\nupstreams:\n  posts: {targets: [{url: \""+g.upstream.URL+"\"}]}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := upstream.NewRegistry(upstream.Deps{})
+		t.Cleanup(reg.Close)
+		pools, err := reg.Apply(cfg.Upstreams)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, target = tel.TraceTransport("posts", pools["posts"]), "http://posts/"
+	}
 	route := tel.Middleware("posts-api")(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		req, _ := http.NewRequestWithContext(r.Context(), "GET", g.upstream.URL, nil)
+		req, _ := http.NewRequestWithContext(r.Context(), "GET", target, nil)
 		req.Header.Set("Traceparent", r.Header.Get("Traceparent")) // as a proxy copies it
-		resp, err := client.Do(req)
+		var resp *http.Response
+		var err error
+		if viaSend {
+			s := rt.(upstream.Sender)
+			c, ok := s.Send(req)
+			if !ok {
+				t.Error("the traced pool did not send")
+				return
+			}
+			resp, err = c.Wait()
+		} else {
+			resp, err = rt.RoundTrip(req)
+		}
 		if err != nil {
 			t.Error(err)
 			return
@@ -122,13 +150,17 @@ func checkPropagation(t *testing.T, g *tracedGateway) {
 }
 
 func TestTraceContextWithoutExport(t *testing.T) {
-	tel := New(Deps{AccessLog: io.Discard})
-	defer tel.Close()
-	g := newTracedGateway(t, tel)
-	defer g.close()
-	g.get(t, inbound)
-	g.get(t, "00-00000000000000000000000000000000-00f067aa0ba902b7-01") // invalid: a new trace
-	checkPropagation(t, g)
+	for _, viaSend := range []bool{false, true} {
+		t.Run(map[bool]string{false: "RoundTrip", true: "Send"}[viaSend], func(t *testing.T) {
+			tel := New(Deps{AccessLog: io.Discard})
+			defer tel.Close()
+			g := newTracedGateway(t, tel, viaSend)
+			defer g.close()
+			g.get(t, inbound)
+			g.get(t, "00-00000000000000000000000000000000-00f067aa0ba902b7-01") // invalid: a new trace
+			checkPropagation(t, g)
+		})
+	}
 }
 
 func TestTraceExportOTLP(t *testing.T) {
@@ -136,11 +168,13 @@ func TestTraceExportOTLP(t *testing.T) {
 		name      string
 		ratio     float64
 		wantSpans int
+		viaSend   bool
 	}{
 		// Two requests, each a server and a client span. The first request
 		// carries a sampled parent, which ParentBased honours at ratio 0.
-		{"ratio 1", 1, 4},
-		{"ratio 0", 0, 2},
+		{"ratio 1", 1, 4, false},
+		{"ratio 0", 0, 2, false},
+		{"ratio 1 via Send", 1, 4, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			recv := &otlpReceiver{}
@@ -151,7 +185,7 @@ func TestTraceExportOTLP(t *testing.T) {
 			if err := tel.ApplyTracing(&config.Tracing{OTLPEndpoint: rs.URL, SampleRatio: &ratio, ServiceName: "gw-test"}); err != nil {
 				t.Fatal(err)
 			}
-			g := newTracedGateway(t, tel)
+			g := newTracedGateway(t, tel, tc.viaSend)
 			g.get(t, inbound)
 			g.get(t, "")
 			if err := tel.Close(); err != nil { // flushes the exporter

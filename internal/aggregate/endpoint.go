@@ -130,10 +130,12 @@ type endpoint struct {
 	// {claims.X}, so the query is parsed and the identity found once per
 	// request rather than once per backend.
 	usesQuery, usesClaims bool
-	now                   func() time.Time
-	workers               *workerPool
-	gzips                 sync.Pool // *gzip.Reader
-	states                sync.Pool // *runState
+	// sends: some backend's upstream can send (backend.sends).
+	sends   bool
+	now     func() time.Time
+	workers *workerPool
+	gzips   sync.Pool // *gzip.Reader
+	states  sync.Pool // *runState
 }
 
 // NewEndpoint compiles one BFF endpoint into a handler. Every template,
@@ -200,6 +202,7 @@ func NewEndpoint(bff *config.BFF, ep *config.Endpoint, deps Deps) (http.Handler,
 			return nil, fmt.Errorf("%s: backend %s: %w", where, nameOf(bc, i), err)
 		}
 		e.backends = append(e.backends, b)
+		e.sends = e.sends || b.sends != nil
 	}
 	for i, b := range e.backends {
 		if b.dep < 0 {
@@ -725,6 +728,11 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithCancel(r.Context())
 	}
 	st.cancel = cancel
+	release := func() {}
+	if e.sends {
+		// One cancellation hook for every call this goroutine sends.
+		ctx, release = upstream.WithCancelGroup(ctx)
+	}
 	// Facts every backend may read are looked up once, before the fan-out.
 	base := Input{Request: r, Info: info}
 	if e.usesQuery {
@@ -741,6 +749,7 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	e.fanOut(ctx, st)
 	st.wg.Wait()
+	release()
 	cancel()
 
 	if f := st.fatal.Load(); f >= 0 {

@@ -56,9 +56,21 @@ type h1Conn struct {
 	idleAt time.Time
 	limit  int64  // bytes the reader may still take: bounds an answer's header
 	abort  func() // stops a blocked read or write at once; made once per connection
-	// bodyDeadline: a deadline bounds the body being read, to be cleared
-	// before the connection idles.
-	bodyDeadline bool
+	// group is the cancel group the exchange in progress joined, if any;
+	// leave (pc.leaveGroup, made once) takes it out again.
+	group *cancelGroup
+	leave func() bool
+	// dl is the connection's deadline as last set through setDeadline: a
+	// deadline is set only when it changes (a BFF's calls share theirs),
+	// and an idle connection may keep its last one until its next use.
+	dl time.Time
+}
+
+func (pc *h1Conn) setDeadline(t time.Time) {
+	if !t.Equal(pc.dl) {
+		_ = pc.conn.SetDeadline(t)
+		pc.dl = t
+	}
 }
 
 // Read feeds br: while an answer's header is read, at most maxHeaderBytes,
@@ -211,19 +223,22 @@ func (c *h1Client) failed(x *h1Exchange, ctx context.Context, err error, sent bo
 // x.stop already ran.
 func (c *h1Client) write(ctx context.Context, x *h1Exchange, req *http.Request, fields *headFields) error {
 	pc := x.pc
-	if !x.deadline.IsZero() {
-		// Before the cancellation hook below, which must win.
-		_ = pc.conn.SetDeadline(x.deadline)
-	}
+	pc.setDeadline(x.deadline) // before the cancellation hook below, which must win
 	x.stop = func() bool { return true }
 	if ctx.Done() != nil {
-		if x.cancelOnly {
+		switch g := groupOf(ctx); {
+		case x.cancelOnly && g != nil:
+			if !g.join(pc) {
+				pc.abort() // cancelled already: the write fails at once
+			}
+			x.stop = pc.leave
+		case x.cancelOnly:
 			x.stop = context.AfterFunc(ctx, func() {
 				if ctx.Err() == context.Canceled {
 					pc.abort()
 				}
 			})
-		} else {
+		default:
 			x.stop = context.AfterFunc(ctx, pc.abort)
 		}
 	}
@@ -287,8 +302,7 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 		// Past the header, the body's deadline applies. A cancellation
 		// that set the deadline in the past meanwhile (the context is
 		// done before the hook runs) must not be undone.
-		_ = pc.conn.SetDeadline(x.bodyDeadline)
-		pc.bodyDeadline = !x.bodyDeadline.IsZero()
+		pc.setDeadline(x.bodyDeadline)
 		if err := ctx.Err(); err == context.Canceled || err != nil && !x.cancelOnly {
 			pc.abort()
 		}
@@ -408,6 +422,7 @@ func (c *h1Client) get(ctx context.Context, host string, deadline time.Time) (pc
 	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit,
 		abort: func() { _ = conn.SetDeadline(aLongTimeAgo) }}
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
+	pc.leave = pc.leaveGroup
 	return pc, false, nil
 }
 
@@ -419,16 +434,13 @@ func alive(pc *h1Conn) bool {
 	if pc.br.Buffered() > 0 {
 		return false // bytes nobody asked for: the connection is out of step
 	}
+	pc.setDeadline(time.Time{}) // a past one would fail the peek
 	return peekIdle(pc.conn)
 }
 
 // put returns pc to its host's idle stack, closing the oldest when the
 // stack is full.
 func (c *h1Client) put(pc *h1Conn) {
-	if pc.bodyDeadline {
-		_ = pc.conn.SetDeadline(time.Time{})
-		pc.bodyDeadline = false
-	}
 	pc.idleAt = time.Now()
 	c.mu.Lock()
 	if c.idle == nil {

@@ -181,7 +181,7 @@ func (c *Call) Wait() (*http.Response, error) {
 			if !x.bodyDeadline.IsZero() && !now.Before(x.bodyDeadline) {
 				x.bodyDeadline = late
 			}
-			_ = x.pc.conn.SetDeadline(late)
+			x.pc.setDeadline(late)
 		}
 		res, err = p.tr.h1.receive(x, &c.a.out, nil)
 	}

@@ -290,9 +290,13 @@ func startBackendProcess(b *testing.B, n int, delay time.Duration) []string {
 // -1client variants send one request at a time and report its latency.
 //
 //   - pools: the endpoint over the real upstream pools with the config
-//     defaults, as the gateway runs it;
-//   - goroutines: the same with a goroutine started per backend call
-//     instead of the workers, which prices the workers;
+//     defaults, as the gateway runs it: the handler's goroutine writes the
+//     six requests, then reads the answers in turn;
+//   - workers: the same pools used as plain round trippers, each call on a
+//     parked worker goroutine (the design before pools could send), which
+//     prices sending;
+//   - goroutines: as workers, with a goroutine started per backend call
+//     instead, which prices the workers;
 //   - transport: the endpoint over one bare http.Transport, which prices the
 //     endpoint's own work apart from the pools';
 //   - floor: the least a Go fan-out can cost: six fresh goroutines, each a
@@ -329,7 +333,13 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 		rts[name] = p
 	}
 	bff := cfg.BFFs["mobile"]
-	pooled := func(b *testing.B) *endpoint {
+	// Behind roundTripOnly a pool cannot send, so every call goes to a
+	// worker.
+	rtOnly := make(map[string]http.RoundTripper, len(rts))
+	for name, rt := range rts {
+		rtOnly[name] = roundTripOnly{rt}
+	}
+	endpointOver := func(b *testing.B, rts map[string]http.RoundTripper) *endpoint {
 		h, err := NewEndpoint(bff, bff.Endpoints[0], Deps{Upstreams: rts})
 		if err != nil {
 			b.Fatal(err)
@@ -341,9 +351,10 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 		name    string
 		handler func(b *testing.B) http.Handler
 	}{
-		{"pools", func(b *testing.B) http.Handler { return pooled(b) }},
+		{"pools", func(b *testing.B) http.Handler { return endpointOver(b, rts) }},
+		{"workers", func(b *testing.B) http.Handler { return endpointOver(b, rtOnly) }},
 		{"goroutines", func(b *testing.B) http.Handler {
-			e := pooled(b)
+			e := endpointOver(b, rtOnly)
 			e.workers = nil
 			return e
 		}},
@@ -406,6 +417,11 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 		b.Run(c.name+"-1client", func(b *testing.B) { benchOneClient(b, c.handler(b)) })
 	}
 }
+
+// roundTripOnly hides every method of a round tripper but RoundTrip.
+type roundTripOnly struct{ rt http.RoundTripper }
+
+func (r roundTripOnly) RoundTrip(req *http.Request) (*http.Response, error) { return r.rt.RoundTrip(req) }
 
 // benchOneClient drives h from one client, a request at a time, and reports
 // the median and 99th percentile of its latency: the added latency at one

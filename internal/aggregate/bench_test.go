@@ -421,7 +421,9 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 // roundTripOnly hides every method of a round tripper but RoundTrip.
 type roundTripOnly struct{ rt http.RoundTripper }
 
-func (r roundTripOnly) RoundTrip(req *http.Request) (*http.Response, error) { return r.rt.RoundTrip(req) }
+func (r roundTripOnly) RoundTrip(req *http.Request) (*http.Response, error) {
+	return r.rt.RoundTrip(req)
+}
 
 // benchOneClient drives h from one client, a request at a time, and reports
 // the median and 99th percentile of its latency: the added latency at one

@@ -797,7 +797,7 @@ type sentCall struct {
 // fanOut runs the backends. Those whose upstream can send have their
 // requests written from this goroutine before any answer is read, and
 // their answers read here in turn; the others go to workers. When nothing
-// was sent, the last root runs here instead, on a worker's terms.
+// was sent, the last root runs on this goroutine, as a worker would run it.
 //
 // Read in turn, a failed required backend is seen once the answers before
 // it have been read, rather than the moment it fails; the endpoint's
@@ -834,9 +834,12 @@ func (e *endpoint) fanOut(ctx context.Context, st *runState) {
 		if read < len(st.queue) {
 			st.cancel()
 			for _, i := range st.queue[read:] {
-				if c := st.sent[i].call; c != nil {
-					if resp, err := c.Wait(); err == nil {
+				if sc := st.sent[i]; sc.call != nil {
+					if resp, err := sc.call.Wait(); err == nil {
 						resp.Body.Close()
+					}
+					if sc.cancel != nil {
+						sc.cancel()
 					}
 				}
 			}
@@ -853,7 +856,7 @@ func (e *endpoint) spawn(ctx context.Context, st *runState, i int) {
 	e.workers.do(task{e: e, ctx: ctx, st: st, i: i})
 }
 
-// backendContext is backend i's context: ctx under the backend's own
+// backendContext is a call's context for backend b: ctx, under b's own
 // timeout when it has one.
 func (e *endpoint) backendContext(ctx context.Context, b *backend) (context.Context, context.CancelFunc) {
 	if b.timeout > 0 {

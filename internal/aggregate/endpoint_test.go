@@ -520,6 +520,51 @@ func (c countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
 	return c.rt.RoundTrip(r)
 }
 
+// Sent calls and calls on workers mix in one endpoint, either kind
+// depending on the other: a sent backend's dependent that cannot be sent
+// runs on a worker, a worker's dependent that can be sent is sent.
+func TestSentAndWorkerCallsMix(t *testing.T) {
+	var sawUser, sawPost atomic.Value
+	rts := servePools(t, map[string]http.HandlerFunc{
+		"users": jsonHandler(`{"id":"u1"}`),
+		"posts": jsonHandler(`{"top":"p9"}`),
+		"ads": func(w http.ResponseWriter, r *http.Request) {
+			sawUser.Store(r.URL.Query().Get("user"))
+			jsonHandler(`{"slot":1}`)(w, r)
+		},
+		"comments": func(w http.ResponseWriter, r *http.Request) {
+			sawPost.Store(r.URL.Query().Get("post"))
+			jsonHandler(`{"n":3}`)(w, r)
+		},
+	})
+	var adsCalls, postsCalls atomic.Int32
+	// Behind countingRT a pool cannot send: ads and posts run on workers.
+	rts["ads"] = countingRT{rts["ads"], &adsCalls}
+	rts["posts"] = countingRT{rts["posts"], &postsCalls}
+	h := newEndpoint(t, &config.Endpoint{Name: "e", Timeout: config.Duration(2 * time.Second), Backends: []*config.Backend{
+		{Upstream: "users", Path: "/u", Into: "user"},
+		{Upstream: "ads", Path: "/slots?user={user.id}", After: "user", Into: "ads"},
+		{Upstream: "posts", Path: "/p", Into: "posts"},
+		{Upstream: "comments", Path: "/c?post={posts.top}", After: "posts", Into: "comments"},
+	}}, rts)
+	e := h.(*endpoint)
+	if e.backends[0].sends == nil || e.backends[3].sends == nil || e.backends[1].sends != nil || e.backends[2].sends != nil {
+		t.Fatal("users and comments must send, ads and posts must not")
+	}
+	for range 3 { // the second and later requests reuse pooled state
+		rec := do(h, gatewayRequest("GET", "/e"))
+		if got, want := rec.Body.String(), `{"user":{"id":"u1"},"ads":{"slot":1},"posts":{"top":"p9"},"comments":{"n":3}}`; rec.Code != 200 || got != want {
+			t.Fatalf("status %d body %s, want %s", rec.Code, got, want)
+		}
+	}
+	if sawUser.Load() != "u1" || sawPost.Load() != "p9" {
+		t.Fatalf("ads saw user %v, comments saw post %v", sawUser.Load(), sawPost.Load())
+	}
+	if adsCalls.Load() != 3 || postsCalls.Load() != 3 {
+		t.Fatalf("ads %d and posts %d calls through their round trippers, want 3 each", adsCalls.Load(), postsCalls.Load())
+	}
+}
+
 func TestClientGone(t *testing.T) {
 	bothModes(t, func(t *testing.T, serve serveFunc) {
 		rts := serve(t, map[string]http.HandlerFunc{

@@ -565,6 +565,51 @@ func TestSentAndWorkerCallsMix(t *testing.T) {
 	}
 }
 
+// A required backend that fails at once behind a slow one in config order:
+// on workers it is seen at once and ends the fan-out (502); sent calls are
+// read in turn, so there the slow one is read first, until the endpoint's
+// deadline, and its timeout (504) is what the endpoint reports. Either way
+// the answer comes by the deadline, as docs/bff.md says.
+func TestFailureBehindASlowBackend(t *testing.T) {
+	for _, mode := range []struct {
+		name   string
+		serve  serveFunc
+		status int
+		code   string
+	}{
+		{"workers", serve, http.StatusBadGateway, "backend_error"},
+		{"pools", servePools, http.StatusGatewayTimeout, "backend_timeout"},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			rts := mode.serve(t, map[string]http.HandlerFunc{
+				"slow": func(w http.ResponseWriter, r *http.Request) { sleepCtx(r.Context(), 10*time.Second) },
+				"500":  func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) },
+			})
+			h := newEndpoint(t, &config.Endpoint{Name: "e", Timeout: config.Duration(300 * time.Millisecond), Backends: []*config.Backend{
+				{Upstream: "slow", Path: "/", Into: "slow"},
+				{Upstream: "500", Path: "/", Into: "x"},
+			}}, rts)
+			start := time.Now()
+			rec := do(h, gatewayRequest("GET", "/e"))
+			if took := time.Since(start); took > 2*time.Second {
+				t.Fatalf("took %v: the endpoint must answer by its deadline", took)
+			}
+			var p problemBody
+			_ = json.Unmarshal(rec.Body.Bytes(), &p)
+			if rec.Code != mode.status || p.Type != "urn:portico:problem:"+mode.code {
+				t.Fatalf("status %d %s, want %d %s", rec.Code, p.Type, mode.status, mode.code)
+			}
+		})
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
 func TestClientGone(t *testing.T) {
 	bothModes(t, func(t *testing.T, serve serveFunc) {
 		rts := serve(t, map[string]http.HandlerFunc{

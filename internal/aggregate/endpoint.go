@@ -845,9 +845,38 @@ func (e *endpoint) fanOut(ctx context.Context, st *runState) {
 			}
 		}
 	}()
+	var timedOut []timedOutCall
 	for ; read < len(st.queue); read++ {
-		e.receive(ctx, st, st.queue[read])
+		if tc, ok := e.receive(ctx, st, st.queue[read]); !ok {
+			timedOut = append(timedOut, tc)
+		}
 	}
+	// A required call that failed because the endpoint's deadline passed
+	// while it was awaited is recorded after the calls read behind it.
+	// Those are read late and taken when their answers are there, and one
+	// that failed by itself is the failure to report, as it would be were
+	// every call awaited on its own goroutine (the first to fail wins).
+	for _, tc := range timedOut {
+		e.settle(ctx, st, tc.i, nil, tc.err, tc.sc.ctx)
+		if tc.sc.cancel != nil {
+			tc.sc.cancel()
+		}
+	}
+}
+
+// pastDeadline reports whether ctx's deadline has passed. It reads the
+// clock, not ctx.Err(): a connection's deadline at the same instant can
+// end a read before the context's own timer has fired.
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
+}
+
+// timedOutCall is a required sent call that the endpoint's deadline ended.
+type timedOutCall struct {
+	i   int
+	err error
+	sc  sentCall
 }
 
 // spawn runs backend i on a worker.
@@ -897,15 +926,22 @@ func (e *endpoint) send(ctx context.Context, st *runState, i int) {
 }
 
 // receive reads the answer of backend i's sent call.
-func (e *endpoint) receive(ctx context.Context, st *runState, i int) {
+// It reports false, leaving the outcome to the caller, for a required
+// backend that timed out once the endpoint's deadline (ctx's) passed.
+func (e *endpoint) receive(ctx context.Context, st *runState, i int) (timedOutCall, bool) {
 	sc := st.sent[i]
 	st.sent[i] = sentCall{}
 	resp, err := sc.call.Wait()
 	res, err := e.backends[i].sends.answer(&st.calls[i], sc.out, resp, err)
+	if err != nil && !e.backends[i].optional && pastDeadline(ctx) &&
+		e.classify(e.backends[i], err, sc.ctx, st.in[i].Request.Context()).Code == "backend_timeout" {
+		return timedOutCall{i: i, err: err, sc: sc}, false
+	}
 	e.settle(ctx, st, i, res, err, sc.ctx)
 	if sc.cancel != nil {
 		sc.cancel()
 	}
+	return timedOutCall{}, true
 }
 
 // settle records the outcome of backend i, read by the handler's

@@ -20,7 +20,6 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/reqctx"
-	"github.com/portico-gw/portico/internal/upstream"
 )
 
 // feedBody builds a posts-service body of about size bytes.
@@ -322,16 +321,7 @@ func BenchmarkFanOut6Sleep5ms(b *testing.B) {
 	if err != nil {
 		b.Fatalf("%v\n%s", err, yaml.String())
 	}
-	reg := upstream.NewRegistry(upstream.Deps{})
-	b.Cleanup(reg.Close)
-	pools, err := reg.Apply(cfg.Upstreams)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rts := make(map[string]http.RoundTripper, len(pools))
-	for name, p := range pools {
-		rts[name] = p
-	}
+	rts := applyPools(b, cfg.Upstreams)
 	bff := cfg.BFFs["mobile"]
 	// Behind roundTripOnly a pool cannot send, so every call goes to a
 	// worker.

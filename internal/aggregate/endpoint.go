@@ -905,23 +905,23 @@ func (e *endpoint) send(ctx context.Context, st *runState, i int) {
 	bctx, cancel := e.backendContext(ctx, b)
 	out, err := b.sends.request(bctx, in)
 	if err == nil {
-		if err = bctx.Err(); err == nil {
-			c, ok := b.sends.sr.Send(out)
-			if !ok {
-				if cancel != nil {
-					cancel()
-				}
-				e.spawn(ctx, st, i)
-				return
-			}
+		err = bctx.Err()
+	}
+	if err == nil {
+		if c, ok := b.sends.sr.Send(out); ok {
 			st.sent[i] = sentCall{call: c, out: out, ctx: bctx, cancel: cancel}
 			st.queue = append(st.queue, i)
 			return
 		}
 	}
-	e.settle(ctx, st, i, nil, err, bctx)
+	if err != nil {
+		e.settle(ctx, st, i, nil, err, bctx)
+	}
 	if cancel != nil {
 		cancel()
+	}
+	if err == nil {
+		e.spawn(ctx, st, i) // the pool would not send it
 	}
 }
 

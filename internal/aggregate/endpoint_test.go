@@ -83,17 +83,27 @@ func servePools(t testing.TB, handlers map[string]http.HandlerFunc) map[string]h
 	if err != nil {
 		t.Fatalf("%v\n%s", err, yaml.String())
 	}
+	rts := applyPools(t, cfg.Upstreams)
+	for name, rt := range rts {
+		if !rt.(*upstream.Pool).CanSend(http.MethodGet) {
+			t.Fatalf("pool %s cannot send: the test would not cover sending", name)
+		}
+	}
+	return rts
+}
+
+// applyPools builds the gateway's upstream pools for ups, closed when the
+// test ends.
+func applyPools(t testing.TB, ups map[string]*config.Upstream) map[string]http.RoundTripper {
+	t.Helper()
 	reg := upstream.NewRegistry(upstream.Deps{})
 	t.Cleanup(reg.Close)
-	pools, err := reg.Apply(cfg.Upstreams)
+	pools, err := reg.Apply(ups)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rts := make(map[string]http.RoundTripper, len(pools))
 	for name, p := range pools {
-		if !p.CanSend(http.MethodGet) {
-			t.Fatalf("pool %s cannot send: the test would not cover sending", name)
-		}
 		rts[name] = p
 	}
 	return rts

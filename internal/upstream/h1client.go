@@ -224,23 +224,24 @@ func (c *h1Client) failed(x *h1Exchange, ctx context.Context, err error, sent bo
 func (c *h1Client) write(ctx context.Context, x *h1Exchange, req *http.Request, fields *headFields) error {
 	pc := x.pc
 	pc.setDeadline(x.deadline) // before the cancellation hook below, which must win
-	x.stop = func() bool { return true }
-	if ctx.Done() != nil {
-		switch g := groupOf(ctx); {
-		case x.cancelOnly && g != nil:
+	switch {
+	case ctx.Done() == nil:
+		x.stop = func() bool { return true }
+	case !x.cancelOnly:
+		x.stop = context.AfterFunc(ctx, pc.abort)
+	default: // a sent call (Call), whose deadlines are the connection's
+		if g := groupOf(ctx); g != nil {
 			if !g.join(pc) {
 				pc.abort() // cancelled already: the write fails at once
 			}
 			x.stop = pc.leave
-		case x.cancelOnly:
-			x.stop = context.AfterFunc(ctx, func() {
-				if ctx.Err() == context.Canceled {
-					pc.abort()
-				}
-			})
-		default:
-			x.stop = context.AfterFunc(ctx, pc.abort)
+			break
 		}
+		x.stop = context.AfterFunc(ctx, func() {
+			if ctx.Err() == context.Canceled {
+				pc.abort()
+			}
+		})
 	}
 	if err := writeRequest(pc.bw, req, fields); err != nil {
 		x.stop()

@@ -69,6 +69,20 @@ func assertNoInflight(t *testing.T, reg *Registry) {
 }
 
 // sleepOrDone waits d or until ctx ends, without leaving a timer behind.
+// wantProblem fails the test unless Wait gave no response and the gateway
+// error with status and code.
+func wantProblem(t *testing.T, what string, res *http.Response, err error, status int, code string) {
+	t.Helper()
+	if res != nil {
+		res.Body.Close()
+		t.Fatalf("%s: status %d, want %s", what, res.StatusCode, code)
+	}
+	var pe *problem.Error
+	if !errors.As(err, &pe) || pe.Status != status || pe.Code != code {
+		t.Fatalf("%s: err %v, want %d %s", what, err, status, code)
+	}
+}
+
 func sleepOrDone(ctx context.Context, d time.Duration) bool {
 	tm := time.NewTimer(d)
 	defer tm.Stop()
@@ -470,14 +484,7 @@ func TestSendMaxInflight(t *testing.T) {
 	second := mustSend(t, p, newSendReq(t, context.Background(), http.MethodGet, "/"))
 	start := time.Now()
 	res, err := second.Wait()
-	if res != nil {
-		res.Body.Close()
-		t.Fatalf("second call: status %d, want upstream_overloaded", res.StatusCode)
-	}
-	var pe *problem.Error
-	if !errors.As(err, &pe) || pe.Status != http.StatusServiceUnavailable || pe.Code != "upstream_overloaded" {
-		t.Fatalf("second call: err %v, want 503 upstream_overloaded", err)
-	}
+	wantProblem(t, "second call", res, err, http.StatusServiceUnavailable, "upstream_overloaded")
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("shedding took %v; it must be immediate", d)
 	}
@@ -515,14 +522,7 @@ func TestSendBreakerOpen(t *testing.T) {
 	}
 	hits := s.hits.Load()
 	res, err := mustSend(t, p, newSendReq(t, context.Background(), http.MethodGet, "/")).Wait()
-	if res != nil {
-		res.Body.Close()
-		t.Fatalf("status %d, want breaker_open", res.StatusCode)
-	}
-	var pe *problem.Error
-	if !errors.As(err, &pe) || pe.Status != http.StatusServiceUnavailable || pe.Code != "breaker_open" {
-		t.Fatalf("err %v, want 503 breaker_open", err)
-	}
+	wantProblem(t, "the call", res, err, http.StatusServiceUnavailable, "breaker_open")
 	if s.hits.Load() != hits {
 		t.Fatalf("upstream saw %d requests while the breaker was open", s.hits.Load()-hits)
 	}

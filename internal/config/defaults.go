@@ -21,6 +21,7 @@ const (
 	DefaultListen              = ":8080"
 	DefaultReadHeaderTimeout   = Duration(5 * time.Second)
 	DefaultIdleTimeout         = Duration(120 * time.Second)
+	DefaultIdleReleaseAfter    = Duration(time.Second)
 	DefaultShutdownTimeout     = Duration(30 * time.Second)
 	DefaultMaxHeaderBytes      = Size(65536)
 	DefaultMaxBodyBytes        = Size(10 << 20)
@@ -47,6 +48,9 @@ func applyDefaults(c *Config) {
 	setStr(&s.Listen, DefaultListen)
 	setDur(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	setDur(&s.IdleTimeout, DefaultIdleTimeout)
+	if s.IdleReleaseAfter == nil {
+		s.IdleReleaseAfter = ptr(DefaultIdleReleaseAfter)
+	}
 	// drain_delay defaults to 0: no delay.
 	setDur(&s.ShutdownTimeout, DefaultShutdownTimeout)
 	setSize(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)

@@ -97,6 +97,7 @@ slos:
 		{"server.listen", c.Server.Listen, ":8080"},
 		{"server.read_header_timeout", c.Server.ReadHeaderTimeout, d("5s")},
 		{"server.idle_timeout", c.Server.IdleTimeout, d("120s")},
+		{"server.idle_release_after", *c.Server.IdleReleaseAfter, d("1s")},
 		{"server.drain_delay", c.Server.DrainDelay, Duration(0)},
 		{"server.shutdown_timeout", c.Server.ShutdownTimeout, d("30s")},
 		{"server.max_header_bytes", c.Server.MaxHeaderBytes, Size(65536)},
@@ -162,6 +163,14 @@ slos:
 	}
 	if c.Tracing == nil {
 		t.Fatal("tracing dropped")
+	}
+}
+
+// idle_release_after: 0 turns releasing off; it is not "unset".
+func TestIdleReleaseZeroIsOff(t *testing.T) {
+	c := mustLoad(t, "version: 1\nserver: {idle_release_after: 0s}\n"+minimalRoute)
+	if c.Server.IdleReleaseAfter == nil || *c.Server.IdleReleaseAfter != 0 {
+		t.Errorf("idle_release_after: 0s loaded as %v, want 0", c.Server.IdleReleaseAfter)
 	}
 }
 

@@ -41,6 +41,7 @@ type Server struct {
 	ProxyProtocol      bool       `yaml:"proxy_protocol"`
 	ReadHeaderTimeout  Duration   `yaml:"read_header_timeout"`
 	IdleTimeout        Duration   `yaml:"idle_timeout"`
+	IdleReleaseAfter   *Duration  `yaml:"idle_release_after"`
 	DrainDelay         Duration   `yaml:"drain_delay"`
 	ShutdownTimeout    Duration   `yaml:"shutdown_timeout"`
 	MaxHeaderBytes     Size       `yaml:"max_header_bytes"`

@@ -34,6 +34,8 @@ import (
 	"github.com/portico-gw/portico/internal/slo"
 	"github.com/portico-gw/portico/internal/telemetry"
 	"github.com/portico-gw/portico/internal/upstream"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Gateway beyond its config.
@@ -74,6 +76,7 @@ type Gateway struct {
 	current  atomic.Pointer[runtime]
 	reloadMu sync.Mutex
 	draining atomic.Bool
+	released atomic.Pointer[listener.IdleReleaser] // nil unless idle connections are released
 }
 
 // runtime is one compiled config. It is immutable once built: requests read
@@ -152,6 +155,15 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 		NodeID:     opts.NodeID,
 	})
 	g.tel.SetSLO(g.slo)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "portico_idle_connections_released",
+		Help: "Idle keep-alive connections holding no goroutine or buffers until their next request (server.idle_release_after).",
+	}, func() float64 {
+		if l := g.released.Load(); l != nil {
+			return float64(l.Released())
+		}
+		return 0
+	}))
 
 	if cfg.Server.TLS != nil {
 		g.certs, g.tlsCfg, err = listener.TLSConfig(cfg.Server.TLS)

@@ -185,3 +185,58 @@ routes:
 		t.Errorf("WebSocket still open after shutdown: %v", err)
 	}
 }
+
+// An idle keep-alive connection is released (no goroutine or buffers in
+// the gateway) and serves its next request on the same socket; the gauge
+// counts it while it is released.
+func TestIdleConnectionReleased(t *testing.T) {
+	up := echoUpstream(t, "a")
+	cfg := strings.Replace(fmt.Sprintf(baseConfig, up.URL), `shutdown_timeout: 5s}`, `shutdown_timeout: 5s, idle_release_after: 30ms}`, 1)
+	h := start(t, cfg)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	get := func(path string) {
+		t.Helper()
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: gw\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), path) {
+			t.Fatalf("%s: %d %s", path, resp.StatusCode, b)
+		}
+	}
+	released := func() string {
+		resp, err := http.Get(h.admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for l := range strings.SplitSeq(string(b), "\n") {
+			if strings.HasPrefix(l, "portico_idle_connections_released ") {
+				return l
+			}
+		}
+		return "(no sample)"
+	}
+	get("/api/one")
+	deadline := time.Now().Add(5 * time.Second)
+	for released() != "portico_idle_connections_released 1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("gauge: %q, want 1", released())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	get("/api/two")
+	if got := released(); got != "portico_idle_connections_released 0" {
+		t.Errorf("gauge while the connection is served again: %q", got)
+	}
+}

@@ -68,6 +68,19 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		ErrorLog:          nil,
 	}
 	pub := ls.Public
+	if after := cfg.Server.IdleReleaseAfter; after != nil && *after > 0 && g.tlsCfg == nil && !cfg.Server.ProxyProtocol {
+		// Releasing needs the plain socket; see listener.ReleaseIdle for
+		// why TLS and PROXY protocol listeners keep their connections whole.
+		rel, err := listener.ReleaseIdle(pub, after.D())
+		if err != nil {
+			g.log.Warn("idle connections are not released", "error", err)
+		} else {
+			pub = rel
+			srv.ConnState = rel.ConnState
+			g.released.Store(rel)
+			defer g.released.Store(nil)
+		}
+	}
 	if cfg.Server.ProxyProtocol {
 		pub = listener.ProxyProtocol(pub, g.current.Load().trusted)
 	}

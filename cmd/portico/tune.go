@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -70,36 +71,53 @@ const (
 	// only when it gives back at least this much, and a quarter of the live
 	// heap, so a large steady heap is not marked again for a small gain.
 	minReclaimBytes = 16 << 20
+	// Goroutines that ended since the last reclaim (or the peak since) that
+	// make a collection worth it: each served connection leaves a stack and
+	// net/http's pooled buffers behind, some 16 KiB, which only a collection
+	// frees (see server.idle_release_after).
+	minReclaimGoroutines = 1000
 )
 
 // idleReclaimer watches the runtime's allocation counter and, on the first
-// quiet tick after garbage has piled up, runs one full collection and
-// returns the freed pages to the OS (debug.FreeOSMemory). It then waits
-// for new garbage: one idle period costs one collection.
+// quiet tick after garbage has piled up or many goroutines have ended,
+// collects and returns the freed pages to the OS. It then waits for new
+// garbage: one idle period costs one reclaim.
 type idleReclaimer struct {
-	samples    []metrics.Sample
-	lastAllocs uint64
-	primed     bool
-	free       func()
+	samples        []metrics.Sample
+	lastAllocs     uint64
+	peakGoroutines uint64 // since the last reclaim
+	primed         bool
+	free           func()
+}
+
+// reclaim runs two collections: the first moves what sync.Pools hold
+// (net/http's per-connection buffers among them) to their victim caches,
+// the second frees it and hands the freed pages, dead goroutines' stacks
+// included, back to the OS.
+func reclaim() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 const (
-	mAllocs  = iota // cumulative bytes allocated
-	mLive           // live heap after the last collection
-	mObjects        // heap objects, live and not yet swept dead
-	mUnused         // reserved for objects, not in use
-	mFree           // free and not yet returned to the OS
+	mAllocs     = iota // cumulative bytes allocated
+	mLive              // live heap after the last collection
+	mObjects           // heap objects, live and not yet swept dead
+	mUnused            // reserved for objects, not in use
+	mFree              // free and not yet returned to the OS
+	mGoroutines        // goroutines alive now
 )
 
 func newIdleReclaimer() *idleReclaimer {
 	names := []string{
-		mAllocs:  "/gc/heap/allocs:bytes",
-		mLive:    "/gc/heap/live:bytes",
-		mObjects: "/memory/classes/heap/objects:bytes",
-		mUnused:  "/memory/classes/heap/unused:bytes",
-		mFree:    "/memory/classes/heap/free:bytes",
+		mAllocs:     "/gc/heap/allocs:bytes",
+		mLive:       "/gc/heap/live:bytes",
+		mObjects:    "/memory/classes/heap/objects:bytes",
+		mUnused:     "/memory/classes/heap/unused:bytes",
+		mFree:       "/memory/classes/heap/free:bytes",
+		mGoroutines: "/sched/goroutines:goroutines",
 	}
-	r := &idleReclaimer{samples: make([]metrics.Sample, len(names)), free: debug.FreeOSMemory}
+	r := &idleReclaimer{samples: make([]metrics.Sample, len(names)), free: reclaim}
 	for i, n := range names {
 		r.samples[i].Name = n
 	}
@@ -122,18 +140,21 @@ func (r *idleReclaimer) step() bool {
 	allocs := r.samples[mAllocs].Value.Uint64()
 	quiet := r.primed && allocs-r.lastAllocs < quietAllocBytes
 	r.lastAllocs, r.primed = allocs, true
+	goroutines := r.samples[mGoroutines].Value.Uint64()
+	r.peakGoroutines = max(r.peakGoroutines, goroutines)
 	if !quiet {
 		return false
 	}
 	live := r.samples[mLive].Value.Uint64()
 	held := r.samples[mObjects].Value.Uint64() + r.samples[mUnused].Value.Uint64() + r.samples[mFree].Value.Uint64()
-	if held <= live {
-		return false
-	}
-	if spare := held - live; spare < minReclaimBytes || spare < live/4 {
+	spare := held - min(held, live)
+	garbage := spare >= minReclaimBytes && spare >= live/4
+	ended := r.peakGoroutines-goroutines >= minReclaimGoroutines
+	if !garbage && !ended {
 		return false
 	}
 	r.free()
+	r.peakGoroutines = goroutines
 	// The collection itself allocates a little; do not count it as traffic.
 	metrics.Read(r.samples[:1])
 	r.lastAllocs = r.samples[mAllocs].Value.Uint64()

@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -82,5 +83,64 @@ func TestIdleReclaimerLeavesSmallGainsAlone(t *testing.T) {
 	r.step() // the busy tick
 	if r.step() {
 		t.Error("reclaimed for 4 MiB of garbage, under the 16 MiB floor")
+	}
+}
+
+// deepStack grows the calling goroutine's stack by about n KiB.
+//
+//go:noinline
+func deepStack(n int, done <-chan struct{}) byte {
+	var pad [1024]byte
+	if n <= 1 {
+		<-done
+		return pad[0]
+	}
+	pad[1] = deepStack(n-1, done)
+	return pad[1]
+}
+
+// The goroutines of served connections end (net/http lets go of idle
+// ones, see server.idle_release_after) without leaving heap garbage: their
+// stacks and pooled buffers come back only through collections, which a
+// quiet process does not run on its own.
+func TestIdleReclaimerGivesBackWhatEndedGoroutinesHeld(t *testing.T) {
+	r := quietHeap(t)
+	r.step()
+	const n = 3000
+	var pool sync.Pool
+	done := make(chan struct{})
+	var started, ended sync.WaitGroup
+	for range n {
+		started.Add(1)
+		ended.Add(1)
+		go func() {
+			defer ended.Done()
+			buf := make([]byte, 4<<10)
+			for j := range len(buf) / 4096 {
+				buf[j*4096] = 1
+			}
+			started.Done()
+			deepStack(12, done)
+			pool.Put(buf) // as net/http returns a connection's buffers
+		}()
+	}
+	started.Wait()
+	r.step() // the tick that saw them run, and allocate
+	if r.step() {
+		t.Fatal("reclaimed while the goroutines still run")
+	}
+	close(done)
+	ended.Wait()
+	before := rssBytes(t)
+	if !r.step() {
+		t.Fatal("a quiet tick after 3,000 goroutines ended did not reclaim")
+	}
+	after := rssBytes(t)
+	// Each held a 16 KiB stack and a 4 KiB buffer: about 58 MiB in all.
+	if before-after < 30<<20 {
+		t.Errorf("RSS went from %d MiB to %d MiB; want at least 30 MiB back", before>>20, after>>20)
+	}
+	if r.step() {
+		t.Error("reclaimed again with nothing new ended")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -224,8 +225,7 @@ func (c *releasableConn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return n, err
 		}
-		var ne net.Error
-		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			return n, err
 		}
 		c.mu.Lock()

@@ -251,6 +251,9 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 		return err
 	}
 	g.current.Store(rt)
+	if rel := g.released.Load(); rel != nil {
+		rel.SetDelay(idleReleaseAfter(cfg))
+	}
 	// Live statistics and series of routes this config no longer has go.
 	g.tel.RetainRoutes(rt.routeNames())
 	g.tel.ConfigReload(true)

@@ -188,11 +188,13 @@ routes:
 
 // An idle keep-alive connection is released (no goroutine or buffers in
 // the gateway) and serves its next request on the same socket; the gauge
-// counts it while it is released.
+// counts it while it is released. A reload turns releasing on.
 func TestIdleConnectionReleased(t *testing.T) {
 	up := echoUpstream(t, "a")
-	cfg := strings.Replace(fmt.Sprintf(baseConfig, up.URL), `shutdown_timeout: 5s}`, `shutdown_timeout: 5s, idle_release_after: 30ms}`, 1)
-	h := start(t, cfg)
+	withDelay := func(d string) string {
+		return strings.Replace(fmt.Sprintf(baseConfig, up.URL), `shutdown_timeout: 5s}`, `shutdown_timeout: 5s, idle_release_after: `+d+`}`, 1)
+	}
+	h := start(t, withDelay("0s"))
 	conn, err := net.Dial("tcp", strings.TrimPrefix(h.base, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -226,6 +228,16 @@ func TestIdleConnectionReleased(t *testing.T) {
 			}
 		}
 		return "(no sample)"
+	}
+	get("/api/zero")
+	time.Sleep(100 * time.Millisecond)
+	if got := released(); got != "portico_idle_connections_released 0" {
+		t.Fatalf("with idle_release_after: 0s: %q", got)
+	}
+	resp := h.rewrite(t, withDelay("30ms"))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
 	}
 	get("/api/one")
 	deadline := time.Now().Add(5 * time.Second)

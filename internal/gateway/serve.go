@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/portico-gw/portico/internal/admin"
+	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/listener"
 )
 
@@ -68,10 +69,12 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		ErrorLog:          nil,
 	}
 	pub := ls.Public
-	if after := cfg.Server.IdleReleaseAfter; after != nil && *after > 0 && g.tlsCfg == nil && !cfg.Server.ProxyProtocol {
+	if g.tlsCfg == nil && !cfg.Server.ProxyProtocol {
 		// Releasing needs the plain socket; see listener.ReleaseIdle for
 		// why TLS and PROXY protocol listeners keep their connections whole.
-		rel, err := listener.ReleaseIdle(pub, after.D())
+		// The listener is wrapped even with a delay of 0, so that a reload
+		// can turn releasing on.
+		rel, err := listener.ReleaseIdle(pub, idleReleaseAfter(cfg))
 		if err != nil {
 			g.log.Warn("idle connections are not released", "error", err)
 		} else {
@@ -157,6 +160,15 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	wg.Wait()
 	g.log.Info("stopped")
 	return serveErr
+}
+
+// idleReleaseAfter is server.idle_release_after, 0 when unset (a config
+// built in code rather than loaded).
+func idleReleaseAfter(cfg *config.Config) time.Duration {
+	if d := cfg.Server.IdleReleaseAfter; d != nil {
+		return d.D()
+	}
+	return 0
 }
 
 // AdminHandler is the admin listener's handler: the admin API, and the Go

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -36,11 +37,14 @@ import (
 // neither listener may be wrapped. Connections that speak HTTP/2 (h2c) or
 // were hijacked (WebSocket) are never released.
 //
+// A delay of 0 releases nothing until SetDelay sets one, so a config
+// reload can turn releasing on and off while the listener runs.
+//
 // On platforms without the poller (anything but Linux), ReleaseIdle
 // returns an error and the caller serves the listener as it is.
 func ReleaseIdle(ln net.Listener, after time.Duration) (*IdleReleaser, error) {
-	if after <= 0 {
-		return nil, errors.New("listener: idle release needs a positive delay")
+	if after < 0 {
+		return nil, errors.New("listener: negative idle release delay")
 	}
 	p, err := newPoller()
 	if err != nil {
@@ -48,12 +52,12 @@ func ReleaseIdle(ln net.Listener, after time.Duration) (*IdleReleaser, error) {
 	}
 	l := &IdleReleaser{
 		Listener: ln,
-		after:    after,
 		accepted: make(chan accepted),
 		woken:    make(chan *releasableConn, 64),
 		done:     make(chan struct{}),
 		poller:   p,
 	}
+	l.after.Store(int64(after))
 	go l.acceptLoop()
 	go p.run(l)
 	return l, nil
@@ -63,7 +67,7 @@ func ReleaseIdle(ln net.Listener, after time.Duration) (*IdleReleaser, error) {
 // their goroutine and buffers; see ReleaseIdle.
 type IdleReleaser struct {
 	net.Listener
-	after    time.Duration
+	after    atomic.Int64 // time.Duration; 0 releases nothing
 	accepted chan accepted
 	woken    chan *releasableConn
 	done     chan struct{}
@@ -119,6 +123,13 @@ func (l *IdleReleaser) Close() error {
 		l.poller.shut()
 	})
 	return err
+}
+
+// SetDelay changes how long a connection must be idle to be released, for
+// connections that go idle from now on; 0 stops releasing (connections
+// already released stay so until their next request).
+func (l *IdleReleaser) SetDelay(after time.Duration) {
+	l.after.Store(int64(max(after, 0)))
 }
 
 // Released reports how many connections are released right now.
@@ -256,9 +267,12 @@ func (c *releasableConn) SetReadDeadline(t time.Time) error {
 	switch c.phase {
 	case idle:
 		// net/http's idle timeout: shorten it to the release delay.
-		c.phase = waiting
-		if at := time.Now().Add(c.l.after); t.IsZero() || at.Before(t) {
-			c.releaseAt, t = at, at
+		c.phase = busy
+		if after := time.Duration(c.l.after.Load()); after > 0 {
+			c.phase = waiting
+			if at := time.Now().Add(after); t.IsZero() || at.Before(t) {
+				c.releaseAt, t = at, at
+			}
 		}
 	case waiting:
 		// A second deadline before any read: the next request was already

@@ -328,14 +328,30 @@ func TestH2CConnectionIsNeverReleased(t *testing.T) {
 	}
 }
 
-func TestReleaseIdleRefusesNoDelay(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// A delay of 0 releases nothing; SetDelay turns releasing on and off on a
+// running listener, as a config reload does.
+func TestSetDelayTurnsReleasingOnAndOff(t *testing.T) {
+	s := serveReleasing(t, 0, time.Minute, nil)
+	c := dial(t, s.addr)
+	c.get(t, "/one")
+	time.Sleep(100 * time.Millisecond)
+	if n := s.ln.Released(); n != 0 {
+		t.Fatalf("released with a delay of 0: %d", n)
 	}
-	defer inner.Close()
-	if _, err := ReleaseIdle(inner, 0); err == nil {
-		t.Fatal("a zero delay was accepted")
+	s.ln.SetDelay(20 * time.Millisecond)
+	c.get(t, "/two")
+	s.waitReleased(t, 1)
+	s.ln.SetDelay(0)
+	c.get(t, "/three")
+	time.Sleep(100 * time.Millisecond)
+	if n := s.ln.Released(); n != 0 {
+		t.Fatalf("released after SetDelay(0): %d", n)
+	}
+	if got := c.get(t, "/four"); got != "hello /four" {
+		t.Fatalf("after: %q", got)
+	}
+	if _, err := ReleaseIdle(s.ln, -time.Second); err == nil {
+		t.Error("a negative delay was accepted")
 	}
 }
 
@@ -362,7 +378,7 @@ func BenchmarkRequestAfterIdle(b *testing.B) {
 				spent += time.Since(start)
 			}
 			b.ReportMetric(float64(spent.Nanoseconds())/float64(b.N), "latency-ns/op")
-			b.ReportMetric(float64((processCPU() - cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+			b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			if bc.after == time.Millisecond && s.conns.Load() < 2 {
 				b.Fatal("the connection was never released")
 			}

@@ -76,7 +76,8 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		// can turn releasing on.
 		rel, err := listener.ReleaseIdle(pub, idleReleaseAfter(cfg))
 		if err != nil {
-			g.log.Warn("idle connections are not released", "error", err)
+			// Not an operator error: the platform has no poller (not Linux).
+			g.log.Info("idle connections are not released", "reason", err.Error())
 		} else {
 			pub = rel
 			srv.ConnState = rel.ConnState

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/portico-gw/portico/internal/auth/authtest"
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/proxy"
 	"github.com/portico-gw/portico/internal/upstream"
@@ -73,8 +75,9 @@ func benchUpstream(b *testing.B) *httptest.Server {
 	return up
 }
 
-// serveParallel sends GET /api/small to h from every benchmark goroutine.
-func serveParallel(b *testing.B, h http.Handler) {
+// serveParallel sends GET /api/small to h from every benchmark goroutine,
+// with the header name and value pairs given.
+func serveParallel(b *testing.B, h http.Handler, header ...string) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -84,6 +87,9 @@ func serveParallel(b *testing.B, h http.Handler) {
 			ctx, cancel := context.WithCancel(context.Background())
 			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://gw/api/small", nil)
 			req.RemoteAddr = "127.0.0.1:12345"
+			for i := 0; i+1 < len(header); i += 2 {
+				req.Header.Set(header[i], header[i+1])
+			}
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, req)
 			cancel()
@@ -92,4 +98,49 @@ func serveParallel(b *testing.B, h http.Handler) {
 			}
 		}
 	})
+}
+
+// BenchmarkEdgeRoute is BenchmarkPlainRoute with the full edge pipeline of
+// the harness's edge-one-token scenario: a JWT (RS256, one token, so the
+// verified-token cache answers) and two memory rate limits that never
+// limit. Its ratio to BenchmarkPlainRoute is what the pipeline costs.
+func BenchmarkEdgeRoute(b *testing.B) {
+	up := benchUpstream(b)
+	key := authtest.NewRSAKey(b, "bench", "RS256")
+	dir := b.TempDir()
+	jwks := filepath.Join(dir, "jwks.json")
+	os.WriteFile(jwks, authtest.JWKS(key), 0o644)
+	token := authtest.Sign(b, key, map[string]any{
+		"iss": "https://id.bench", "aud": "bench", "sub": "user-1", "exp": time.Now().Add(time.Hour).Unix(),
+	})
+	path := filepath.Join(dir, "gw.yaml")
+	os.WriteFile(path, []byte(fmt.Sprintf(`version: 1
+server: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0"}
+logging: {access_log: false}
+upstreams:
+  echo: {targets: [{url: "%s"}]}
+auth:
+  bench-jwt: {type: jwt, jwks_file: %q, issuer: "https://id.bench", audiences: [bench], algorithms: [RS256]}
+rate_limits:
+  policies:
+    per-ip: {algorithm: token_bucket, rate: 10000000, per: 1s, key: ip}
+    per-user: {algorithm: sliding_window_counter, limit: 1000000000, window: 1m, key: "claim:sub"}
+routes:
+  - name: edge
+    match: {path: "/api/*"}
+    upstream: echo
+    auth: [bench-jwt]
+    rate_limit: [per-ip, per-user]
+`, up.URL, jwks)), 0o644)
+	cfg, err := config.Load(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	gw, err := New(cfg, Options{AccessLog: io.Discard})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gw.Close()
+	serveParallel(b, gw, "Authorization", "Bearer "+token)
 }

@@ -328,6 +328,51 @@ func TestH2CConnectionIsNeverReleased(t *testing.T) {
 	}
 }
 
+// Many connections released and woken over and over, concurrently, each
+// still answered in order on its own socket.
+func TestManyConnectionsReleasedAndWoken(t *testing.T) {
+	s := serveReleasing(t, 5*time.Millisecond, time.Minute, nil)
+	const clients, rounds = 40, 8
+	errs := make(chan error, clients)
+	for i := range clients {
+		go func() {
+			c, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			for r := range rounds {
+				path := fmt.Sprintf("/c%d/r%d", i, r)
+				fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", path, err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != "hello "+path {
+					errs <- fmt.Errorf("%s: answered %q", path, b)
+					return
+				}
+				time.Sleep(time.Duration(10+(i+r)%4*5) * time.Millisecond)
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.conns.Load(); n < clients*2 {
+		t.Errorf("only %d connections served for %d clients: few were released", n, clients)
+	}
+}
+
 // A delay of 0 releases nothing; SetDelay turns releasing on and off on a
 // running listener, as a config reload does.
 func TestSetDelayTurnsReleasingOnAndOff(t *testing.T) {

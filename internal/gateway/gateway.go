@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/portico-gw/portico/internal/auth"
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/listener"
@@ -34,8 +36,6 @@ import (
 	"github.com/portico-gw/portico/internal/slo"
 	"github.com/portico-gw/portico/internal/telemetry"
 	"github.com/portico-gw/portico/internal/upstream"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Options configure a Gateway beyond its config.

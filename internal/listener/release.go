@@ -18,9 +18,9 @@ import (
 // and its 4 KiB read and 4 KiB write buffers. Such a connection is handed
 // back to the kernel: its socket stays open, the client sees nothing, and
 // a readiness poller returns it through Accept when the next request (or
-// the client's close) arrives. An idle connection then costs about a
-// kilobyte instead of twenty, which is what lets a gateway hold tens of
-// thousands of mostly idle clients the way nginx does.
+// the client's close) arrives. An idle connection then costs about 3 KiB
+// of memory instead of 20, which is what lets a gateway hold tens of
+// thousands of mostly idle clients, as nginx does.
 //
 // How it works with net/http, which has no hook for this: the server's
 // ConnState must be (*IdleReleaser).ConnState. After StateIdle net/http

@@ -55,6 +55,19 @@ func quietHeap(t *testing.T) *idleReclaimer {
 	return newIdleReclaimer()
 }
 
+// reclaimsAtLeast takes one step of r, which must reclaim and give at
+// least n bytes of RSS back.
+func reclaimsAtLeast(t *testing.T, r *idleReclaimer, n int64, what string) {
+	t.Helper()
+	before := rssBytes(t)
+	if !r.step() {
+		t.Fatalf("%s did not reclaim", what)
+	}
+	if after := rssBytes(t); before-after < n {
+		t.Errorf("%s: RSS went from %d MiB to %d MiB; want at least %d MiB back", what, before>>20, after>>20, n>>20)
+	}
+}
+
 func TestIdleReclaimerGivesMemoryBackWhenQuiet(t *testing.T) {
 	r := quietHeap(t)
 	r.step() // primes the allocation counter
@@ -63,14 +76,7 @@ func TestIdleReclaimerGivesMemoryBackWhenQuiet(t *testing.T) {
 	if r.step() {
 		t.Fatal("reclaimed in the tick that allocated 96 MiB: the process was busy")
 	}
-	before := rssBytes(t)
-	if !r.step() {
-		t.Fatal("a quiet tick with 96 MiB of garbage held did not reclaim")
-	}
-	after := rssBytes(t)
-	if before-after < 48<<20 {
-		t.Errorf("RSS went from %d MiB to %d MiB; want at least 48 MiB back", before>>20, after>>20)
-	}
+	reclaimsAtLeast(t, r, 48<<20, "a quiet tick with 96 MiB of garbage held")
 	if r.step() {
 		t.Error("reclaimed again with no new garbage: one idle period should cost one collection")
 	}
@@ -131,15 +137,8 @@ func TestIdleReclaimerGivesBackWhatEndedGoroutinesHeld(t *testing.T) {
 	}
 	close(done)
 	ended.Wait()
-	before := rssBytes(t)
-	if !r.step() {
-		t.Fatal("a quiet tick after 3,000 goroutines ended did not reclaim")
-	}
-	after := rssBytes(t)
 	// Each held a 16 KiB stack and a 4 KiB buffer: about 58 MiB in all.
-	if before-after < 30<<20 {
-		t.Errorf("RSS went from %d MiB to %d MiB; want at least 30 MiB back", before>>20, after>>20)
-	}
+	reclaimsAtLeast(t, r, 30<<20, "a quiet tick after 3,000 goroutines ended")
 	if r.step() {
 		t.Error("reclaimed again with nothing new ended")
 	}

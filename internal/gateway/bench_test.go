@@ -24,9 +24,16 @@ import (
 // server's own cost is left out: the gateway is called as a handler.
 func BenchmarkPlainRoute(b *testing.B) {
 	up := benchUpstream(b)
-	dir := b.TempDir()
+	serveParallel(b, benchGateway(b, b.TempDir(), fmt.Sprintf(baseConfig, up.URL)))
+}
+
+// benchGateway loads yaml from a file in dir and builds a gateway from it,
+// closed when the benchmark ends.
+func benchGateway(b *testing.B, dir, yaml string) *Gateway {
 	path := filepath.Join(dir, "gw.yaml")
-	os.WriteFile(path, []byte(fmt.Sprintf(baseConfig, up.URL)), 0o644)
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		b.Fatal(err)
@@ -35,8 +42,8 @@ func BenchmarkPlainRoute(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer gw.Close()
-	serveParallel(b, gw)
+	b.Cleanup(gw.Close)
+	return gw
 }
 
 // BenchmarkBareProxy is the floor for BenchmarkPlainRoute: the same proxy
@@ -113,8 +120,7 @@ func BenchmarkEdgeRoute(b *testing.B) {
 	token := authtest.Sign(b, key, map[string]any{
 		"iss": "https://id.bench", "aud": "bench", "sub": "user-1", "exp": time.Now().Add(time.Hour).Unix(),
 	})
-	path := filepath.Join(dir, "gw.yaml")
-	os.WriteFile(path, []byte(fmt.Sprintf(`version: 1
+	gw := benchGateway(b, dir, fmt.Sprintf(`version: 1
 server: {listen: "127.0.0.1:0"}
 admin: {listen: "127.0.0.1:0"}
 logging: {access_log: false}
@@ -132,15 +138,6 @@ routes:
     upstream: echo
     auth: [bench-jwt]
     rate_limit: [per-ip, per-user]
-`, up.URL, jwks)), 0o644)
-	cfg, err := config.Load(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	gw, err := New(cfg, Options{AccessLog: io.Discard})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer gw.Close()
+`, up.URL, jwks))
 	serveParallel(b, gw, "Authorization", "Bearer "+token)
 }

@@ -276,7 +276,9 @@ func (c *releasableConn) SetReadDeadline(t time.Time) error {
 		}
 	case waiting:
 		// A second deadline before any read: the next request was already
-		// buffered (pipelined), and net/http is reading it.
+		// buffered (pipelined), and net/http is reading it. Resetting
+		// releaseAt above is what keeps such a request whole; the phase
+		// follows so that nothing else takes it for an idle connection.
 		c.phase = busy
 	}
 	c.mu.Unlock()

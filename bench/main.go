@@ -38,7 +38,7 @@ type options struct {
 }
 
 var allScenarios = []string{"plain", "plain-4k", "plain-512", "latency", "edge-one-token", "edge-many-tokens",
-	"bff", "h2", "redis-exact", "redis-lease", "idle-conns", "engine-spike"}
+	"bff", "h2", "redis-exact", "redis-lease", "idle-conns", "sparse-conns", "engine-spike"}
 
 func main() {
 	if len(os.Args) > 1 {

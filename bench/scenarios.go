@@ -64,6 +64,8 @@ func (e *env) oneTable(ctx context.Context, name string, o options) (*table, err
 		return e.redis(ctx, o, "lease")
 	case "idle-conns":
 		return e.idle(ctx, o)
+	case "sparse-conns":
+		return e.sparse(ctx, o)
 	case "engine-spike":
 		return e.engineSpike(ctx, o)
 	}
@@ -445,9 +447,14 @@ routes:
 	return t, nil
 }
 
+// idleSettleAfter is when, after the last idle connection opened, the
+// idle scenario starts waiting for RSS to settle: past Portico's default
+// idle_release_after (10 s), with time for the reclaim after it.
+const idleSettleAfter = 12 * time.Second
+
 // idle: 10,000 idle keep-alive connections, each after one request; RSS
 // growth per connection one second after the last connection, and once RSS
-// has settled, from three seconds after it.
+// has settled, from idleSettleAfter after it.
 func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	const n = 10000
 	_, ng, pt, err := e.lineup(ctx, "idle", porticoConfig("", plainRoute), 64, nil)
@@ -461,7 +468,7 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 	}
 	defer std.stop()
 	t := newTable(fmt.Sprintf("%d idle HTTP/1.1 keep-alive client connections", n),
-		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open, once it has settled (from 3 s after the last connected, four samples 250 ms apart within 0.25 MiB, at most 15 s); stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
+		"each connection sends one request, reads the answer and stays open; the RSS column is the proxy's RSS with all of them open, once it has settled (from 12 s after the last connected, four samples 250 ms apart within 0.25 MiB, at most 15 s); stdlib-proxy is the net/http floor (one goroutine and its read and write buffers per connection)",
 		"nginx", "stdlib-proxy", "portico")
 	for _, s := range []*system{ng, std, pt} {
 		if s == nil {
@@ -476,15 +483,15 @@ func (e *env) idle(ctx context.Context, o options) (*table, error) {
 		time.Sleep(time.Second)
 		at1s := s.proc.rssMiB()
 		// Portico releases a connection idle for server.idle_release_after
-		// (1 s by default) and then reclaims what it held; settling starts
+		// (10 s by default) and then reclaims what it held; settling starts
 		// once that has had time to happen.
-		time.Sleep(2 * time.Second)
+		time.Sleep(idleSettleAfter - time.Second)
 		after, took := settledRSS(ctx, s.proc)
 		closeAll(conns)
 		t.add(s.name, sample{rssMiB: after})
 		perConn := func(rss float64) float64 { return (rss - before) * 1024 / n }
 		t.extra = append(t.extra, fmt.Sprintf("%s: RSS %.1f MiB idle before; with %d connections %.1f MiB once settled (%.1f s after the last connected): %.1f KiB per connection; one second after the last connected, %.1f MiB: %.1f KiB.",
-			s.name, before, n, after, took.Seconds()+3, perConn(after), at1s, perConn(at1s)))
+			s.name, before, n, after, (took+idleSettleAfter).Seconds(), perConn(after), at1s, perConn(at1s)))
 		fmt.Printf("   %-8s %.1f -> %.1f MiB settled (%.1f KiB per connection; %.1f KiB at 1 s)\n", s.name, before, after, perConn(after), perConn(at1s))
 	}
 	return t, nil

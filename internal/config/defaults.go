@@ -21,7 +21,7 @@ const (
 	DefaultListen              = ":8080"
 	DefaultReadHeaderTimeout   = Duration(5 * time.Second)
 	DefaultIdleTimeout         = Duration(120 * time.Second)
-	DefaultIdleReleaseAfter    = Duration(time.Second)
+	DefaultIdleReleaseAfter    = Duration(10 * time.Second)
 	DefaultShutdownTimeout     = Duration(30 * time.Second)
 	DefaultMaxHeaderBytes      = Size(65536)
 	DefaultMaxBodyBytes        = Size(10 << 20)

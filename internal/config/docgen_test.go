@@ -43,7 +43,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Server.proxy_protocol":       {desc: "Accept the PROXY protocol header from an L4 load balancer.", def: "false"},
 	"Server.read_header_timeout":  {desc: "Time allowed to read request headers.", def: "5s"},
 	"Server.idle_timeout":         {desc: "Keep-alive idle timeout.", def: "120s"},
-	"Server.idle_release_after":   {desc: "A plain HTTP/1.1 keep-alive connection idle this long gives back its goroutine and buffers (about 18 KiB) until its next request arrives; 0 keeps them. A reload applies a new value. Linux only; not on TLS or PROXY protocol listeners.", def: "1s"},
+	"Server.idle_release_after":   {desc: "A plain HTTP/1.1 keep-alive connection idle this long gives back its goroutine and buffers (about 18 KiB) until its next request arrives; 0 keeps them. A reload applies a new value. Waking a released connection costs CPU (docs/operations.md), so only a connection idle longer than its clients usually pause should be released. Linux only; not on TLS or PROXY protocol listeners.", def: "10s"},
 	"Server.drain_delay":          {desc: "After SIGTERM, keep serving this long (with Connection: close) before closing listeners; 5s suits Kubernetes.", def: "0s"},
 	"Server.shutdown_timeout":     {desc: "How long in-flight requests may finish after the listeners close.", def: "30s"},
 	"Server.max_header_bytes":     {desc: "Largest request header block.", def: "65536"},

@@ -97,7 +97,7 @@ slos:
 		{"server.listen", c.Server.Listen, ":8080"},
 		{"server.read_header_timeout", c.Server.ReadHeaderTimeout, d("5s")},
 		{"server.idle_timeout", c.Server.IdleTimeout, d("120s")},
-		{"server.idle_release_after", *c.Server.IdleReleaseAfter, d("1s")},
+		{"server.idle_release_after", *c.Server.IdleReleaseAfter, d("10s")},
 		{"server.drain_delay", c.Server.DrainDelay, Duration(0)},
 		{"server.shutdown_timeout", c.Server.ShutdownTimeout, d("30s")},
 		{"server.max_header_bytes", c.Server.MaxHeaderBytes, Size(65536)},

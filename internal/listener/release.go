@@ -18,7 +18,7 @@ import (
 // and its 4 KiB read and 4 KiB write buffers. Such a connection is handed
 // back to the kernel: its socket stays open, the client sees nothing, and
 // a readiness poller returns it through Accept when the next request (or
-// the client's close) arrives. An idle connection then costs about 3 KiB
+// the client's close) arrives. An idle connection then costs 3 to 4 KiB
 // of memory instead of 20, which is what lets a gateway hold tens of
 // thousands of mostly idle clients, as nginx does.
 //

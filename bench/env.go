@@ -246,11 +246,7 @@ func measure(ctx context.Context, s *system, url string, conns int, o options, h
 	}
 	out := sample{rps: r.rps, p50ms: ms(r.p50), p99ms: ms(r.p99), errors: r.errors}
 	if s.proc != nil && r.requests > 0 {
-		cpu := s.proc.cpu() - cpu0
-		out.cpuMsPer1k = cpu * 1000 / (r.requests / 1000)
-		if cpu > 0 {
-			out.reqPerCPUSec = r.requests / cpu
-		}
+		out.setCPU(s.proc.cpu()-cpu0, r.requests)
 		out.rssMiB = s.proc.rssMiB()
 	}
 	time.Sleep(500 * time.Millisecond)

@@ -382,8 +382,7 @@ func (e *env) h2(ctx context.Context, o options) (*table, error) {
 			}
 			reqs := rps * o.duration.Seconds()
 			if cpu := s.proc.cpu() - cpu0; cpu > 0 && reqs > 0 {
-				smp.cpuMsPer1k = cpu * 1000 / (reqs / 1000)
-				smp.reqPerCPUSec = reqs / cpu
+				smp.setCPU(cpu, reqs)
 			}
 			fmt.Printf("   round %d %-8s %8.0f req/s\n", r+1, s.name, rps)
 			t.add(s.name, smp)

@@ -127,10 +127,7 @@ func sparseRun(ctx context.Context, s *system, n int, every, d time.Duration) (s
 		slices.Sort(latencies)
 		out.p50ms = ms(latencies[len(latencies)/2])
 		out.p99ms = ms(latencies[len(latencies)*99/100])
-		out.cpuMsPer1k = cpu * 1000 / (float64(len(latencies)) / 1000)
-		if cpu > 0 {
-			out.reqPerCPUSec = float64(len(latencies)) / cpu
-		}
+		out.setCPU(cpu, float64(len(latencies)))
 	}
 	time.Sleep(500 * time.Millisecond)
 	return out, nil

@@ -16,6 +16,14 @@ type sample struct {
 	errors            int
 }
 
+// setCPU records the proxy's CPU seconds spent on requests.
+func (s *sample) setCPU(cpu, requests float64) {
+	s.cpuMsPer1k = cpu * 1000 / (requests / 1000)
+	if cpu > 0 {
+		s.reqPerCPUSec = requests / cpu
+	}
+}
+
 // table is one scenario's results: samples per system, in run order.
 type table struct {
 	title   string

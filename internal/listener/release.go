@@ -135,15 +135,6 @@ func (l *IdleReleaser) SetDelay(after time.Duration) {
 // Released reports how many connections are released right now.
 func (l *IdleReleaser) Released() int { return l.poller.len() }
 
-func (l *IdleReleaser) closed() bool {
-	select {
-	case <-l.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // wrap makes c releasable when its socket can be watched; anything else
 // (a listener that does not hand out sockets) is served as it is.
 func (l *IdleReleaser) wrap(c net.Conn) net.Conn {
@@ -219,7 +210,8 @@ const (
 	// request has been read; a read that times out now releases.
 	waiting
 	// releasing: Read reported end of stream to release the connection,
-	// so the Close that follows hands it to the poller.
+	// so the Close that follows hands it to the poller (or, once the
+	// listener is closed, closes it).
 	releasing
 	// released: the poller owns the socket.
 	released
@@ -246,7 +238,7 @@ func (c *releasableConn) Read(p []byte) (int, error) {
 			return n, err
 		}
 		c.releaseAt = time.Time{}
-		if c.phase == waiting && !c.l.closed() {
+		if c.phase == waiting {
 			c.phase = releasing
 			c.mu.Unlock()
 			return 0, io.EOF
@@ -319,7 +311,7 @@ func (c *releasableConn) Close() error {
 // as if it were new.
 func (c *releasableConn) woke() {
 	c.mu.Lock()
-	c.phase, c.releaseAt = busy, time.Time{}
+	c.phase = busy
 	c.mu.Unlock()
 }
 

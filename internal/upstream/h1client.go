@@ -518,9 +518,13 @@ func (c *h1Client) CloseIdleConnections() {
 // a read with a deadline just ahead returns at once when the peer closed
 // it or sent something, and times out when it is quiet. The deadline is
 // in the future because a read past its deadline fails without reading.
+// A quiet connection costs the whole wait, paid only by connections idle
+// for over livenessAfter; a wait much shorter than a millisecond is often
+// over before the read starts on a loaded machine, and then a closed
+// connection looks quiet.
 func peekIdleByDeadline(conn net.Conn) bool {
 	var buf [1]byte
-	_ = conn.SetReadDeadline(time.Now().Add(50 * time.Microsecond))
+	_ = conn.SetReadDeadline(time.Now().Add(time.Millisecond))
 	n, err := conn.Read(buf[:])
 	_ = conn.SetReadDeadline(time.Time{})
 	var ne net.Error

@@ -270,8 +270,21 @@ func TestPeekIdle(t *testing.T) {
 	closed, srv := pair()
 	srv.Close()
 	settle()
-	if peekIdle(closed) || peekIdleByDeadline(closed) {
+	if peekIdle(closed) {
 		t.Fatal("a connection the server closed was found alive")
+	}
+	// The deadline probe cannot tell a quiet connection from a read that
+	// started after its deadline, which a loaded machine can cause; a
+	// closed connection must still be found dead within a few looks.
+	if !func() bool {
+		for range 3 {
+			if !peekIdleByDeadline(closed) {
+				return true
+			}
+		}
+		return false
+	}() {
+		t.Fatal("the deadline probe found a connection the server closed alive")
 	}
 	stray, srv := pair()
 	_, _ = srv.Write([]byte("x"))

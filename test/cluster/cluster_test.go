@@ -89,6 +89,24 @@ type node struct {
 
 func startNode(t *testing.T, config string) *node {
 	t.Helper()
+	// freeAddr's port can be taken by another process before portico binds
+	// it (the tests of other packages run at the same time); the node then
+	// exits at once, and is started again on other ports.
+	for attempt := 1; ; attempt++ {
+		n, logs := launchNode(t, config)
+		if n != nil {
+			return n
+		}
+		if attempt == 3 || !strings.Contains(logs, "address already in use") {
+			t.Fatalf("portico did not become ready:\n%s", logs)
+		}
+	}
+}
+
+// launchNode starts one portico process and waits until it is ready; it
+// returns nil and the process's log when it is not.
+func launchNode(t *testing.T, config string) (*node, string) {
+	t.Helper()
 	pub, adm := freeAddr(t), freeAddr(t)
 	config = strings.ReplaceAll(config, "$PUBLIC", pub)
 	config = strings.ReplaceAll(config, "$ADMIN", adm)
@@ -103,7 +121,9 @@ func startNode(t *testing.T, config string) *node {
 	}
 	var logs strings.Builder
 	var mu sync.Mutex
+	logged := make(chan struct{})
 	go func() {
+		defer close(logged)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			mu.Lock()
@@ -111,32 +131,44 @@ func startNode(t *testing.T, config string) *node {
 			mu.Unlock()
 		}
 	}()
-	n := &node{base: "http://" + pub, admin: "http://" + adm, cmd: cmd}
-	t.Cleanup(func() {
+	exited := make(chan struct{})
+	go func() {
+		<-logged // Wait closes the pipe; read it to the end first
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	stop := func() {
 		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			<-exited
 		}
-	})
+	}
+	n := &node{base: "http://" + pub, admin: "http://" + adm, cmd: cmd}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			mu.Lock()
+			defer mu.Unlock()
+			return nil, logs.String()
+		default:
+		}
 		if resp, err := http.Get(n.admin + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return n
+				t.Cleanup(stop)
+				return n, ""
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	stop()
 	mu.Lock()
 	defer mu.Unlock()
-	t.Fatalf("portico did not become ready:\n%s", logs.String())
-	return nil
+	return nil, logs.String()
 }
 
 func upstream(t *testing.T) string {

@@ -41,14 +41,14 @@ var fieldDocs = map[string]fieldDoc{
 	"Server.h2c":                  {desc: "Accept cleartext HTTP/2 on the listener.", def: "false"},
 	"Server.http_redirect_listen": {desc: "Optional plain listener (host:port) that redirects everything to https; needs tls."},
 	"Server.proxy_protocol":       {desc: "Accept the PROXY protocol header from an L4 load balancer.", def: "false"},
-	"Server.read_header_timeout":  {desc: "Time allowed to read request headers.", def: "5s"},
-	"Server.idle_timeout":         {desc: "Keep-alive idle timeout.", def: "120s"},
+	"Server.read_header_timeout":  {desc: "Time allowed to read request headers. A reload applies it to new connections.", def: "5s"},
+	"Server.idle_timeout":         {desc: "Keep-alive idle timeout. A reload applies it to new connections.", def: "120s"},
 	"Server.idle_release_after":   {desc: "A plain HTTP/1.1 keep-alive connection idle this long gives back its goroutine and buffers (about 18 KiB) until its next request arrives; 0 keeps them. A reload applies a new value. Waking a released connection costs CPU (docs/operations.md), so only a connection idle longer than its clients usually pause should be released. Linux only; not on TLS or PROXY protocol listeners.", def: "10s"},
 	"Server.drain_delay":          {desc: "After SIGTERM, keep serving this long (with Connection: close) before closing listeners; 5s suits Kubernetes.", def: "0s"},
 	"Server.shutdown_timeout":     {desc: "How long in-flight requests may finish after the listeners close.", def: "30s"},
-	"Server.max_header_bytes":     {desc: "Largest request header block.", def: "65536"},
+	"Server.max_header_bytes":     {desc: "Largest request header block. A reload applies it to new connections.", def: "65536"},
 	"Server.max_body_bytes":       {desc: "Largest request body; routes may override.", def: "10MiB"},
-	"Server.trusted_proxies":      {desc: "CIDRs of proxies whose X-Forwarded-For is trusted; the client IP is the rightmost address not in these."},
+	"Server.trusted_proxies":      {desc: "CIDRs of proxies whose X-Forwarded-For is trusted; the client IP is the rightmost address not in these. With proxy_protocol, only peers in these send the PROXY header (all do when empty); a reload applies to the next connection."},
 
 	"ServerTLS.cert":         {desc: "PEM certificate chain file."},
 	"ServerTLS.key":          {desc: "PEM private key file."},
@@ -564,8 +564,11 @@ platform.yaml:3:5: routes[0].name: duplicate route "x" (first defined at team.ya
 ## Reload
 
 SIGHUP or ` + "`POST /admin/reload`" + ` loads the files again; a configuration with errors is refused and the running
-one stays. Everything applies on reload except ` + "`server.listen`" + `, listener changes of ` + "`server.tls`" + ` that need a
-new socket, ` + "`admin.listen`" + ` and ` + "`rate_limits.store`" + `, which need a restart (certificates themselves reload).
+one stays. Everything applies on reload except ` + "`server.listen`" + `, enabling or disabling ` + "`server.tls`" + `,
+` + "`server.h2c`" + `, ` + "`server.http_redirect_listen`" + `, ` + "`server.proxy_protocol`" + `, ` + "`admin.listen`" + ` and
+` + "`rate_limits.store`" + `, which need a restart (certificates themselves reload). A reload that changes
+` + "`server.read_header_timeout`" + `, ` + "`server.idle_timeout`" + ` or ` + "`server.max_header_bytes`" + ` applies them to new
+connections and closes idle keep-alive ones (docs/operations.md).
 
 FIELD paths below use ` + "`[]`" + ` for list items and ` + "`<name>`" + ` for map keys; error messages show the key, or the
 index within the file (the first route of ` + "`team.yaml`" + ` is ` + "`routes[0]`" + ` however many routes other files hold).

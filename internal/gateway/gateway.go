@@ -77,6 +77,7 @@ type Gateway struct {
 	reloadMu sync.Mutex
 	draining atomic.Bool
 	released atomic.Pointer[listener.IdleReleaser] // nil unless idle connections are released
+	servers  atomic.Pointer[publicServers]         // nil unless serving
 }
 
 // runtime is one compiled config. It is immutable once built: requests read
@@ -253,6 +254,9 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 	g.current.Store(rt)
 	if rel := g.released.Load(); rel != nil {
 		rel.SetDelay(idleReleaseAfter(cfg))
+	}
+	if ps := g.servers.Load(); ps != nil {
+		ps.apply(old.cfg, cfg)
 	}
 	// Live statistics and series of routes this config no longer has go.
 	g.tel.RetainRoutes(rt.routeNames())

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -250,5 +251,148 @@ func TestIdleConnectionReleased(t *testing.T) {
 	get("/api/two")
 	if got := released(); got != "portico_idle_connections_released 0" {
 		t.Errorf("gauge while the connection is served again: %q", got)
+	}
+}
+
+// A reload that changes the timeouts or the header limit applies them to
+// new connections on the same socket, lets a request in flight finish, and
+// closes connections idle at the reload; a reload that changes none of them
+// leaves open connections alone.
+func TestReloadAppliesServerSettings(t *testing.T) {
+	up := echoUpstream(t, "a")
+	cfg := fmt.Sprintf(baseConfig, up.URL)
+	h := start(t, cfg)
+	addr := strings.TrimPrefix(h.base, "http://")
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	get := func(c net.Conn, br *bufio.Reader, path, extra string) int {
+		t.Helper()
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: gw\r\n%s\r\n", path, extra)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// closedWithin reports whether the server closes c within d.
+	closedWithin := func(c net.Conn, br *bufio.Reader, d time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(d))
+		_, err := br.ReadByte()
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+	reload := func(yaml string) {
+		t.Helper()
+		resp := h.rewrite(t, yaml)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("reload: %d %s", resp.StatusCode, b)
+		}
+	}
+
+	// A reload that changes only routes keeps connections open.
+	idle, idleR := dial()
+	if code := get(idle, idleR, "/api/before", ""); code != 200 {
+		t.Fatalf("before: %d", code)
+	}
+	reload(strings.Replace(cfg, `path: "/api/*"`, `path: "/api/*", methods: [GET, POST]`, 1))
+	if code := get(idle, idleR, "/api/routes-only", ""); code != 200 {
+		t.Fatalf("after a routes-only reload, the open connection: %d", code)
+	}
+
+	// A request in flight across the change.
+	busy, busyR := dial()
+	inFlight := make(chan int, 1)
+	go func() {
+		fmt.Fprintf(busy, "GET /api/slow?sleep=400ms HTTP/1.1\r\nHost: gw\r\n\r\n")
+		resp, err := http.ReadResponse(busyR, nil)
+		if err != nil {
+			inFlight <- 0
+			return
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		inFlight <- resp.StatusCode
+	}()
+	time.Sleep(100 * time.Millisecond)
+	reload(strings.Replace(cfg, `shutdown_timeout: 5s}`,
+		`shutdown_timeout: 5s, read_header_timeout: 200ms, idle_timeout: 300ms, max_header_bytes: 1024}`, 1))
+	if code := <-inFlight; code != 200 {
+		t.Errorf("the request in flight at the reload: %d, want 200", code)
+	}
+	if !closedWithin(idle, idleR, 2*time.Second) {
+		t.Error("a connection idle at the reload stayed open")
+	}
+
+	big, bigR := dial()
+	if code := get(big, bigR, "/api/big", "X-Big: "+strings.Repeat("b", 8<<10)+"\r\n"); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("an 8 KiB header after max_header_bytes: 1024: %d, want 431", code)
+	}
+	slow, slowR := dial()
+	fmt.Fprintf(slow, "GET /api/half HTTP/1.1\r\nHost: gw\r\n") // the headers never end
+	if !closedWithin(slow, slowR, 2*time.Second) {
+		t.Error("read_header_timeout: 200ms did not close a connection whose headers never ended")
+	}
+	fresh, freshR := dial()
+	if code := get(fresh, freshR, "/api/fresh", ""); code != 200 {
+		t.Fatalf("fresh: %d", code)
+	}
+	if !closedWithin(fresh, freshR, 2*time.Second) {
+		t.Error("idle_timeout: 300ms did not close an idle connection")
+	}
+}
+
+// Behind a load balancer speaking the PROXY protocol, trusted_proxies says
+// which peers send the header, and a reload changes it for the next
+// connection.
+func TestProxyProtocolTrustFollowsReload(t *testing.T) {
+	up := echoUpstream(t, "a")
+	withTrusted := func(prefix string) string {
+		return strings.Replace(fmt.Sprintf(baseConfig, up.URL), `shutdown_timeout: 5s}`,
+			`shutdown_timeout: 5s, proxy_protocol: true, trusted_proxies: ["`+prefix+`"]}`, 1)
+	}
+	h := start(t, withTrusted("10.0.0.0/8"))
+	clientSeen := func(prefix string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(h.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%sGET /api/who HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n", prefix)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got struct{ XFF string }
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			t.Fatalf("%d: %v", resp.StatusCode, err)
+		}
+		return got.XFF
+	}
+	const header = "PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n"
+	if got := clientSeen(""); got != "127.0.0.1" {
+		t.Fatalf("an untrusted peer without a header: upstream saw %q", got)
+	}
+	resp := h.rewrite(t, withTrusted("127.0.0.0/8"))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
+	}
+	if got := clientSeen(header); got != "203.0.113.7" {
+		t.Fatalf("a trusted peer's PROXY header after the reload: upstream saw %q", got)
 	}
 }

@@ -5,12 +5,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/portico-gw/portico/internal/admin"
@@ -60,15 +63,8 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	// Shutdown does not track once they are hijacked.
 	base, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
-	srv := &http.Server{
-		BaseContext:       func(net.Listener) context.Context { return base },
-		Handler:           g,
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
-		IdleTimeout:       cfg.Server.IdleTimeout.D(),
-		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
-		ErrorLog:          nil,
-	}
 	pub := ls.Public
+	var connState func(net.Conn, http.ConnState)
 	if g.tlsCfg == nil && !cfg.Server.ProxyProtocol {
 		// Releasing needs the plain socket; see listener.ReleaseIdle for
 		// why TLS and PROXY protocol listeners keep their connections whole.
@@ -80,19 +76,58 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 			g.log.Info("idle connections are not released", "reason", err.Error())
 		} else {
 			pub = rel
-			srv.ConnState = rel.ConnState
+			connState = rel.ConnState
 			g.released.Store(rel)
 			defer g.released.Store(nil)
 		}
 	}
 	if cfg.Server.ProxyProtocol {
-		pub = listener.ProxyProtocol(pub, g.current.Load().trusted)
+		pub = listener.ProxyProtocol(pub, func() []netip.Prefix { return g.current.Load().trusted })
 	}
 	if g.tlsCfg != nil {
-		srv.TLSConfig = g.tlsCfg
 		pub = tls.NewListener(pub, g.tlsCfg)
 	}
-	srv.Protocols = listener.Protocols(g.tlsCfg != nil, cfg.Server.H2C)
+	protocols := listener.Protocols(g.tlsCfg != nil, cfg.Server.H2C)
+	handoff := listener.NewHandoff(pub)
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	var stopping atomic.Bool
+	serve := func(name string, s *http.Server, ln net.Listener) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.Serve(ln)
+			// A server a reload replaced ends with net.ErrClosed (its view
+			// of the socket retired); closing the public socket at the
+			// drain ends every Serve before Shutdown marks it.
+			if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !stopping.Load() {
+				select {
+				case errc <- fmt.Errorf("%s listener: %w", name, err):
+				default: // one error is enough to stop
+				}
+			}
+		}()
+	}
+	servers := &publicServers{
+		build: func(cfg *config.Config) *http.Server {
+			return &http.Server{
+				BaseContext:       func(net.Listener) context.Context { return base },
+				Handler:           g,
+				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+				IdleTimeout:       cfg.Server.IdleTimeout.D(),
+				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+				ConnState:         connState,
+				TLSConfig:         g.tlsCfg,
+				Protocols:         protocols,
+			}
+		},
+		serve: func(s *http.Server) { serve("public", s, handoff.Next()) },
+		log:   g.log,
+	}
+	servers.start(cfg)
+	g.servers.Store(servers)
+	defer g.servers.Store(nil)
 
 	adminSrv := &http.Server{Handler: g.AdminHandler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
 	var redirectSrv *http.Server
@@ -100,19 +135,6 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 		_, port, _ := net.SplitHostPort(ls.Public.Addr().String())
 		redirectSrv = &http.Server{Handler: listener.RedirectHandler(port), ReadHeaderTimeout: 5 * time.Second}
 	}
-
-	errc := make(chan error, 3)
-	var wg sync.WaitGroup
-	serve := func(name string, s *http.Server, ln net.Listener) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s listener: %w", name, err)
-			}
-		}()
-	}
-	serve("public", srv, pub)
 	serve("admin", adminSrv, ls.Admin)
 	if redirectSrv != nil {
 		serve("redirect", redirectSrv, ls.Redirect)
@@ -145,10 +167,13 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	shutdownErr := srv.Shutdown(sctx)
-	if errors.Is(shutdownErr, context.DeadlineExceeded) {
+	// The socket closes first, as http.Server.Shutdown would close it, so
+	// that no connection waits in the kernel for a server that is leaving;
+	// the released connections close with it.
+	stopping.Store(true)
+	_ = handoff.Close()
+	if !servers.shutdown(sctx) {
 		g.log.Warn("shutdown timeout passed with requests in flight; closing them")
-		_ = srv.Close()
 	}
 	cancelBase()
 	if redirectSrv != nil {
@@ -161,6 +186,116 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	wg.Wait()
 	g.log.Info("stopped")
 	return serveErr
+}
+
+// publicServers serve the public listener. net/http reads the timeouts and
+// the header limit from its Server for the life of the process, so a reload
+// that changes them starts a new Server on the same socket (a
+// listener.Handoff) and retires the old one gracefully: new connections get
+// the new settings at once, requests in flight finish, and the old server's
+// connections close after their current request; idle keep-alive ones close
+// at once (clients open new ones), as in a reload of nginx.
+type publicServers struct {
+	build func(*config.Config) *http.Server
+	serve func(*http.Server)
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	current  *http.Server
+	retiring map[*http.Server]struct{}
+	retirers sync.WaitGroup
+	stop     chan struct{} // closed by shutdown
+}
+
+func (p *publicServers) start(cfg *config.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stop = make(chan struct{})
+	p.current = p.build(cfg)
+	p.serve(p.current)
+}
+
+// apply starts a new server when next changes a setting the running server
+// holds, and retires the old one.
+func (p *publicServers) apply(old, next *config.Config) {
+	if !serverSettingsChanged(old, next) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prev := p.current
+	p.current = p.build(next)
+	p.serve(p.current) // from here on, prev gets no new connection
+	if p.retiring == nil {
+		p.retiring = make(map[*http.Server]struct{})
+	}
+	p.retiring[prev] = struct{}{}
+	// Without keep-alives, each of prev's connections closes after its
+	// current request (HTTP/2 ones with a GOAWAY), and idle ones now.
+	prev.SetKeepAlivesEnabled(false)
+	// Shutdown would drop a request that prev reads after it begins; a
+	// connection accepted just before the swap may not have sent its
+	// request yet, but read_header_timeout bounds how long it may take.
+	grace := prev.ReadHeaderTimeout
+	timeout := next.Server.ShutdownTimeout.D()
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	p.retirers.Go(func() {
+		t := time.NewTimer(grace)
+		select {
+		case <-t.C:
+		case <-p.stop:
+			t.Stop()
+			return // shutdown takes prev from here
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := prev.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+			p.log.Warn("the server replaced by a reload still had requests in flight after shutdown_timeout; closing them")
+			_ = prev.Close()
+		}
+		p.mu.Lock()
+		delete(p.retiring, prev)
+		p.mu.Unlock()
+	})
+	p.log.Info("server settings changed: new connections use them, idle ones are closed")
+}
+
+// shutdown shuts every server down, the current one and those a reload
+// replaced, and reports whether they finished before ctx was done; when
+// not, it closes them.
+func (p *publicServers) shutdown(ctx context.Context) bool {
+	p.mu.Lock()
+	close(p.stop)
+	all := []*http.Server{p.current}
+	for s := range p.retiring {
+		all = append(all, s)
+	}
+	p.mu.Unlock()
+	var late atomic.Bool
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Go(func() {
+			if err := s.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+				late.Store(true)
+				_ = s.Close()
+			}
+		})
+	}
+	wg.Wait()
+	p.retirers.Wait()
+	return !late.Load()
+}
+
+// serverSettingsChanged reports whether next changes what an http.Server
+// holds. The others apply without one: max_body_bytes and trusted_proxies
+// are read per request or connection, drain_delay and shutdown_timeout at
+// the drain, idle_release_after by the listener.
+func serverSettingsChanged(old, next *config.Config) bool {
+	o, n := old.Server, next.Server
+	return o.ReadHeaderTimeout != n.ReadHeaderTimeout || o.IdleTimeout != n.IdleTimeout ||
+		o.MaxHeaderBytes != n.MaxHeaderBytes
 }
 
 // idleReleaseAfter is server.idle_release_after, 0 when unset (a config

@@ -44,14 +44,15 @@ var ErrProxyHeader = errors.New("invalid PROXY protocol header")
 // (a header they send is then just bytes of a bad request). From an
 // expected peer, a missing or malformed header closes the connection. A v1
 // "UNKNOWN" or v2 LOCAL header (health checks of the load balancer) keeps
-// the peer's own address.
-func ProxyProtocol(ln net.Listener, trusted []netip.Prefix) net.Listener {
+// the peer's own address. trusted is called once per accepted connection,
+// so a reload that changes the prefixes applies to the next connection.
+func ProxyProtocol(ln net.Listener, trusted func() []netip.Prefix) net.Listener {
 	return &ppListener{Listener: ln, trusted: trusted, timeout: ProxyHeaderTimeout}
 }
 
 type ppListener struct {
 	net.Listener
-	trusted []netip.Prefix
+	trusted func() []netip.Prefix
 	timeout time.Duration
 }
 
@@ -60,13 +61,13 @@ func (l *ppListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(l.trusted) > 0 && !l.isTrusted(c.RemoteAddr()) {
+	if trusted := l.trusted(); len(trusted) > 0 && !isTrusted(c.RemoteAddr(), trusted) {
 		return c, nil
 	}
 	return &ppConn{Conn: c, timeout: l.timeout}, nil
 }
 
-func (l *ppListener) isTrusted(a net.Addr) bool {
+func isTrusted(a net.Addr, trusted []netip.Prefix) bool {
 	var ip netip.Addr
 	switch a := a.(type) {
 	case *net.TCPAddr:
@@ -79,7 +80,7 @@ func (l *ppListener) isTrusted(a net.Addr) bool {
 		ip = ap.Addr()
 	}
 	ip = ip.Unmap()
-	for _, p := range l.trusted {
+	for _, p := range trusted {
 		if p.Contains(ip) {
 			return true
 		}

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 
 // servePP starts an HTTP server behind ProxyProtocol that answers with the
 // request's RemoteAddr.
-func servePP(t *testing.T, trusted []netip.Prefix, timeout time.Duration) string {
+func servePP(t *testing.T, trusted func() []netip.Prefix, timeout time.Duration) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -81,7 +82,7 @@ func v2Addrs(src, dst netip.AddrPort) []byte {
 }
 
 func TestProxyProtocol(t *testing.T) {
-	addr := servePP(t, nil, time.Second)
+	addr := servePP(t, func() []netip.Prefix { return nil }, time.Second)
 	src4 := netip.MustParseAddrPort("203.0.113.7:4242")
 	dst4 := netip.MustParseAddrPort("198.51.100.1:443")
 	src6 := netip.MustParseAddrPort("[2001:db8::7]:4242")
@@ -127,7 +128,11 @@ func TestProxyProtocol(t *testing.T) {
 }
 
 func TestProxyProtocolUntrustedPeerKeepsItsAddress(t *testing.T) {
-	addr := servePP(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, time.Second)
+	// The prefixes are read per connection: a reload changes them for the
+	// next one.
+	var trusted atomic.Pointer[[]netip.Prefix]
+	trusted.Store(&[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")})
+	addr := servePP(t, func() []netip.Prefix { return *trusted.Load() }, time.Second)
 	if got := exchange(t, addr, nil); !strings.HasPrefix(got, "127.0.0.1:") {
 		t.Fatalf("untrusted peer without header: RemoteAddr %q", got)
 	}
@@ -135,14 +140,14 @@ func TestProxyProtocolUntrustedPeerKeepsItsAddress(t *testing.T) {
 	if got := exchange(t, addr, []byte("PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n")); strings.Contains(got, "203.0.113.7") {
 		t.Fatalf("untrusted peer spoofed its address: %q", got)
 	}
-	trustedAddr := servePP(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, time.Second)
-	if got := exchange(t, trustedAddr, []byte("PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n")); got != "203.0.113.7:4242" {
+	trusted.Store(&[]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
+	if got := exchange(t, addr, []byte("PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n")); got != "203.0.113.7:4242" {
 		t.Fatalf("trusted peer: RemoteAddr %q", got)
 	}
 }
 
 func TestProxyProtocolHeaderDeadline(t *testing.T) {
-	addr := servePP(t, nil, 100*time.Millisecond)
+	addr := servePP(t, func() []netip.Prefix { return nil }, 100*time.Millisecond)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +204,7 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, r.RemoteAddr+" "+r.Proto)
 	}), Protocols: Protocols(true, false), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(tls.NewListener(ProxyProtocol(ln, nil), tc)) }()
+	go func() { _ = srv.Serve(tls.NewListener(ProxyProtocol(ln, func() []netip.Prefix { return nil }), tc)) }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -239,7 +244,7 @@ func TestProxyProtocolLargeBodyAfterHeader(t *testing.T) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		_, _ = io.WriteString(w, r.RemoteAddr+" "+strconv.FormatInt(n, 10))
 	}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ProxyProtocol(ln, nil)) }()
+	go func() { _ = srv.Serve(ProxyProtocol(ln, func() []netip.Prefix { return nil })) }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -144,3 +144,40 @@ func TestHandoffWithoutServerClosesConnections(t *testing.T) {
 		t.Fatalf("read on a connection nobody serves: %v, want it closed", err)
 	}
 }
+
+// The handoff's cost per new connection: dial, accept and close, on the
+// socket itself and through a view.
+func BenchmarkAccept(b *testing.B) {
+	run := func(b *testing.B, through func(net.Listener) net.Listener) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		acc := through(ln)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				c, err := acc.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		for b.Loop() {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			var one [1]byte
+			_, _ = c.Read(one[:]) // until the server side has closed it
+			c.Close()
+		}
+		ln.Close()
+		<-done
+	}
+	b.Run("socket", func(b *testing.B) { run(b, func(ln net.Listener) net.Listener { return ln }) })
+	b.Run("handoff", func(b *testing.B) { run(b, func(ln net.Listener) net.Listener { return NewHandoff(ln).Next() }) })
+}

@@ -205,6 +205,7 @@ type publicServers struct {
 	retiring map[*http.Server]struct{}
 	retirers sync.WaitGroup
 	stop     chan struct{} // closed by shutdown
+	stopped  bool
 }
 
 func (p *publicServers) start(cfg *config.Config) {
@@ -223,6 +224,9 @@ func (p *publicServers) apply(old, next *config.Config) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.stopped {
+		return // a reload during the drain: the servers are going anyway
+	}
 	prev := p.current
 	p.current = p.build(next)
 	p.serve(p.current) // from here on, prev gets no new connection
@@ -267,6 +271,7 @@ func (p *publicServers) apply(old, next *config.Config) {
 // not, it closes them.
 func (p *publicServers) shutdown(ctx context.Context) bool {
 	p.mu.Lock()
+	p.stopped = true
 	close(p.stop)
 	all := []*http.Server{p.current}
 	for s := range p.retiring {

@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,7 @@ func NewHandoff(ln net.Listener) *Handoff {
 // Accept returns net.ErrClosed from now on, and connections go to the new
 // one.
 func (h *Handoff) Next() net.Listener {
-	v := &view{h: h, conns: make(chan net.Conn), retired: make(chan struct{})}
+	v := &view{h: h, conns: make(chan accepted), retired: make(chan struct{})}
 	if prev := h.current.Swap(v); prev != nil {
 		prev.retire()
 	} else {
@@ -51,57 +52,64 @@ func (h *Handoff) Addr() net.Addr { return h.ln.Addr() }
 func (h *Handoff) acceptLoop() {
 	for {
 		c, err := h.ln.Accept()
-		if err != nil {
-			// Temporary errors (EMFILE) are net/http's to back off from;
-			// this loop ends, and each Serve sees the error in turn.
+		if errors.Is(err, net.ErrClosed) {
 			h.err = err
 			close(h.done)
 			return
 		}
-		h.deliver(c)
+		// Other errors go to the current server like connections: net/http
+		// backs off from temporary ones (EMFILE) and stops on the rest, and
+		// this loop waits for it meanwhile.
+		h.deliver(accepted{c, err})
 	}
 }
 
-// deliver hands c to the current view, following a retirement that
+// deliver hands a to the current view, following a retirement that
 // happens while it waits.
-func (h *Handoff) deliver(c net.Conn) {
+func (h *Handoff) deliver(a accepted) {
 	for {
 		v := h.current.Load()
 		select {
-		case v.conns <- c:
+		case v.conns <- a:
 			return
 		case <-v.retired:
 			if h.current.Load() == v {
 				// Closed by its server with no successor: nobody will
-				// serve c.
-				c.Close()
+				// serve it.
+				a.close()
 				return
 			}
 		case <-h.done:
-			c.Close()
+			a.close()
 			return
 		}
+	}
+}
+
+func (a accepted) close() {
+	if a.conn != nil {
+		a.conn.Close()
 	}
 }
 
 type view struct {
 	h       *Handoff
-	conns   chan net.Conn
+	conns   chan accepted
 	retired chan struct{}
 	once    sync.Once
 }
 
 func (v *view) Accept() (net.Conn, error) {
 	select {
-	case c := <-v.conns:
+	case a := <-v.conns:
 		select {
 		case <-v.retired:
 			// Retired while this receive was in flight: the successor
-			// serves c.
-			go v.h.deliver(c)
+			// takes it.
+			go v.h.deliver(a)
 			return nil, net.ErrClosed
 		default:
-			return c, nil
+			return a.conn, a.err
 		}
 	case <-v.retired:
 		return nil, net.ErrClosed

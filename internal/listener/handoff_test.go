@@ -181,3 +181,49 @@ func BenchmarkAccept(b *testing.B) {
 	b.Run("socket", func(b *testing.B) { run(b, func(ln net.Listener) net.Listener { return ln }) })
 	b.Run("handoff", func(b *testing.B) { run(b, func(ln net.Listener) net.Listener { return NewHandoff(ln).Next() }) })
 }
+
+// failOnce returns a temporary error from its first Accept, as a process
+// out of file descriptors gets.
+type failOnce struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+type tempErr struct{}
+
+func (tempErr) Error() string   { return "accept: too many open files" }
+func (tempErr) Timeout() bool   { return false }
+func (tempErr) Temporary() bool { return true }
+
+func (l *failOnce) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, tempErr{}
+	}
+	return l.Listener.Accept()
+}
+
+// A temporary accept error reaches the server, which backs off and goes on
+// serving: the handoff does not stop accepting because of it.
+func TestHandoffPassesTemporaryErrorsOn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHandoff(&failOnce{Listener: ln})
+	defer h.Close()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(h.Next()) }()
+	defer srv.Close()
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + ln.Addr().String())
+	if err != nil {
+		t.Fatalf("after a temporary accept error: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("body %q", b)
+	}
+}

@@ -76,6 +76,26 @@ func TestTLSNegotiatesHTTP2(t *testing.T) {
 		t.Fatalf("TLS: %d %s %s", resp.StatusCode, resp.Proto, body)
 	}
 
+	// A reload that replaces the server (a new idle_timeout) keeps HTTP/2:
+	// on the connection the client already holds and on a new one.
+	resp = h.rewrite(t, strings.Replace(cfg, `shutdown_timeout: 5s,`, `shutdown_timeout: 5s, idle_timeout: 30s,`, 1))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
+	}
+	fresh := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer fresh.CloseIdleConnections()
+	for name, rt := range map[string]*http.Transport{"held": tr, "new": fresh} {
+		resp, err := (&http.Client{Transport: rt}).Get(base + "/api/after-reload")
+		if err != nil {
+			t.Fatalf("%s connection after the reload: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("%s connection after the reload: %d %s", name, resp.StatusCode, resp.Proto)
+		}
+	}
+
 	// curl --http2 as docs/operations.md shows it.
 	if curl, err := exec.LookPath("curl"); err == nil {
 		out, err := exec.Command(curl, "--http2", "-s", "--cacert", certPath, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", base+"/api/x").CombinedOutput()

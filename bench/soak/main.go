@@ -8,7 +8,8 @@
 //
 // Soak: mixed traffic (a plain route, a JWT route, a BFF endpoint, a
 // rate-limited route) from -clients workers; one upstream target killed
-// every 30 s and restarted 5 s later; a reload every 10 s. Once a second it
+// every 30 s and restarted 5 s later; a reload every 10 s (each changes
+// idle_timeout too, so the socket passes to a new server). Once a second it
 // records the portico process's RSS, open file descriptors (/proc/PID/fd)
 // and go_goroutines (from /metrics), and fails when the median of the last
 // quarter exceeds the median of the second quarter by more than 20 % (RSS)
@@ -211,9 +212,12 @@ func runScenario(bin, work string, pl plan) (string, bool, error) {
 		fmt.Fprintln(os.Stderr, "soak: no redis-server; the rate-limited route uses the memory store")
 		rds = nil
 	}
+	// The two configs differ in a route's header and in idle_timeout, so
+	// that every reload also hands the socket to a new server.
 	config := func(tag string) string {
+		idle := map[string]string{"a": "60s", "b": "90s"}[tag]
 		return fmt.Sprintf(`version: 1
-server: {listen: "127.0.0.1:0", shutdown_timeout: 10s}
+server: {listen: "127.0.0.1:0", shutdown_timeout: 10s, idle_timeout: %s}
 admin: {listen: "127.0.0.1:0"}
 logging: {level: info, access_log: true}
 upstreams:
@@ -245,7 +249,7 @@ bffs:
           - {upstream: api, path: "/users/42", into: user, fields: [id, name]}
           - {upstream: api, path: "/posts?user=42", into: posts, fields: ["items[].id", "items[].text"]}
           - {name: ads, upstream: api, path: "/ads", into: ads, optional: true}
-`, a.URL(), b.URL(), api.URL(), jwks.URL+"/jwks.json", store, tag)
+`, idle, a.URL(), b.URL(), api.URL(), jwks.URL+"/jwks.json", store, tag)
 	}
 	p, err := faults.StartProcess(bin, dir, config("a"), faults.ProcessOptions{DiscardStdout: true})
 	if err != nil {

@@ -60,28 +60,34 @@ func (h *Handoff) acceptLoop() {
 		// Other errors go to the current server like connections: net/http
 		// backs off from temporary ones (EMFILE) and stops on the rest, and
 		// this loop waits for it meanwhile.
-		h.deliver(accepted{c, err})
+		if !h.deliver(accepted{c, err}) {
+			// The last server stopped serving (after an error it does not
+			// retry); accepting on would only spin.
+			h.err = net.ErrClosed
+			close(h.done)
+			return
+		}
 	}
 }
 
 // deliver hands a to the current view, following a retirement that
-// happens while it waits.
-func (h *Handoff) deliver(a accepted) {
+// happens while it waits. It reports false, and closes a's connection,
+// when no server is left to take it.
+func (h *Handoff) deliver(a accepted) bool {
 	for {
 		v := h.current.Load()
 		select {
 		case v.conns <- a:
-			return
+			return true
 		case <-v.retired:
 			if h.current.Load() == v {
-				// Closed by its server with no successor: nobody will
-				// serve it.
+				// Closed by its server with no successor.
 				a.close()
-				return
+				return false
 			}
 		case <-h.done:
 			a.close()
-			return
+			return false
 		}
 	}
 }

@@ -227,3 +227,34 @@ func TestHandoffPassesTemporaryErrorsOn(t *testing.T) {
 		t.Fatalf("body %q", b)
 	}
 }
+
+// brokenListener fails every Accept with an error that is not temporary.
+type brokenListener struct {
+	net.Listener
+	calls atomic.Int64
+}
+
+func (l *brokenListener) Accept() (net.Conn, error) {
+	l.calls.Add(1)
+	return nil, errors.New("accept: broken")
+}
+
+// A permanent accept error ends the server's Serve with it, and the
+// handoff stops accepting rather than spinning on the broken socket.
+func TestHandoffStopsAfterAPermanentError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := &brokenListener{Listener: ln}
+	h := NewHandoff(broken)
+	defer h.Close()
+	srv := &http.Server{ReadHeaderTimeout: time.Second}
+	if err := srv.Serve(h.Next()); err == nil || err.Error() != "accept: broken" {
+		t.Fatalf("Serve ended with %v, want the accept error", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := broken.calls.Load(); n > 3 {
+		t.Fatalf("%d Accept calls after the server stopped: the handoff spins", n)
+	}
+}

@@ -85,22 +85,28 @@ func TestTLSNegotiatesHTTP2(t *testing.T) {
 	}
 	fresh := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
 	defer fresh.CloseIdleConnections()
-	for name, rt := range map[string]*http.Transport{"held": tr, "new": fresh} {
-		resp, err := (&http.Client{Transport: rt}).Get(base + "/api/after-reload")
-		if err != nil {
-			t.Fatalf("%s connection after the reload: %v", name, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
-			t.Fatalf("%s connection after the reload: %d %s", name, resp.StatusCode, resp.Proto)
-		}
-	}
+	getsHTTP2(t, base+"/api/after-reload", map[string]*http.Transport{"held": tr, "new": fresh})
 
 	// curl --http2 as docs/operations.md shows it.
 	if curl, err := exec.LookPath("curl"); err == nil {
 		out, err := exec.Command(curl, "--http2", "-s", "--cacert", certPath, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", base+"/api/x").CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "2 200" {
 			t.Errorf("curl --http2: %v %q", err, out)
+		}
+	}
+}
+
+// getsHTTP2 asks url through each transport and wants 200 over HTTP/2.
+func getsHTTP2(t *testing.T, url string, transports map[string]*http.Transport) {
+	t.Helper()
+	for name, rt := range transports {
+		resp, err := (&http.Client{Transport: rt}).Get(url)
+		if err != nil {
+			t.Fatalf("%s connection after the reload: %v", name, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("%s connection after the reload: %d %s", name, resp.StatusCode, resp.Proto)
 		}
 	}
 }
@@ -121,6 +127,17 @@ func TestH2CPriorKnowledge(t *testing.T) {
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Fatalf("h2c: %d %s", resp.StatusCode, resp.Proto)
 	}
+
+	// A reload that replaces the server keeps h2c, on the held connection
+	// and on a new one.
+	resp = h.rewrite(t, strings.Replace(cfg, `h2c: true}`, `h2c: true, idle_timeout: 30s}`, 1))
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("reload: %d", resp.StatusCode)
+	}
+	fresh := &http.Transport{Protocols: protocols}
+	defer fresh.CloseIdleConnections()
+	getsHTTP2(t, h.base+"/api/after-reload", map[string]*http.Transport{"held": tr, "new": fresh})
 }
 
 // wsEcho answers a WebSocket upgrade with 101 and then echoes raw bytes:

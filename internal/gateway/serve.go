@@ -161,11 +161,7 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 			t.Stop()
 		}
 	}
-	timeout := cur.Server.ShutdownTimeout.D()
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout(cur))
 	defer cancel()
 	// The socket closes first, as http.Server.Shutdown would close it, so
 	// that no connection waits in the kernel for a server that is leaving;
@@ -205,7 +201,6 @@ type publicServers struct {
 	retiring map[*http.Server]struct{}
 	retirers sync.WaitGroup
 	stop     chan struct{} // closed by shutdown
-	stopped  bool
 }
 
 func (p *publicServers) start(cfg *config.Config) {
@@ -224,8 +219,10 @@ func (p *publicServers) apply(old, next *config.Config) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.stopped {
+	select {
+	case <-p.stop:
 		return // a reload during the drain: the servers are going anyway
+	default:
 	}
 	prev := p.current
 	p.current = p.build(next)
@@ -240,11 +237,7 @@ func (p *publicServers) apply(old, next *config.Config) {
 	// Shutdown would drop a request that prev reads after it begins; a
 	// connection accepted just before the swap may not have sent its
 	// request yet, but read_header_timeout bounds how long it may take.
-	grace := prev.ReadHeaderTimeout
-	timeout := next.Server.ShutdownTimeout.D()
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
+	grace, timeout := prev.ReadHeaderTimeout, shutdownTimeout(next)
 	p.retirers.Go(func() {
 		t := time.NewTimer(grace)
 		select {
@@ -271,7 +264,6 @@ func (p *publicServers) apply(old, next *config.Config) {
 // not, it closes them.
 func (p *publicServers) shutdown(ctx context.Context) bool {
 	p.mu.Lock()
-	p.stopped = true
 	close(p.stop)
 	all := []*http.Server{p.current}
 	for s := range p.retiring {
@@ -301,6 +293,15 @@ func serverSettingsChanged(old, next *config.Config) bool {
 	o, n := old.Server, next.Server
 	return o.ReadHeaderTimeout != n.ReadHeaderTimeout || o.IdleTimeout != n.IdleTimeout ||
 		o.MaxHeaderBytes != n.MaxHeaderBytes
+}
+
+// shutdownTimeout is server.shutdown_timeout, 30s when unset (a config
+// built in code rather than loaded).
+func shutdownTimeout(cfg *config.Config) time.Duration {
+	if d := cfg.Server.ShutdownTimeout.D(); d > 0 {
+		return d
+	}
+	return 30 * time.Second
 }
 
 // idleReleaseAfter is server.idle_release_after, 0 when unset (a config

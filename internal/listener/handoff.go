@@ -46,9 +46,6 @@ func (h *Handoff) Next() net.Listener {
 // Close closes the socket; every view's Accept then fails.
 func (h *Handoff) Close() error { return h.ln.Close() }
 
-// Addr is the socket's address.
-func (h *Handoff) Addr() net.Addr { return h.ln.Addr() }
-
 func (h *Handoff) acceptLoop() {
 	for {
 		c, err := h.ln.Accept()
@@ -89,12 +86,6 @@ func (h *Handoff) deliver(a accepted) bool {
 			a.close()
 			return false
 		}
-	}
-}
-
-func (a accepted) close() {
-	if a.conn != nil {
-		a.conn.Close()
 	}
 }
 

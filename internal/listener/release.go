@@ -80,20 +80,26 @@ type accepted struct {
 	err  error
 }
 
+// close closes the connection of an accept nobody will serve.
+func (a accepted) close() {
+	if a.conn != nil {
+		a.conn.Close()
+	}
+}
+
 // acceptLoop runs the inner listener's Accept, so that Accept can wait for
 // a new connection and a woken one at once.
 func (l *IdleReleaser) acceptLoop() {
 	for {
-		c, err := l.Listener.Accept()
+		a := accepted{}
+		a.conn, a.err = l.Listener.Accept()
 		select {
-		case l.accepted <- accepted{c, err}:
+		case l.accepted <- a:
 		case <-l.done:
-			if c != nil {
-				c.Close()
-			}
+			a.close()
 			return
 		}
-		if errors.Is(err, net.ErrClosed) {
+		if errors.Is(a.err, net.ErrClosed) {
 			return
 		}
 	}

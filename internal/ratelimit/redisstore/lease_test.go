@@ -97,9 +97,9 @@ func TestLeaseExhaustion(t *testing.T) {
 	}
 	wg.Wait()
 	got := admitted.Load()
-	t.Logf("admitted %d of limit %d", got, limit)
-	if got > limit || got < limit*99/100 {
-		t.Fatalf("admitted %d, want between %d and %d", got, limit*99/100, limit)
+	t.Logf("admitted %d of limit %d while all nodes were busy", got, limit)
+	if got > limit {
+		t.Fatalf("admitted %d, over the limit %d", got, limit)
 	}
 	// Every node now rejects from its negative cache, once it has seen one
 	// rejection: a node may still hold a unit of its lease (when fewer than
@@ -134,6 +134,11 @@ func TestLeaseExhaustion(t *testing.T) {
 		if c := stores[n].calls.Load() - before; c != 0 {
 			t.Fatalf("node %d made %d script calls for cached rejections", n, c)
 		}
+	}
+	// A node whose clients finished while its lease still held units kept
+	// them until now; once spent, nearly the whole limit was admitted.
+	if got := admitted.Load(); got < limit*99/100 {
+		t.Fatalf("admitted %d in all, want between %d and %d", got, limit*99/100, limit)
 	}
 }
 

@@ -147,8 +147,16 @@ func (p *Pool) Send(req *http.Request) (Pending, bool) {
 }
 
 // lateGrace is how long Wait, called after a deadline passed, waits for
-// the rest of an answer that has begun to arrive.
+// an answer of which nothing has arrived (or, where the socket cannot be
+// looked at, for the rest of one that has begun to arrive).
 const lateGrace = time.Millisecond
+
+// arrivedGrace is how long Wait, called after a deadline passed, gives an
+// answer that has begun to arrive to be read: its bytes are there, so
+// the time is the machine's, not the upstream's. A read past its deadline
+// fails without reading, so on a loaded machine lateGrace alone could
+// pass before the read of an answer that came in time even starts.
+const arrivedGrace = 100 * time.Millisecond
 
 var errWaitedTwice = errors.New("upstream: Call.Wait called twice")
 
@@ -176,7 +184,13 @@ func (c *Call) Wait() (*http.Response, error) {
 			// the caller was busy, reading other answers: an answer that
 			// arrived meanwhile is still taken, one that did not fails at
 			// once. Past the caller's own deadline, so does its body.
-			late := now.Add(lateGrace)
+			late := now.Add(arrivedGrace)
+			if x.pc.br.Buffered() == 0 {
+				x.pc.setDeadline(late) // a look at the socket needs a deadline ahead
+				if yes, _ := arrived(x.pc.conn); !yes {
+					late = now.Add(lateGrace)
+				}
+			}
 			x.deadline = late
 			if !x.bodyDeadline.IsZero() && !now.Before(x.bodyDeadline) {
 				x.bodyDeadline = late

@@ -128,8 +128,8 @@ func TestAllocationBudget(t *testing.T) {
 		cfg    Config
 		budget float64
 	}{
-		{"plain", Config{}, 24},
-		{"timeout and rewrite", Config{Timeout: config.Duration(5e9), Rewrite: &config.Rewrite{Path: "/v1/{id}"}}, 30},
+		{"plain", Config{}, 14},
+		{"timeout and rewrite", Config{Timeout: config.Duration(5e9), Rewrite: &config.Rewrite{Path: "/v1/{id}"}}, 19},
 	} {
 		h, r := cannedHandler(t, tc.cfg)
 		w := &discardWriter{h: http.Header{}}

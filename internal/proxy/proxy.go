@@ -1,16 +1,24 @@
 // Package proxy forwards one request to one upstream: the terminal handler
 // of a plain (non-aggregated) route.
 //
-// It wraps net/http/httputil.ReverseProxy, configured with Rewrite (so the
-// client's Forwarded and X-Forwarded-* headers are dropped before we set our
-// own), a shared pool of 32 KiB copy buffers, and an ErrorHandler that
-// renders every failure through problem.FromUpstream and problem.Write.
-// Hop-by-hop headers (RFC 9110 section 7.6.1, including those named in
-// Connection), trailers, 1xx responses and protocol upgrades are left to
-// ReverseProxy, which does them once and correctly. Bodies stream both ways;
-// text/event-stream and unknown-length responses are flushed as they come
-// (ReverseProxy's own rule), other responses are written through the server's
-// buffer.
+// The common exchange, HTTP/1.x without an upgrade or Expect, goes through
+// forward (forward.go): the proxy's own copy of what
+// net/http/httputil.ReverseProxy does for it, step for step, without the
+// request copies, deep header copies and per-answer allocations that made
+// ReverseProxy the largest cost of a plain request. This departs from the
+// design's "proxy through httputil.ReverseProxy" for that path alone, for
+// speed (the plain route's profiles, docs/benchmarks.md); a test sends the same requests both ways and
+// requires the upstream and the client to see the same exchange. Upgrades,
+// Expect: 100-continue and HTTP/2 (gRPC among it) stay with ReverseProxy,
+// configured with Rewrite.
+//
+// Both paths drop the client's Forwarded and X-Forwarded-* headers before
+// setting our own, share a pool of 32 KiB copy buffers, and render every
+// failure through problem.FromUpstream and problem.Write. Hop-by-hop headers
+// (RFC 9110 section 7.6.1, including those named in Connection) are removed
+// both ways; trailers and 1xx responses pass through. Bodies stream both
+// ways; text/event-stream and unknown-length responses are flushed as they
+// come, other responses are written through the server's buffer.
 //
 // gRPC (HTTP/2 with Content-Type application/grpc*) passes through the same
 // way: trailers and both streams are ReverseProxy's. The proxy adds the
@@ -38,6 +46,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
@@ -159,6 +168,7 @@ type handler struct {
 	websocket bool
 	stripCORS bool
 	log       *slog.Logger
+	buffers   httputil.BufferPool
 }
 
 type backend struct {
@@ -166,7 +176,8 @@ type backend struct {
 	target       *url.URL
 	basePath     string // escaped target path without trailing '/'
 	preserveHost bool
-	rp           *httputil.ReverseProxy
+	transport    http.RoundTripper
+	rp           *httputil.ReverseProxy // for what forward leaves to it
 }
 
 type headerKV struct {
@@ -215,6 +226,7 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 	if pool == nil {
 		pool = NewBufferPool()
 	}
+	h.buffers = pool
 	errLog := slog.NewLogLogger(h.log.Handler(), slog.LevelWarn)
 	for i, b := range cfg.Backends {
 		if b.Transport == nil || b.Target == nil || b.Target.Scheme == "" || b.Target.Host == "" {
@@ -232,6 +244,7 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 			target:       b.Target,
 			basePath:     strings.TrimSuffix(b.Target.EscapedPath(), "/"),
 			preserveHost: b.PreserveHost,
+			transport:    b.Transport,
 		}
 		be.rp = &httputil.ReverseProxy{
 			Rewrite:        h.rewriteRequest,
@@ -322,6 +335,17 @@ type exchange struct {
 	// vals backs the per-request header values the proxy sets, so they
 	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
 	vals [4]string
+
+	// What forward uses, in the same allocation: the outbound URL, the
+	// request body's wrapper, and the client trace that passes 1xx
+	// answers on to w until the final answer arrived (roundTripped, under
+	// mu: the transport may call it from a goroutine of its own).
+	url          url.URL
+	reqBody      noCloseBody
+	trace        httptrace.ClientTrace
+	w            http.ResponseWriter
+	mu           sync.Mutex
+	roundTripped bool
 }
 
 // Indexes into exchange.vals.
@@ -450,18 +474,29 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.timer = time.AfterFunc(d, ex.expire)
 		defer ex.timer.Stop()
 	}
-	out := r.WithContext(ex)
+	body := r.Body
 	if h.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		ex.body = limitedBody{rc: r.Body, n: h.maxBody, err: h.tooLarge}
-		out.Body = &ex.body
+		body = &ex.body
 	}
+	if canForward(r) {
+		h.forward(w, r, ex, body)
+		return
+	}
+	out := r.WithContext(ex)
+	out.Body = body
 	b.rp.ServeHTTP(w, out)
 }
 
 // rewriteRequest builds the outbound request (ReverseProxy.Rewrite).
 func (h *handler) rewriteRequest(pr *httputil.ProxyRequest) {
-	in, out := pr.In, pr.Out
-	ex := exchangeFrom(in.Context()) // set by ServeHTTP, never nil
+	h.buildOutbound(exchangeFrom(pr.In.Context()), pr.In, pr.Out) // set by ServeHTTP, never nil
+}
+
+// buildOutbound sets the outbound URL, Host, X-Forwarded-*, X-Request-Id and the
+// route's header rules on out, whose header no longer has the client's
+// forwarding or hop-by-hop headers.
+func (h *handler) buildOutbound(ex *exchange, in, out *http.Request) {
 	b := ex.b
 	info := reqctx.From(ex.Context)
 
@@ -527,6 +562,12 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	if ex == nil {
 		return nil
 	}
+	return h.shapeResponse(ex, resp)
+}
+
+// shapeResponse stops the route timer and applies the route's response
+// rules (request id, CORS, header rules) to the upstream's answer.
+func (h *handler) shapeResponse(ex *exchange, resp *http.Response) error {
 	if ex.timer != nil && !ex.timer.Stop() {
 		// The route timeout fired as the headers arrived; the exchange
 		// is already cancelled, so its body would be cut short.

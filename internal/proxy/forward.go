@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -289,7 +290,11 @@ func (b *noCloseBody) Close() error {
 var errBodyAfterExchange = errors.New("proxy: request body read after the exchange ended")
 
 // got1xx passes an informational answer (103 Early Hints, say) on to the
-// client while the exchange waits for the final one.
+// client while the exchange waits for the final one. The 1xx carries the
+// upstream's fields alone: what earlier stages set on w (request id, CORS
+// and rate-limit headers) is set aside and kept for the final answer.
+// (ReverseProxy's own hook sends those with the 1xx and then drops them;
+// swapTrace keeps it from running.)
 func (ex *exchange) got1xx(code int, header textproto.MIMEHeader) error {
 	ex.mu.Lock()
 	defer ex.mu.Unlock()
@@ -297,11 +302,33 @@ func (ex *exchange) got1xx(code int, header textproto.MIMEHeader) error {
 		return nil // the final answer is being written; leave its header alone
 	}
 	wh := ex.w.Header()
+	kept := maps.Clone(wh) // only on a 1xx, which is rare
+	clear(wh)
 	for k, vv := range header {
-		wh[k] = append(wh[k], vv...)
+		wh[k] = vv
 	}
 	ex.w.WriteHeader(code)
 	// WriteHeader does not clear the header after a 1xx.
 	clear(wh)
+	maps.Copy(wh, kept)
 	return nil
+}
+
+// swapTrace is the transport ReverseProxy is given: it hands 1xx answers
+// to the exchange's hook (got1xx) instead of ReverseProxy's, by sending the
+// request with a context that carries the exchange's client trace instead
+// of ReverseProxy's. Only what forward leaves to ReverseProxy pays the
+// request copy this costs.
+type swapTrace struct{ next http.RoundTripper }
+
+func (s swapTrace) RoundTrip(req *http.Request) (*http.Response, error) {
+	ex := exchangeFrom(req.Context())
+	if ex == nil || ex.w == nil {
+		return s.next.RoundTrip(req)
+	}
+	res, err := s.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(ex, &ex.trace)))
+	ex.mu.Lock()
+	ex.roundTripped = true
+	ex.mu.Unlock()
+	return res, err
 }

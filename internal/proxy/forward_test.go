@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"reflect"
 	"sort"
 	"strings"
@@ -48,26 +51,7 @@ func TestForwardAgreesWithReverseProxy(t *testing.T) {
 		h.Set("X-Sum", "42")
 		h.Set(http.TrailerPrefix+"X-Late", "unannounced")
 	})
-	h, err := New(Config{Backends: []Backend{be}}, Deps{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Pre", "gateway") // as a stage before the proxy would
-		h.ServeHTTP(w, r.WithContext(reqctx.With(r.Context(), &reqctx.Info{RequestID: "rid-1"})))
-	}))
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
-
-	h2 := srv.Client()
-	defer h2.CloseIdleConnections()
-	h1tr := srv.Client().Transport.(*http.Transport).Clone()
-	h1tr.Protocols = new(http.Protocols)
-	h1tr.Protocols.SetHTTP1(true)
-	h1tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	defer h1tr.CloseIdleConnections()
-	h1 := &http.Client{Transport: h1tr}
+	srv, h1, h2 := bothProtocols(t, Config{Backends: []Backend{be}})
 
 	for _, tc := range []struct {
 		name, method, target, body string
@@ -167,6 +151,68 @@ func TestForwardAgreesWithReverseProxy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// bothProtocols serves the proxy over TLS with HTTP/2 on, behind a stage
+// that sets X-Pre on the response, and returns an HTTP/1.1 client (whose
+// requests forward serves) and an HTTP/2 client (ReverseProxy's).
+func bothProtocols(t *testing.T, cfg Config) (srv *httptest.Server, h1, h2 *http.Client) {
+	t.Helper()
+	h, err := New(cfg, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Pre", "gateway") // as a stage before the proxy would
+		h.ServeHTTP(w, r.WithContext(reqctx.With(r.Context(), &reqctx.Info{RequestID: "rid-1"})))
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	h2 = srv.Client()
+	t.Cleanup(h2.CloseIdleConnections)
+	h1tr := srv.Client().Transport.(*http.Transport).Clone()
+	h1tr.Protocols = new(http.Protocols)
+	h1tr.Protocols.SetHTTP1(true)
+	h1tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	t.Cleanup(h1tr.CloseIdleConnections)
+	return srv, &http.Client{Transport: h1tr}, h2
+}
+
+// An informational answer carries the upstream's fields alone, and the
+// final answer keeps what the gateway set (request id, CORS and rate-limit
+// headers): over both paths.
+func TestEarlyHintsKeepTheGatewaysHeaders(t *testing.T) {
+	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Link")
+		_, _ = io.WriteString(w, "done")
+	})
+	srv, h1, h2 := bothProtocols(t, Config{Backends: []Backend{be}})
+	for i, c := range []*http.Client{h1, h2} {
+		var hints []http.Header
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, http.Header(h).Clone())
+			return nil
+		}}
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", srv.URL+"/", nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != i+1 || string(b) != "done" || len(hints) != 1 {
+			t.Fatalf("HTTP/%d: body %q, 1xx %v", resp.ProtoMajor, b, hints)
+		}
+		if hints[0].Get("Link") != "</app.css>; rel=preload" || hints[0].Get("X-Pre") != "" {
+			t.Errorf("HTTP/%d: 103 header %v, want the upstream's Link alone", resp.ProtoMajor, hints[0])
+		}
+		if resp.Header.Get("X-Pre") != "gateway" || resp.Header.Get("X-Request-Id") != "rid-1" || resp.Header.Get("Link") != "" {
+			t.Errorf("HTTP/%d: final header %v, want the gateway's X-Pre and X-Request-Id", resp.ProtoMajor, resp.Header)
+		}
 	}
 }
 

@@ -248,7 +248,7 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 		}
 		be.rp = &httputil.ReverseProxy{
 			Rewrite:        h.rewriteRequest,
-			Transport:      b.Transport,
+			Transport:      swapTrace{next: b.Transport},
 			BufferPool:     pool,
 			ErrorLog:       errLog,
 			ModifyResponse: h.modifyResponse,
@@ -336,8 +336,8 @@ type exchange struct {
 	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
 	vals [4]string
 
-	// What forward uses, in the same allocation: the outbound URL, the
-	// request body's wrapper, and the client trace that passes 1xx
+	// In the same allocation: forward's outbound URL and request body
+	// wrapper, and (for both paths) the client trace that passes 1xx
 	// answers on to w until the final answer arrived (roundTripped, under
 	// mu: the transport may call it from a goroutine of its own).
 	url          url.URL
@@ -483,6 +483,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.forward(w, r, ex, body)
 		return
 	}
+	ex.w = w
+	ex.trace.Got1xxResponse = ex.got1xx
 	out := r.WithContext(ex)
 	out.Body = body
 	b.rp.ServeHTTP(w, out)

@@ -149,13 +149,16 @@ func TestContentLengthKept(t *testing.T) {
 	}
 }
 
+// earlyHints answers 103 with a Link, then 200 "done".
+func earlyHints(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Link", "</app.css>; rel=preload")
+	w.WriteHeader(http.StatusEarlyHints)
+	w.Header().Del("Link")
+	_, _ = io.WriteString(w, "done")
+}
+
 func TestEarlyHintsPassThrough(t *testing.T) {
-	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Link", "</app.css>; rel=preload")
-		w.WriteHeader(http.StatusEarlyHints)
-		w.Header().Del("Link")
-		_, _ = io.WriteString(w, "done")
-	})
+	be := upstream(t, "u", earlyHints)
 	srv, _ := front(t, Config{Backends: []Backend{be}}, nil)
 	var hints []string
 	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {

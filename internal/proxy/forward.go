@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/portico-gw/portico/internal/reqctx"
 )
 
 // forward is the proxy's own path for the common HTTP/1.x exchange: no
@@ -36,8 +34,6 @@ import (
 // lines of one field, but never over a value the inbound map can see.)
 func (h *handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, body io.ReadCloser) {
 	b := ex.b
-	ex.w = w
-	ex.trace.Got1xxResponse = ex.got1xx
 	out := r.WithContext(httptrace.WithClientTrace(ex, &ex.trace))
 	ex.url = *r.URL
 	out.URL = &ex.url
@@ -71,9 +67,7 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 	}
 
 	res, err := b.transport.RoundTrip(out)
-	ex.mu.Lock()
-	ex.roundTripped = true
-	ex.mu.Unlock()
+	ex.endRoundTrip()
 	if err != nil {
 		h.handleError(w, out, err)
 		return
@@ -248,14 +242,7 @@ func (h *handler) copyBody(w http.ResponseWriter, res *http.Response, ex *exchan
 // logBodyError logs a failed read of the upstream's body, which cuts the
 // answer short ("error during body copy", as ReverseProxy words it).
 func (h *handler) logBodyError(ex *exchange, err error) {
-	if !h.log.Enabled(ex, slog.LevelWarn) {
-		return
-	}
-	attrs := []slog.Attr{slog.String("route", h.route), slog.String("upstream", ex.b.name), slog.String("cause", err.Error())}
-	if in := reqctx.From(ex); in != nil {
-		attrs = append(attrs, slog.String("request_id", in.RequestID))
-	}
-	h.log.LogAttrs(ex, slog.LevelWarn, "proxy: read error during body copy", attrs...)
+	h.logExchange(ex, slog.LevelWarn, "proxy: read error during body copy", ex, err)
 }
 
 // isEventStream reports whether the answer is text/event-stream.
@@ -326,12 +313,18 @@ type swapTrace struct{ next http.RoundTripper }
 
 func (s swapTrace) RoundTrip(req *http.Request) (*http.Response, error) {
 	ex := exchangeFrom(req.Context())
-	if ex == nil || ex.w == nil {
+	if ex == nil {
 		return s.next.RoundTrip(req)
 	}
 	res, err := s.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(ex, &ex.trace)))
+	ex.endRoundTrip()
+	return res, err
+}
+
+// endRoundTrip marks the final answer as arrived: a 1xx that the transport
+// reports after it no longer touches the client's header.
+func (ex *exchange) endRoundTrip() {
 	ex.mu.Lock()
 	ex.roundTripped = true
 	ex.mu.Unlock()
-	return res, err
 }

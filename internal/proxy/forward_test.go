@@ -184,12 +184,7 @@ func bothProtocols(t *testing.T, cfg Config) (srv *httptest.Server, h1, h2 *http
 // final answer keeps what the gateway set (request id, CORS and rate-limit
 // headers): over both paths.
 func TestEarlyHintsKeepTheGatewaysHeaders(t *testing.T) {
-	be := upstream(t, "u", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Link", "</app.css>; rel=preload")
-		w.WriteHeader(http.StatusEarlyHints)
-		w.Header().Del("Link")
-		_, _ = io.WriteString(w, "done")
-	})
+	be := upstream(t, "u", earlyHints)
 	srv, h1, h2 := bothProtocols(t, Config{Backends: []Backend{be}})
 	for i, c := range []*http.Client{h1, h2} {
 		var hints []http.Header

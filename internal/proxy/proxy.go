@@ -449,7 +449,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(wh, k)
 	}
 
-	ex := &exchange{Context: r.Context(), b: b, gatewayID: len(wh["X-Request-Id"]) > 0}
+	ex := &exchange{Context: r.Context(), b: b, w: w, gatewayID: len(wh["X-Request-Id"]) > 0}
+	ex.trace.Got1xxResponse = ex.got1xx // either path passes 1xx answers through it
 	var grpcTimeout time.Duration
 	hasGRPCTimeout := false
 	if isGRPC(r) {
@@ -483,8 +484,6 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.forward(w, r, ex, body)
 		return
 	}
-	ex.w = w
-	ex.trace.Got1xxResponse = ex.got1xx
 	out := r.WithContext(ex)
 	out.Body = body
 	b.rp.ServeHTTP(w, out)
@@ -633,24 +632,29 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, ex *exchange, pe 
 	case pe.Status < 500:
 		level = slog.LevelInfo
 	}
-	if h.log.Enabled(r.Context(), level) {
-		upstream := ""
-		if ex != nil {
-			upstream = ex.b.name
-		}
-		attrs := []slog.Attr{
-			slog.String("route", h.route), slog.String("upstream", upstream),
-			slog.Int("status", pe.Status), slog.String("code", pe.Code),
-		}
-		if pe.Cause != nil {
-			attrs = append(attrs, slog.String("cause", pe.Cause.Error()))
-		}
-		if in := reqctx.From(r.Context()); in != nil {
-			attrs = append(attrs, slog.String("request_id", in.RequestID))
-		}
-		h.log.LogAttrs(r.Context(), level, "proxy exchange failed", attrs...)
-	}
+	h.logExchange(r.Context(), level, "proxy exchange failed", ex, pe.Cause,
+		slog.Int("status", pe.Status), slog.String("code", pe.Code))
 	problem.Write(w, r, pe)
+}
+
+// logExchange logs one exchange's failure with its route, upstream (when
+// one was chosen), cause and request id.
+func (h *handler) logExchange(ctx context.Context, level slog.Level, msg string, ex *exchange, cause error, attrs ...slog.Attr) {
+	if !h.log.Enabled(ctx, level) {
+		return
+	}
+	upstream := ""
+	if ex != nil {
+		upstream = ex.b.name
+	}
+	all := append([]slog.Attr{slog.String("route", h.route), slog.String("upstream", upstream)}, attrs...)
+	if cause != nil {
+		all = append(all, slog.String("cause", cause.Error()))
+	}
+	if in := reqctx.From(ctx); in != nil {
+		all = append(all, slog.String("request_id", in.RequestID))
+	}
+	h.log.LogAttrs(ctx, level, msg, all...)
 }
 
 // isTrusted reports whether the peer address is in trusted_proxies.

@@ -684,7 +684,8 @@ type runState struct {
 	errs    []*problem.Error
 	calls   []callState
 	// sent holds the calls the handler's goroutine sent, by backend;
-	// queue lists them in the order they are read.
+	// queue lists them in the order they are read (a call whose retry
+	// was sent comes again at the end).
 	sent   []sentCall
 	queue  []int
 	fatal  atomic.Int32 // first required backend to fail, or -1
@@ -801,7 +802,9 @@ type sentCall struct {
 //
 // Read in turn, a failed required backend is seen once the answers before
 // it have been read, rather than the moment it fails; the endpoint's
-// timeout still bounds the wait, and its error is the same.
+// timeout still bounds the wait, and its error is the same. An answer that
+// the upstream pool retries has its retry sent when it is read, and is
+// read again after the others.
 func (e *endpoint) fanOut(ctx context.Context, st *runState) {
 	last := -1 // a root that does not send: run here or on a worker
 	for _, i := range e.roots {
@@ -847,7 +850,15 @@ func (e *endpoint) fanOut(ctx context.Context, st *runState) {
 	}()
 	var timedOut []timedOutCall
 	for ; read < len(st.queue); read++ {
-		if tc, ok := e.receive(ctx, st, st.queue[read]); !ok {
+		i := st.queue[read]
+		if s, ok := st.sent[i].call.(upstream.Stepper); ok && s.Step() {
+			// Its answer asked for a retry, which is on its way: the
+			// answers behind it are read first, so that the retries of
+			// several calls overlap rather than wait for one another.
+			st.queue = append(st.queue, i)
+			continue
+		}
+		if tc, ok := e.receive(ctx, st, i); !ok {
 			timedOut = append(timedOut, tc)
 		}
 	}

@@ -775,6 +775,62 @@ type errRT struct{ err error }
 
 func (e errRT) RoundTrip(*http.Request) (*http.Response, error) { return nil, e.err }
 
+// Sent calls whose first target fails have their retries on their way
+// together: each of six upstreams answers 503 from its first target, and
+// its second target answers only once all six retries reached their
+// targets (or after 3s). Retried in turn, each retry would wait for the
+// one before it.
+func TestSentRetriesOverlap(t *testing.T) {
+	const n = 6
+	var (
+		arrived atomic.Int32
+		all     = make(chan struct{})
+	)
+	waitAll := func(w http.ResponseWriter, r *http.Request) {
+		if arrived.Add(1) == n {
+			close(all)
+		}
+		select {
+		case <-all:
+		case <-time.After(3 * time.Second):
+		}
+		jsonHandler(`{"ok":true}`)(w, r)
+	}
+	var yaml strings.Builder
+	yaml.WriteString("version: 1\nupstreams:\n")
+	ep := &config.Endpoint{Name: "e", Timeout: config.Duration(10 * time.Second)}
+	for i := range n {
+		bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "overloaded", http.StatusServiceUnavailable)
+		}))
+		good := httptest.NewServer(http.HandlerFunc(waitAll))
+		t.Cleanup(bad.Close)
+		t.Cleanup(good.Close)
+		// Round robin with equal weights picks the first target first.
+		fmt.Fprintf(&yaml, "  u%d: {retries: 1, targets: [{url: %q}, {url: %q}]}\n", i, bad.URL, good.URL)
+		ep.Backends = append(ep.Backends, &config.Backend{Upstream: fmt.Sprintf("u%d", i), Path: "/", Into: fmt.Sprintf("b%d", i)})
+	}
+	cfg, err := config.LoadBytes("pools.yaml", []byte(yaml.String()))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, yaml.String())
+	}
+	h := newEndpoint(t, ep, applyPools(t, cfg.Upstreams))
+	for _, b := range h.(*endpoint).backends {
+		if b.sends == nil {
+			t.Fatal("every backend must be sent: the test would not cover sent calls")
+		}
+	}
+	rec := do(h, gatewayRequest("GET", "/e"))
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"b5":{"ok":true}`) {
+		t.Fatalf("status %d body %s", rec.Code, rec.Body)
+	}
+	select {
+	case <-all:
+	default:
+		t.Fatalf("only %d of %d retries were on their way before the first was answered", arrived.Load(), n)
+	}
+}
+
 func TestPoolErrors(t *testing.T) {
 	tests := []struct {
 		err    error

@@ -336,3 +336,10 @@ func (c *tracedCall) Wait() (*http.Response, error) {
 	endClientSpan(c.span, resp, err)
 	return resp, err
 }
+
+// Step lets the caller overlap the pool's retries (upstream.Stepper); the
+// span, like one around a RoundTrip, covers them all and ends in Wait.
+func (c *tracedCall) Step() bool {
+	s, ok := c.Pending.(upstream.Stepper)
+	return ok && s.Step()
+}

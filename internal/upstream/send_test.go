@@ -239,6 +239,112 @@ func TestWaitRetriesAsRoundTrip(t *testing.T) {
 	}
 }
 
+// TestStepSendsTheRetryWithoutWaiting: Step reads a failed first answer
+// and sends the retry, returning while the second target still holds the
+// request; Wait then reads the retry's answer.
+func TestStepSendsTheRetryWithoutWaiting(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first func(t *testing.T) string
+	}{
+		{"503", func(t *testing.T) string {
+			bad := newCounting(t)
+			bad.status.Store(http.StatusServiceUnavailable)
+			return bad.URL
+		}},
+		{"connection refused", dead},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newEnv(t, nil)
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			held := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				arrived <- struct{}{}
+				<-release
+				_, _ = io.WriteString(w, "held")
+			}))
+			t.Cleanup(held.Close)
+			t.Cleanup(func() {
+				select {
+				case <-release:
+				default:
+					close(release)
+				}
+			})
+			// Round robin with equal weights picks the first target first.
+			p := env.apply(t, &config.Upstream{Targets: targets(tc.first(t), held.URL), Retries: ptr(1),
+				Timeout: config.Duration(5 * time.Second)})
+			c := mustSend(t, p, newSendReq(t, context.Background(), http.MethodGet, "/"))
+			st, ok := c.(Stepper)
+			if !ok {
+				t.Fatalf("%T is not a Stepper", c)
+			}
+			if !st.Step() {
+				t.Fatal("Step read the failed answer but reported no retry on its way")
+			}
+			// Step returned with the retry sent and its answer held back.
+			select {
+			case <-arrived:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the retry did not reach the second target")
+			}
+			close(release)
+			res, body, err := waitBody(c)
+			if err != nil || res.StatusCode != 200 || body != "held" {
+				t.Fatalf("res %v body %q err %v, want the retry's 200", res, body, err)
+			}
+			if got := testutil.ToFloat64(env.reg.m.retries.WithLabelValues("u")); got != 1 {
+				t.Fatalf("portico_upstream_retries_total = %v, want 1", got)
+			}
+			if st.Step() {
+				t.Fatal("Step after Wait reported a retry")
+			}
+			assertNoInflight(t, env.reg)
+		})
+	}
+
+	t.Run("a good answer", func(t *testing.T) {
+		env := newEnv(t, nil)
+		good := newCounting(t)
+		p := env.apply(t, &config.Upstream{Targets: targets(good.URL), Retries: ptr(1)})
+		c := mustSend(t, p, newSendReq(t, context.Background(), http.MethodGet, "/"))
+		if c.(Stepper).Step() {
+			t.Fatal("Step reported a retry of a 200")
+		}
+		res, body, err := waitBody(c)
+		if err != nil || res.StatusCode != 200 || body != "from "+strings.TrimPrefix(good.URL, "http://") {
+			t.Fatalf("res %v body %q err %v", res, body, err)
+		}
+		if good.hits.Load() != 1 {
+			t.Fatalf("upstream saw %d requests, want 1", good.hits.Load())
+		}
+		assertNoInflight(t, env.reg)
+	})
+
+	t.Run("retries exhausted", func(t *testing.T) {
+		env := newEnv(t, nil)
+		bad := newCounting(t)
+		bad.status.Store(http.StatusServiceUnavailable)
+		p := env.apply(t, &config.Upstream{Targets: targets(bad.URL), Retries: ptr(2)})
+		c := mustSend(t, p, newSendReq(t, context.Background(), http.MethodGet, "/"))
+		steps := 0
+		for c.(Stepper).Step() {
+			steps++
+		}
+		if steps != 2 {
+			t.Fatalf("%d steps sent a retry, want 2 (retries: 2)", steps)
+		}
+		res, err := c.Wait()
+		if err != nil || res.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("res %v err %v, want the last answer, a 503", res, err)
+		}
+		res.Body.Close()
+		if bad.hits.Load() != 3 {
+			t.Fatalf("upstream saw %d requests, want 3", bad.hits.Load())
+		}
+		assertNoInflight(t, env.reg)
+	})
+}
+
 func TestWaitTimeoutRunsFromTheSend(t *testing.T) {
 	t.Run("deadline passed before Wait", func(t *testing.T) {
 		var seen atomic.Int64

@@ -103,7 +103,7 @@ func (p *Pool) allLean() bool {
 // What RoundTrip does, Send and Wait do: admission (max_inflight), the
 // breaker, balancing, the attempt's timeout (running from when the request
 // is written), accounting and passive health. Send makes the first attempt;
-// any retry is made by Wait, as RoundTrip would make it.
+// any retry is sent by Step or Wait, as RoundTrip would send it.
 //
 // Every Call must be waited for, once, and a response it returns has its
 // body closed, as RoundTrip's: until then the request is in flight and its

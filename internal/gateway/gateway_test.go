@@ -239,6 +239,7 @@ routes:
 		{"/public/..%2finternal/x", 200, "public", "/public/..%2finternal/x"},
 		{"/public//a//b", 200, "public", "/public/a/b"},
 		{"/public/a%2Fb", 200, "public", "/public/a%2Fb"},
+		{"/public/it's(1)*!", 200, "public", "/public/it's(1)*!"}, // not re-escaped: a signed path still matches
 		{"/public/./a/./b/..", 200, "public", "/public/a/"},
 		{"/internal/../public/y", 200, "public", "/public/y"},
 		{"/PUBLIC/x", 404, "", ""},

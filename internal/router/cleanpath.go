@@ -218,14 +218,12 @@ func unhex(c byte) byte {
 }
 
 // SetPath stores a CleanPath result in u the way net/url expects: Path is
-// the decoded form and RawPath the escaped one, left empty when both are
-// the same. The proxy reads the outbound path from u.EscapedPath(), which
-// then returns cleanEscaped verbatim.
+// the decoded form and RawPath the escaped one. The proxy reads the
+// outbound path from u.EscapedPath(), which then returns cleanEscaped
+// verbatim. RawPath is set even when it equals Path: left empty, net/url
+// would escape the sub-delimiters ! ' ( ) * of Path, and RFC 3986 section
+// 2.2 makes "/it's" and "/it%27s" different paths (a signed URL would no
+// longer match).
 func SetPath(u *url.URL, decoded, cleanEscaped string) {
-	u.Path = decoded
-	if decoded == cleanEscaped {
-		u.RawPath = ""
-	} else {
-		u.RawPath = cleanEscaped
-	}
+	u.Path, u.RawPath = decoded, cleanEscaped
 }

@@ -44,6 +44,7 @@ func TestCleanPath(t *testing.T) {
 		{"/a\"b", "/a\"b", "/a%22b"},
 		{"/%41", "/A", "/%41"},
 		{"/a/b/../../../c/./d//", "/c/d/", "/c/d/"},
+		{"/a/it's(1)*!$", "/a/it's(1)*!$", "/a/it's(1)*!$"}, // sub-delimiters stay as sent
 	}
 	for _, tc := range tests {
 		if tc.escaped == "" {

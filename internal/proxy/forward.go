@@ -45,6 +45,12 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 		ex.reqBody.rc = body
 		out.Body = &ex.reqBody
 		defer ex.reqBody.Close()
+		// The transport may still be sending the body when the answer
+		// starts (an upstream that answers as it reads). Without full
+		// duplex the server would read up to 256 KiB of what is left of
+		// the body into the void as it writes the answer's header, and
+		// the upstream would get a body with a hole in it.
+		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 
 	hdr := make(http.Header, len(r.Header)+5)
@@ -290,6 +296,11 @@ func (ex *exchange) got1xx(code int, header textproto.MIMEHeader) error {
 	defer ex.mu.Unlock()
 	if ex.roundTripped {
 		return nil // the final answer is being written; leave its header alone
+	}
+	if ex.http10 {
+		// An HTTP/1.0 client would take the 1xx for the final answer:
+		// RFC 9110 section 15.2 forbids sending it one.
+		return nil
 	}
 	wh := ex.w.Header()
 	kept := maps.Clone(wh) // only on a 1xx, which is rare

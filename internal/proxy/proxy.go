@@ -16,9 +16,10 @@
 // setting our own, share a pool of 32 KiB copy buffers, and render every
 // failure through problem.FromUpstream and problem.Write. Hop-by-hop headers
 // (RFC 9110 section 7.6.1, including those named in Connection) are removed
-// both ways; trailers and 1xx responses pass through. Bodies stream both
-// ways; text/event-stream and unknown-length responses are flushed as they
-// come, other responses are written through the server's buffer.
+// both ways; trailers and 1xx responses pass through (no 1xx to an HTTP/1.0
+// client: RFC 9110 section 15.2). Bodies stream both ways;
+// text/event-stream and unknown-length responses are flushed as they come,
+// other responses are written through the server's buffer.
 //
 // gRPC (HTTP/2 with Content-Type application/grpc*) passes through the same
 // way: trailers and both streams are ReverseProxy's. The proxy adds the
@@ -344,6 +345,7 @@ type exchange struct {
 	reqBody      noCloseBody
 	trace        httptrace.ClientTrace
 	w            http.ResponseWriter
+	http10       bool // the client speaks HTTP/1.0: no 1xx answers
 	mu           sync.Mutex
 	roundTripped bool
 }
@@ -449,7 +451,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(wh, k)
 	}
 
-	ex := &exchange{Context: r.Context(), b: b, w: w, gatewayID: len(wh["X-Request-Id"]) > 0}
+	ex := &exchange{Context: r.Context(), b: b, w: w, gatewayID: len(wh["X-Request-Id"]) > 0, http10: !r.ProtoAtLeast(1, 1)}
 	ex.trace.Got1xxResponse = ex.got1xx // either path passes 1xx answers through it
 	var grpcTimeout time.Duration
 	hasGRPCTimeout := false
@@ -574,6 +576,11 @@ func (h *handler) shapeResponse(ex *exchange, resp *http.Response) error {
 		// is already cancelled, so its body would be cut short.
 		return ex.timeoutCause()
 	}
+	if resp.StatusCode < 100 {
+		// The transport takes any three digits; the server panics on
+		// writing a status below 100.
+		return errBadStatus
+	}
 	if !ex.grpcDeadline.IsZero() && isGRPCResponse(resp) {
 		// The call's deadline bounds the stream too (the route timeout
 		// alone would not): re-arm the timer for what is left of it.
@@ -600,6 +607,8 @@ func (h *handler) shapeResponse(ex *exchange, resp *http.Response) error {
 	}
 	return nil
 }
+
+var errBadStatus = errors.New("upstream answered with a status below 100")
 
 // handleError renders a failed exchange (ReverseProxy.ErrorHandler).
 func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error) {
@@ -700,7 +709,11 @@ func setEscapedPath(u *url.URL, esc string) {
 		esc = "/"
 	}
 	if strings.IndexByte(esc, '%') < 0 {
-		u.Path, u.RawPath = esc, ""
+		// RawPath even without an escape: net/url would otherwise
+		// escape the sub-delimiters ! ' ( ) * that it keeps in RawPath,
+		// and RFC 3986 section 2.2 makes "it's" and "it%27s" different
+		// paths (a signed URL would no longer match).
+		u.Path, u.RawPath = esc, esc
 		return
 	}
 	dec, err := url.PathUnescape(esc)

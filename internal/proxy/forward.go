@@ -49,7 +49,9 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 		// starts (an upstream that answers as it reads). Without full
 		// duplex the server would read up to 256 KiB of what is left of
 		// the body into the void as it writes the answer's header, and
-		// the upstream would get a body with a hole in it.
+		// the upstream would get a body with a hole in it. (A body sent
+		// with Expect: 100-continue, which ReverseProxy carries, is not
+		// read so.)
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 

@@ -91,7 +91,6 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 const (
 	maxHeaderBytes = 10 << 20 // as net/http's Transport
 	noLimit        = 1<<63 - 1
-	max1xx         = 5 // informational answers before the final one, as net/http's Transport
 )
 
 var errHeaderTooLarge = errors.New("upstream answer header larger than 10 MiB")
@@ -160,9 +159,18 @@ type h1Exchange struct {
 // answer, all on its own goroutine.
 func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields) error {
 	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		// Not sent, as net/http's Transport sends no request whose context
+		// is done: on an idle connection the write would beat the
+		// cancellation hook, which runs on a goroutine of its own.
+		return err
+	}
 	host := req.URL.Host // the idle pool's key; get adds the default port to dial
 	for {
-		pc, reused, err := c.get(ctx, host, x.deadline)
+		// The resend dials: the server that closed one idle connection has
+		// often closed the others too (a restart), and one of those would
+		// fail the resend as well.
+		pc, reused, err := c.get(ctx, host, x.deadline, x.again)
 		if err != nil {
 			return err
 		}
@@ -264,13 +272,17 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 		return nil, false, err
 	}
 	var ans *h1Answer
-	for n1xx := 0; ; n1xx++ {
+	// The heads of the informational answers and of the final one share
+	// one bound, which starts over after each that the trace hook took;
+	// their number is not limited. So does net/http's Transport since Go
+	// 1.24 (golang/go#65035): a count would fail an upstream that sends
+	// 102 Processing while it works.
+	pc.limit = maxHeaderBytes
+	for {
 		if ans = parseResponse(pc.br, req); ans != nil {
 			resp = &ans.resp
 		} else {
-			pc.limit = maxHeaderBytes
 			resp, err = http.ReadResponse(pc.br, req)
-			pc.limit = noLimit
 			if err != nil {
 				stop()
 				return nil, true, err
@@ -278,10 +290,6 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
-		}
-		if n1xx == max1xx {
-			stop()
-			return nil, true, errors.New("upstream sent too many informational (1xx) answers")
 		}
 		// An informational answer (103 Early Hints) goes to the trace hook
 		// the reverse proxy installs to forward it; then the final answer
@@ -291,8 +299,10 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 				stop()
 				return nil, true, err
 			}
+			pc.limit = maxHeaderBytes
 		}
 	}
+	pc.limit = noLimit
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Only upgrade requests may be answered so, and those never take
 		// this path.
@@ -330,7 +340,11 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 // answer was read whole, allows keep-alive and no cancellation touched its
 // deadline; otherwise it is closed.
 func (c *h1Client) finish(pc *h1Conn, stop func() bool, keep bool) {
-	if !stop() || !keep {
+	// Bytes past the answer's end were not asked for: a body after a HEAD,
+	// 204 or 304 answer, or longer than its Content-Length. The next
+	// request on the connection would take them for its answer (response
+	// smuggling); net/http's read loop closes such a connection too.
+	if !stop() || !keep || pc.br.Buffered() > 0 {
 		pc.conn.Close()
 		return
 	}
@@ -382,10 +396,10 @@ func (b *h1Body) Close() error {
 }
 
 // get returns an idle connection to host (reused) or dials a new one,
-// within deadline unless it is zero.
-func (c *h1Client) get(ctx context.Context, host string, deadline time.Time) (pc *h1Conn, reused bool, err error) {
+// within deadline unless it is zero; with fresh, it always dials.
+func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fresh bool) (pc *h1Conn, reused bool, err error) {
 	now := time.Now()
-	for {
+	for !fresh {
 		c.mu.Lock()
 		stack := c.idle[host]
 		if len(stack) == 0 {

@@ -204,9 +204,9 @@ func TestH1StaleConnectionIsRetried(t *testing.T) {
 }
 
 // Connections that the server closed while they idled in the pool for
-// more than livenessAfter are found dead by the probe and never used: with
-// two of them, a request that tried them in turn would spend its one
-// resend on the first and fail on the second.
+// more than livenessAfter are found dead by the probe and never used: the
+// request is not written to a dead one first (the resend would then dial),
+// and none of them is left in the pool.
 func TestH1ProbeDropsConnectionsClosedWhileIdle(t *testing.T) {
 	var accepted atomic.Int64
 	addr := rawServer(t, func(conn net.Conn) {
@@ -238,6 +238,12 @@ func TestH1ProbeDropsConnectionsClosedWhileIdle(t *testing.T) {
 	}
 	if n := accepted.Load(); n != 3 {
 		t.Fatalf("%d connections, want 3 (two closed by the server, one new)", n)
+	}
+	c.mu.Lock()
+	idle := len(c.idle[addr])
+	c.mu.Unlock()
+	if idle != 1 {
+		t.Fatalf("%d idle connections, want 1: the new one, both dead ones dropped", idle)
 	}
 }
 

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
 
 	"github.com/portico-gw/portico/internal/config"
@@ -419,14 +421,27 @@ func (f *fetcher) answer(cs *callState, out *http.Request, resp *http.Response, 
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		return nil, &statusError{status: resp.StatusCode}
 	}
-	body, err := f.e.readBody(resp, cs.body)
-	cs.body = body
-	if err != nil {
-		return nil, err
+	body := cs.body[:0]
+	// A HEAD answer has no body; its Content-Length is the resource's,
+	// which readBody would take for the body's size.
+	if f.method != http.MethodHead {
+		body, err = f.e.readBody(resp, cs.body)
+		cs.body = body
+		if err != nil {
+			return nil, err
+		}
 	}
 	ct := resp.Header.Get("Content-Type")
 	isJS := isJSON(ct)
 	val, inBody, err := f.shape(&cs.scan, ct, isJS, body, cs.value[:0])
+	if errors.Is(err, errInvalidUTF8) {
+		// JSON between systems is UTF-8 (RFC 8259 section 8.1): a stray
+		// byte passed on would make the whole merged response unparsable
+		// to strict clients. It becomes U+FFFD, as in a text body (and in
+		// a string encoding/json decodes); rare, so a copy.
+		body = bytes.ToValidUTF8(body, []byte("\uFFFD"))
+		val, inBody, err = f.shape(&cs.scan, ct, isJS, body, cs.value[:0])
+	}
 	// An unshaped body is its own value (a sub-slice, no copy); only a
 	// value built in the value buffer goes back into it.
 	if !inBody {
@@ -443,6 +458,11 @@ func (f *fetcher) answer(cs *callState, out *http.Request, resp *http.Response, 
 // the value is a sub-slice of body rather than built in dst.
 func (f *fetcher) shape(s *scanner, contentType string, isJS bool, body, dst []byte) (val []byte, inBody bool, err error) {
 	if len(body) == 0 {
+		// Null is no object either: merged as nothing, a required
+		// backend's data would vanish from a 200 that no one marks partial.
+		if f.b.into == "" {
+			return dst, false, errors.New("the body is empty and the backend has no into to place null under")
+		}
 		return append(dst, "null"...), false, nil
 	}
 	if !isJS {
@@ -492,6 +512,11 @@ func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
 		} else {
 			err = zr.Reset(resp.Body)
 		}
+		if err == io.EOF {
+			// No body at all (a 204 that kept the header): nothing to
+			// decode, and an empty body is null like any other.
+			return dst[:0], nil
+		}
 		if err != nil {
 			return dst[:0], &bodyError{err: fmt.Errorf("gzip: %w", err)}
 		}
@@ -504,10 +529,13 @@ func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
 	// "larger"; the cap counts decoded bytes, so a gzip bomb stops here too.
 	dst = dst[:0]
 	limit := e.maxBody + 1
-	if cl := resp.ContentLength; cl > e.maxBody {
+	cl := resp.ContentLength
+	// An encoded body's length is not the decoded size the cap counts.
+	if cl > e.maxBody && r == resp.Body {
 		return dst, &bodyError{err: errTooLarge}
-	} else if cap(dst) == 0 || int64(cap(dst)) < cl {
-		dst = make([]byte, 0, max(cl, 4096))
+	}
+	if cap(dst) == 0 || int64(cap(dst)) < min(cl, limit) {
+		dst = make([]byte, 0, max(min(cl, limit), 4096))
 	}
 	for int64(len(dst)) < limit {
 		if len(dst) == cap(dst) {
@@ -517,13 +545,30 @@ func (e *endpoint) readBody(resp *http.Response, dst []byte) ([]byte, error) {
 		n, err := r.Read(dst[len(dst) : int64(len(dst))+room])
 		dst = dst[:len(dst)+n]
 		if err == io.EOF {
+			// The last read may bring the byte past the cap with EOF.
+			if int64(len(dst)) > e.maxBody {
+				break
+			}
 			return dst, nil
 		}
 		if err != nil {
+			if r != resp.Body && corruptGzip(err) {
+				// The upstream answered; its body is what is wrong.
+				err = &bodyError{err: err}
+			}
 			return dst, err
 		}
 	}
 	return dst, &bodyError{err: errTooLarge}
+}
+
+// corruptGzip reports whether err is the gzip decoder's finding that the
+// data is not valid gzip, as opposed to the connection failing under it.
+// A stream that ends early (io.ErrUnexpectedEOF) is not counted: it cannot
+// be told from a connection cut mid-answer.
+func corruptGzip(err error) bool {
+	var ce flate.CorruptInputError
+	return errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader) || errors.As(err, &ce)
 }
 
 // skipHeader names the fields not copied to backends: hop-by-hop fields
@@ -767,6 +812,11 @@ func (e *endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				slog.String("backend", e.backends[f].name), slog.Any("error", perr))
 		}
 		problem.Write(w, r, perr)
+	} else if err := r.Context().Err(); err != nil {
+		// The client left while optional calls were out: they were cut
+		// for it, and a partial 200 would be logged as a success to no one.
+		problem.Write(w, r, &problem.Error{Status: problem.StatusClientClosed, Code: "client_closed",
+			Detail: "client closed the request", Cause: err})
 	} else {
 		e.respond(w, st)
 	}

@@ -72,6 +72,14 @@ func bothModes(t *testing.T, test func(t *testing.T, serve serveFunc)) {
 // gateway's upstream pools for them, with the config defaults.
 func servePools(t testing.TB, handlers map[string]http.HandlerFunc) map[string]http.RoundTripper {
 	t.Helper()
+	rts, _ := servePoolsRegistry(t, handlers)
+	return rts
+}
+
+// servePoolsRegistry is servePools that also returns the pools' registry,
+// whose Snapshot shows each upstream's calls in flight.
+func servePoolsRegistry(t testing.TB, handlers map[string]http.HandlerFunc) (map[string]http.RoundTripper, *upstream.Registry) {
+	t.Helper()
 	var yaml strings.Builder
 	yaml.WriteString("version: 1\nupstreams:\n")
 	for name, h := range handlers {
@@ -83,18 +91,25 @@ func servePools(t testing.TB, handlers map[string]http.HandlerFunc) map[string]h
 	if err != nil {
 		t.Fatalf("%v\n%s", err, yaml.String())
 	}
-	rts := applyPools(t, cfg.Upstreams)
+	rts, reg := applyPoolsRegistry(t, cfg.Upstreams)
 	for name, rt := range rts {
 		if !rt.(*upstream.Pool).CanSend(http.MethodGet) {
 			t.Fatalf("pool %s cannot send: the test would not cover sending", name)
 		}
 	}
-	return rts
+	return rts, reg
 }
 
 // applyPools builds the gateway's upstream pools for ups, closed when the
 // test ends.
 func applyPools(t testing.TB, ups map[string]*config.Upstream) map[string]http.RoundTripper {
+	t.Helper()
+	rts, _ := applyPoolsRegistry(t, ups)
+	return rts
+}
+
+// applyPoolsRegistry is applyPools that also returns the registry.
+func applyPoolsRegistry(t testing.TB, ups map[string]*config.Upstream) (map[string]http.RoundTripper, *upstream.Registry) {
 	t.Helper()
 	reg := upstream.NewRegistry(upstream.Deps{})
 	t.Cleanup(reg.Close)
@@ -106,7 +121,7 @@ func applyPools(t testing.TB, ups map[string]*config.Upstream) map[string]http.R
 	for name, p := range pools {
 		rts[name] = p
 	}
-	return rts
+	return rts, reg
 }
 
 func jsonHandler(body string) http.HandlerFunc {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/portico-gw/portico/internal/identity"
 	"github.com/portico-gw/portico/internal/reqctx"
@@ -134,7 +135,9 @@ func FuzzShape(f *testing.F) {
 			return
 		}
 		out, err := sh.apply(&scanner{}, data, nil)
-		valid := json.Valid(data)
+		// encoding/json's Valid does not check UTF-8, which RFC 8259
+		// section 8.1 requires and the scanner checks.
+		valid := json.Valid(data) && utf8.Valid(data)
 		if err == nil && !valid {
 			t.Fatalf("accepted invalid JSON %q", data)
 		}

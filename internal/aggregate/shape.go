@@ -44,6 +44,11 @@ func (s *scanner) reset(in, out []byte) {
 	s.names, s.nameEnds = s.names[:0], s.nameEnds[:0]
 }
 
+// errInvalidUTF8 is a string's byte that is not UTF-8. The caller
+// replaces such bytes with U+FFFD and scans again (see fetcher.answer),
+// as encoding/json does in a decoded string.
+var errInvalidUTF8 = errors.New("invalid UTF-8 in string")
+
 func (s *scanner) fail(msg string) error {
 	return &syntaxError{off: s.pos, msg: msg}
 }
@@ -538,17 +543,25 @@ func (s *scanner) skipString() (bool, error) {
 		case c < 0x20:
 			return esc, s.fail("control character in string")
 		default:
-			s.pos++
+			// Not ASCII. JSON between systems is UTF-8 (RFC 8259 section
+			// 8.1): a stray byte passed on would make the whole merged
+			// response unparsable to strict clients, not just this body.
+			r, size := utf8.DecodeRune(s.in[s.pos:])
+			if r == utf8.RuneError && size == 1 {
+				return esc, errInvalidUTF8
+			}
+			s.pos += size
 		}
 	}
 	return esc, s.fail("unterminated string")
 }
 
-// plain marks the string bytes that end nothing and start no escape: not
-// '"', not '\\' and not a control character. A read-only table.
+// plain marks the string bytes that end nothing, start no escape and need
+// no UTF-8 check: ASCII but '"', '\\' and control characters. A read-only
+// table.
 var plain = func() (t [256]bool) {
 	for i := range t {
-		t[i] = i >= 0x20 && i != '"' && i != '\\'
+		t[i] = i >= 0x20 && i < utf8.RuneSelf && i != '"' && i != '\\'
 	}
 	return t
 }()

@@ -197,9 +197,11 @@ func (t *template) render(dst []byte, in *Input, s *scanner) ([]byte, error) {
 			v = string(vb) // rare: only {OTHER.field}
 		}
 		// A whole segment of "." or ".." would walk the upstream path even
-		// when escaped (servers decode %2E before cleaning), so refuse it.
-		if !p.inQuery && (v == "." || v == "..") {
-			return dst, &missingError{what: placeholderName(p), err: fmt.Errorf("%q cannot be a path segment", v)}
+		// when escaped (servers decode %2E before cleaning), so refuse it,
+		// and an empty value, which names another resource ("/users/" for
+		// "/users/{claims.sub}"). A dependency's value is its fault.
+		if !p.inQuery && (v == "" || v == "." || v == "..") {
+			return dst, &missingError{what: placeholderName(p), dep: p.src == srcDep, err: fmt.Errorf("%q cannot be part of a path", v)}
 		}
 		dst = appendEscaped(dst, v)
 	}

@@ -64,6 +64,11 @@ type h1Conn struct {
 	// deadline is set only when it changes (a BFF's calls share theirs),
 	// and an idle connection may keep its last one until its next use.
 	dl time.Time
+	// bodiless: the last answer had no body (HEAD, 204, 304, a zero
+	// length). A broken server's body for it may arrive after the answer
+	// was read, and would pass for the next request's answer; so the next
+	// reuse looks at the socket first, however briefly it idled.
+	bodiless bool
 }
 
 func (pc *h1Conn) setDeadline(t time.Time) {
@@ -320,6 +325,7 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 	}
 	keep := !resp.Close && !req.Close && resp.ProtoAtLeast(1, 1)
 	if resp.Body == http.NoBody || req.Method == http.MethodHead {
+		pc.bodiless = true
 		c.finish(pc, stop, keep)
 		resp.Body = http.NoBody
 		return resp, true, nil
@@ -411,10 +417,11 @@ func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fre
 		c.idle[host] = stack[:len(stack)-1]
 		c.mu.Unlock()
 		idleFor := now.Sub(pc.idleAt)
-		if idleFor > c.idleTimeout || (idleFor > livenessAfter && !alive(pc)) {
+		if idleFor > c.idleTimeout || ((pc.bodiless || idleFor > livenessAfter) && !alive(pc)) {
 			pc.conn.Close()
 			continue
 		}
+		pc.bodiless = false
 		return pc, true, nil
 	}
 	addr := host

@@ -337,3 +337,61 @@ func TestH1DoneContextIsNotSent(t *testing.T) {
 		})
 	}
 }
+
+// A broken server's body for a HEAD (or 204, 304) answer that arrives
+// after the answer was read sits in the idle connection's socket, not in
+// its buffer: the next reuse looks at the socket first, however briefly
+// the connection idled, so the bytes never pass for the next answer.
+func TestH1LateBytesAfterABodilessAnswer(t *testing.T) {
+	for _, first := range []struct{ method, head string }{
+		{http.MethodHead, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"},
+		{http.MethodGet, "HTTP/1.1 204 No Content\r\n\r\n"},
+	} {
+		t.Run(first.method+" "+first.head[9:12], func(t *testing.T) {
+			answered, written := make(chan struct{}), make(chan struct{})
+			var conns atomic.Int64
+			addr := rawServer(t, func(conn net.Conn) {
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(conn)
+				if conns.Add(1) > 1 {
+					if _, err := http.ReadRequest(br); err == nil {
+						_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+					}
+					return
+				}
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				_, _ = io.WriteString(conn, first.head)
+				<-answered
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+				close(written)
+				_, _ = io.Copy(io.Discard, br) // until the client lets go
+			})
+			c := newH1(t)
+			url := "http://" + addr + "/"
+			if res, _ := get(t, c, first.method, url); res.StatusCode >= 300 {
+				t.Fatalf("first answer %d", res.StatusCode)
+			}
+			close(answered)
+			<-written
+			// Wait until the late bytes reached the idle connection's
+			// socket (loopback usually delivers them before Write returns).
+			c.mu.Lock()
+			idle := c.idle[addr]
+			c.mu.Unlock()
+			if len(idle) != 1 {
+				t.Fatalf("%d idle connections after the first answer, want 1", len(idle))
+			}
+			for end := time.Now().Add(5 * time.Second); alive(idle[0]) && time.Now().Before(end); {
+				time.Sleep(time.Millisecond)
+			}
+			if _, body := get(t, c, http.MethodGet, url); body != "good" {
+				t.Fatalf("the next request got %q, the late bytes of the previous answer", body)
+			}
+			if n := conns.Load(); n != 2 {
+				t.Fatalf("%d connections, want 2: the first one dropped", n)
+			}
+		})
+	}
+}

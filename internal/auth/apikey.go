@@ -106,7 +106,7 @@ func (p *apiKeyProvider) invalidProblem(reason) (code, detail string) {
 
 // stripAfterAccept: an API key is never forwarded, whoever accepted the
 // request.
-func (p *apiKeyProvider) stripAfterAccept(r *http.Request, _ bool) { p.from.strip(r) }
+func (p *apiKeyProvider) stripAfterAccept(r *http.Request, _ provider) { p.from.strip(r) }
 
 func (p *apiKeyProvider) identityHeaders() []string {
 	if p.idHdr == "" {

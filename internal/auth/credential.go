@@ -28,12 +28,21 @@ type credSource struct {
 // empty credential is returned as ("", true) so it fails as malformed rather
 // than counting as missing. An Authorization header with another scheme
 // (Basic, say) is not a bearer credential and counts as absent.
+//
+// A header or query parameter that comes more than once is refused the
+// same way: an upstream may read another occurrence than the one checked
+// here (the last, or all joined), so a second token must not ride along
+// with a valid one (RFC 9110 section 5.3; RFC 6750 section 3.1 calls a
+// repeated parameter an invalid request).
 func (c credSource) get(r *http.Request) (string, bool) {
 	switch c.kind {
 	case fromHeader:
 		vals := r.Header[c.name]
 		if len(vals) == 0 {
 			return "", false
+		}
+		if len(vals) > 1 {
+			return "", true
 		}
 		if c.bearer {
 			return parseBearer(vals[0])
@@ -140,23 +149,32 @@ func stripCookie(h http.Header, name string) {
 	h["Cookie"] = []string{strings.Join(kept, "; ")}
 }
 
-// queryValue returns the first value of a query parameter, unescaping only
-// when needed (url.QueryUnescape returns its input when it has no escapes).
+// queryValue returns the value of a query parameter, unescaping only when
+// needed (url.QueryUnescape returns its input when it has no escapes). A
+// parameter given twice is present but empty (see credSource.get).
 func queryValue(raw, name string) (string, bool) {
+	var v string
+	found := false
 	for raw != "" {
 		var part string
 		part, raw, _ = strings.Cut(raw, "&")
-		k, v, _ := strings.Cut(part, "=")
+		k, pv, _ := strings.Cut(part, "=")
 		if !queryKeyIs(k, name) {
 			continue
 		}
-		uv, err := url.QueryUnescape(v)
-		if err != nil {
-			return "", true // present but broken: fails as malformed
+		if found {
+			return "", true
 		}
-		return uv, true
+		v, found = pv, true
 	}
-	return "", false
+	if !found {
+		return "", false
+	}
+	uv, err := url.QueryUnescape(v)
+	if err != nil {
+		return "", true // present but broken: fails as malformed
+	}
+	return uv, true
 }
 
 func queryKeyIs(k, name string) bool {

@@ -99,7 +99,11 @@ func FuzzCredentialExtraction(f *testing.F) {
 		}
 		vals, err := url.ParseQuery(query)
 		if v, ok := queryValue(query, "access_token"); ok && err == nil {
-			if want := vals.Get("access_token"); v != want {
+			want := vals.Get("access_token")
+			if len(vals["access_token"]) > 1 {
+				want = "" // a repeated credential is refused (credSource.get)
+			}
+			if v != want {
 				t.Fatalf("query %q: ours %q, stdlib %q", query, v, want)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 
 	"github.com/lestrrat-go/jwx/v3/jwk"
@@ -175,6 +176,11 @@ func parseKeySet(b []byte, log *slog.Logger, provider string) (*keySet, error) {
 		}
 		kid, _ := key.KeyID()
 		if use, ok := key.KeyUsage(); ok && use != "sig" {
+			continue
+		}
+		// RFC 7517 section 4.3: key_ops without "verify" is a key for
+		// something else (encryption, say), as use other than sig is.
+		if ops, ok := key.KeyOps(); ok && !slices.Contains(ops, jwk.KeyOpVerify) {
 			continue
 		}
 		vk, err := convertKey(key)

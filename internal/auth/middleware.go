@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -82,8 +83,9 @@ type provider interface {
 	// invalidProblem is the problem code and public detail for a failure.
 	invalidProblem(reason) (code, detail string)
 	// stripAfterAccept removes this provider's credential before
-	// forwarding, as configured; won says whether it accepted the request.
-	stripAfterAccept(r *http.Request, won bool)
+	// forwarding, as configured; winner is the provider that accepted the
+	// request (maybe this one).
+	stripAfterAccept(r *http.Request, winner provider)
 	// identityHeaders are the headers it may set upstream (canonical).
 	identityHeaders() []string
 }
@@ -117,10 +119,24 @@ func (p *jwtProvider) invalidProblem(r reason) (code, detail string) {
 	return "invalid_token", "invalid token"
 }
 
-func (p *jwtProvider) stripAfterAccept(r *http.Request, won bool) {
-	if won && !p.forward {
-		p.from.strip(r)
+// stripAfterAccept removes the token when forward_token is false, whichever
+// provider accepted the request: a token that failed, lacked a scope or was
+// never tried must not reach an upstream that was meant to see none. It is
+// kept when the winner forwards the same credential, and a credential that
+// is not a token of this provider (Authorization: Basic) is left alone.
+func (p *jwtProvider) stripAfterAccept(r *http.Request, winner provider) {
+	if p.forward {
+		return
 	}
+	if winner != provider(p) {
+		if w, ok := winner.(*jwtProvider); ok && w.forward && w.from == p.from {
+			return
+		}
+		if _, ok := p.from.get(r); !ok {
+			return
+		}
+	}
+	p.from.strip(r)
 }
 
 func (p *jwtProvider) identityHeaders() []string {
@@ -166,27 +182,107 @@ func (s *Set) IdentityHeaders() []string {
 // StripIdentityHeaders returns a middleware that deletes the named headers
 // from every request, so a client cannot spoof an identity header on any
 // route. Names are canonicalised once here, not per request.
+//
+// Spellings with underscores for dashes (X_User_Id) go too: CGI-style
+// servers (PHP, WSGI, Rack) read both as HTTP_X_USER_ID, so either could
+// pass for the gateway's header. So do request trailers of these names,
+// which the proxy forwards.
 func StripIdentityHeaders(names []string) func(http.Handler) http.Handler {
 	seen := map[string]bool{}
-	var canon []string
+	var s identityStrip
 	for _, n := range names {
 		c := http.CanonicalHeaderKey(strings.TrimSpace(n))
 		if c != "" && !seen[c] {
 			seen[c] = true
-			canon = append(canon, c)
+			s.names = append(s.names, c)
+			s.underscore = s.underscore || strings.IndexByte(c, '_') >= 0
 		}
 	}
 	return func(next http.Handler) http.Handler {
-		if len(canon) == 0 {
+		if len(s.names) == 0 {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			for _, n := range canon {
-				delete(r.Header, n)
+			s.strip(r.Header)
+			if r.Trailer != nil {
+				s.strip(r.Trailer)
+				// The server fills the trailer in when the body ends,
+				// after this stage has run: strip it again then.
+				if r.Body != nil && r.Body != http.NoBody {
+					r.Body = &trailerStrip{ReadCloser: r.Body, trailer: r.Trailer, s: &s}
+				}
 			}
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// identityStrip deletes identity header names from a header map.
+type identityStrip struct {
+	names      []string // canonical
+	underscore bool     // some name has an underscore
+}
+
+func (s *identityStrip) strip(h http.Header) {
+	for _, n := range s.names {
+		delete(h, n)
+	}
+	for k := range h {
+		if !s.underscore && strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		for _, n := range s.names {
+			if sameFieldForCGI(k, n) {
+				delete(h, k)
+				break
+			}
+		}
+	}
+}
+
+// sameFieldForCGI reports whether a and b name the same CGI variable:
+// equal but for ASCII case and '_' against '-'.
+func sameFieldForCGI(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x == '_' {
+			x = '-'
+		}
+		if y == '_' {
+			y = '-'
+		}
+		if lowerASCII(x) != lowerASCII(y) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// trailerStrip strips identity names from the request trailer once the
+// body is read: the server merges trailer fields into r.Trailer on EOF,
+// and the proxy sends that map on after the body.
+type trailerStrip struct {
+	io.ReadCloser
+	trailer http.Header
+	s       *identityStrip
+}
+
+func (b *trailerStrip) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.s.strip(b.trailer)
+	}
+	return n, err
 }
 
 // Middleware returns the auth middleware of one route. providers are
@@ -208,7 +304,8 @@ func StripIdentityHeaders(names []string) func(http.Handler) http.Handler {
 // the answer given. On success the identity goes to reqctx.Info.Identity
 // (or identity.NewContext when the request has no Info), identity headers
 // are replaced by the winner's, API keys of every listed provider are
-// removed, and the winner's token is removed when forward_token is false.
+// removed, and so is the token of every listed provider with forward_token
+// false (see jwtProvider.stripAfterAccept).
 func (s *Set) Middleware(route string, providers []string, scopes []string) (func(http.Handler) http.Handler, error) {
 	if route == "" {
 		return nil, errors.New("auth: route name is required")
@@ -301,8 +398,8 @@ func (h *authHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, hv := range v.headers {
 			hdr[hv.name] = hv.vals
 		}
-		for j, q := range ra.provs {
-			q.stripAfterAccept(r, j == i)
+		for _, q := range ra.provs {
+			q.stripAfterAccept(r, p)
 		}
 		if in := reqctx.From(r.Context()); in != nil {
 			in.Identity = v.id

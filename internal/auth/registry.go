@@ -93,6 +93,20 @@ type Registry struct {
 	wg      sync.WaitGroup
 }
 
+// noDowngrade lets the JWKS client follow a few redirects, never from
+// https to http: keys fetched in the clear could be anyone's.
+func noDowngrade(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxJWKSRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxJWKSRedirects)
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect from https to %s://%s", req.URL.Scheme, req.URL.Host)
+	}
+	return nil
+}
+
+const maxJWKSRedirects = 5
+
 // NewRegistry returns a Registry. Call it once per process and Close it on
 // shutdown; it registers portico_auth_failures_total on deps.Registerer (an
 // already registered identical collector is reused).
@@ -113,7 +127,7 @@ func NewRegistry(deps Deps) *Registry {
 	}
 	if r.client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
-		r.client = &http.Client{Timeout: fetchTimeout, Transport: tr}
+		r.client = &http.Client{Timeout: fetchTimeout, Transport: tr, CheckRedirect: noDowngrade}
 		r.ownClient = true
 	}
 	r.baseCtx, r.cancelBase = context.WithCancel(context.Background())

@@ -3,6 +3,9 @@ package auth
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -210,4 +213,37 @@ func TestTwoIdentityProviders(t *testing.T) {
 	if idpA.Requests() != 1 || idpB.Requests() != 1 {
 		t.Fatalf("fetches A=%d B=%d, want 1 each (startup only)", idpA.Requests(), idpB.Requests())
 	}
+}
+
+// The private JWKS client follows redirects, but not from https to plain
+// http, where anyone on the path could hand it keys.
+func TestJWKSClientRefusesADowngrade(t *testing.T) {
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"keys":[]}`)
+	}))
+	t.Cleanup(plain.Close)
+	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target := plain.URL
+		if r.URL.Path == "/same" {
+			target = "/jwks"
+		}
+		if r.URL.Path == "/jwks" {
+			_, _ = io.WriteString(w, `{"keys":[]}`)
+			return
+		}
+		http.Redirect(w, r, target, http.StatusFound)
+	}))
+	t.Cleanup(secure.Close)
+	reg := NewRegistry(Deps{})
+	t.Cleanup(func() { _ = reg.Close() })
+	reg.client.Transport.(*http.Transport).TLSClientConfig = secure.Client().Transport.(*http.Transport).TLSClientConfig
+
+	if _, err := reg.client.Get(secure.URL + "/down"); err == nil || !strings.Contains(err.Error(), "refusing a redirect from https to http") {
+		t.Fatalf("redirect to http: err %v, want a refusal", err)
+	}
+	res, err := reg.client.Get(secure.URL + "/same")
+	if err != nil {
+		t.Fatalf("redirect within https: %v", err)
+	}
+	res.Body.Close()
 }

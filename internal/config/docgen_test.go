@@ -46,7 +46,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Server.idle_release_after":   {desc: "A plain HTTP/1.1 keep-alive connection idle this long gives back its goroutine and buffers (about 18 KiB) until its next request arrives; 0 keeps them. A reload applies a new value. Waking a released connection costs CPU (docs/operations.md), so only a connection idle longer than its clients usually pause should be released. Linux only; not on TLS or PROXY protocol listeners.", def: "10s"},
 	"Server.drain_delay":          {desc: "After SIGTERM, keep serving this long (with Connection: close) before closing listeners; 5s suits Kubernetes.", def: "0s"},
 	"Server.shutdown_timeout":     {desc: "How long in-flight requests may finish after the listeners close.", def: "30s"},
-	"Server.max_header_bytes":     {desc: "Largest request header block. A reload applies it to new connections.", def: "65536"},
+	"Server.max_header_bytes":     {desc: "Largest request header block (the request line included; net/http allows 4096 bytes more before its 431). A reload applies it to new connections.", def: "65536"},
 	"Server.max_body_bytes":       {desc: "Largest request body; routes may override.", def: "10MiB"},
 	"Server.trusted_proxies":      {desc: "CIDRs of proxies whose X-Forwarded-For is trusted; the client IP is the rightmost address not in these. With proxy_protocol, only peers in these send the PROXY header (all do when empty); a reload applies to the next connection."},
 
@@ -186,7 +186,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Route.request_headers":       {desc: "Headers set or removed on the way upstream."},
 	"Route.response_headers":      {desc: "Headers set or removed on the way back."},
 	"Route.compression":           {desc: "Response encodings offered, in order of preference.", enum: []string{"zstd", "br", "gzip"}},
-	"Route.compression_min_bytes": {desc: "Smallest body compressed.", def: "1KiB"},
+	"Route.compression_min_bytes": {desc: "Smallest body compressed; at most 64MiB.", def: "1KiB"},
 
 	"Match.host":    {desc: "Exact host or *.suffix (any depth of subdomain, not the apex); case-insensitive; no port. Empty: any host."},
 	"Match.path":    {desc: "Required: exact (/a/b), {param} segments (/posts/{id}) or prefix (/api/* matches /api, /api/ and /api/x)."},
@@ -198,9 +198,9 @@ var fieldDocs = map[string]fieldDoc{
 	"WeightedUpstream.weight": {desc: "Relative share, greater than 0."},
 
 	"Rewrite.path":         {desc: "New path; may use the {param}s of match.path and, on a prefix route, {*} for the rest."},
-	"Rewrite.strip_prefix": {desc: "Prefix of match.path removed before forwarding."},
+	"Rewrite.strip_prefix": {desc: "Prefix of match.path removed before forwarding; not /."},
 
-	"CORS.origins":           {desc: "Allowed origins (scheme://host[:port]) or *; at least one."},
+	"CORS.origins":           {desc: "Allowed origins (scheme://host[:port], printable ASCII, no path, userinfo, query or fragment; * only as a leading *. label) or *; at least one."},
 	"CORS.methods":           {desc: "Allowed methods for preflights."},
 	"CORS.headers":           {desc: "Allowed request headers."},
 	"CORS.expose_headers":    {desc: "Response headers exposed to scripts."},
@@ -218,7 +218,7 @@ var fieldDocs = map[string]fieldDoc{
 	"BFF.scopes":                 {desc: "As on routes."},
 	"BFF.rate_limit":             {desc: "As on routes."},
 	"BFF.compression":            {desc: "As on routes.", enum: []string{"zstd", "br", "gzip"}},
-	"BFF.compression_min_bytes":  {desc: "Smallest body compressed.", def: "1KiB"},
+	"BFF.compression_min_bytes":  {desc: "Smallest body compressed; at most 64MiB.", def: "1KiB"},
 	"BFF.cors":                   {desc: "As on routes."},
 	"BFF.max_backend_body_bytes": {desc: "Larger backend bodies fail that backend (so does JSON deeper than 64 levels).", def: "5MiB"},
 	"BFF.endpoints":              {desc: "The aggregated endpoints; at least one."},
@@ -541,7 +541,8 @@ with the YAML language server add ` + "`# yaml-language-server: $schema=../docs/
 ## Values
 
 - ` + "`${VAR}`" + ` expands from the environment inside scalar values (never keys); an unset ` + "`VAR`" + ` is an error at
-  that value. ` + "`${VAR:-default}`" + ` uses the default when ` + "`VAR`" + ` is unset or empty. ` + "`$$`" + ` is a literal ` + "`$`" + `; a ` + "`$`" + `
+  that value. ` + "`${VAR:-default}`" + ` uses the default when ` + "`VAR`" + ` is unset or empty; the default is plain
+  text (` + "`${...}`" + ` inside it is an error). ` + "`$$`" + ` is a literal ` + "`$`" + `, in a default too; a ` + "`$`" + `
   before anything else stays as it is. Expanded text is never parsed as YAML. Inside a flow collection
   (` + "`{...}`" + ` or ` + "`[...]`" + `) quote such values: ` + "`{token: \"${TOKEN}\"}`" + `, since braces end the collection.
 - **duration**: a number with a unit, ` + "`ms`, `s`, `m`, `h`, `d`" + ` (24h) or ` + "`w`" + ` (7d), combinable (` + "`1m30s`" + `), or ` + "`0`" + `. A
@@ -565,7 +566,7 @@ platform.yaml:3:5: routes[0].name: duplicate route "x" (first defined at team.ya
 
 SIGHUP or ` + "`POST /admin/reload`" + ` loads the files again; a configuration with errors is refused and the running
 one stays. Everything applies on reload except ` + "`server.listen`" + `, enabling or disabling ` + "`server.tls`" + `,
-` + "`server.h2c`" + `, ` + "`server.http_redirect_listen`" + `, ` + "`server.proxy_protocol`" + `, ` + "`admin.listen`" + ` and
+` + "`server.tls.min_version`" + `, ` + "`server.h2c`" + `, ` + "`server.http_redirect_listen`" + `, ` + "`server.proxy_protocol`" + `, ` + "`admin.listen`" + ` and
 ` + "`rate_limits.store`" + `, which need a restart (certificates themselves reload). A reload that changes
 ` + "`server.read_header_timeout`" + `, ` + "`server.idle_timeout`" + ` or ` + "`server.max_header_bytes`" + ` applies them to new
 connections and closes idle keep-alive ones (docs/operations.md).

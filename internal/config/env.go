@@ -37,10 +37,20 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 			if !validEnvName(name) {
 				return "", fmt.Errorf("invalid environment variable name %q in ${%s}", name, expr)
 			}
+			if hasExpansion(def) {
+				// The first } ends the expression, so ${A:-${B}} would
+				// give the text "${B}" (or A's value and a stray "}"),
+				// silently: a token or URL nobody meant.
+				return "", fmt.Errorf("${...} inside the default of ${%s:-...} is not supported", name)
+			}
 			v, ok := lookup(name)
 			switch {
 			case hasDef && v == "":
-				v = def
+				// A default follows the rules of any value: $$ is a $.
+				var err error
+				if v, err = expand(def, lookup); err != nil {
+					return "", err
+				}
 			case !ok:
 				return "", fmt.Errorf("environment variable %s is not set (use ${%s:-default} for a default)", name, name)
 			}
@@ -55,6 +65,21 @@ func expand(s string, lookup func(string) (string, bool)) (string, error) {
 			return b.String(), nil
 		}
 	}
+}
+
+// hasExpansion reports whether s holds a ${ that is not escaped as $${.
+func hasExpansion(s string) bool {
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] == '$' {
+			if s[i+1] == '{' {
+				return true
+			}
+			if s[i+1] == '$' {
+				i++
+			}
+		}
+	}
+	return false
 }
 
 // validEnvName reports whether s is a POSIX-style variable name.

@@ -578,6 +578,37 @@ func (v *validator) compression(f string, list []string) {
 	}
 }
 
+// originForm refuses what url.Parse lets through but the gateway's CORS
+// stage (internal/cors) refuses when it compiles, so that a config that
+// validates also runs: bytes outside printable ASCII (browsers send hosts
+// in punycode), userinfo, a path (even "/": browsers send none), a query
+// or fragment marker, and a '*' anywhere but a leading "*." label.
+func originForm(o string, u *url.URL) bool {
+	for i := 0; i < len(o); i++ {
+		if o[i] <= ' ' || o[i] >= 0x7f {
+			return false
+		}
+	}
+	if strings.ContainsAny(o, "@?#") {
+		return false
+	}
+	if n := strings.Count(u.Host, "*"); n > 0 {
+		return n == 1 && strings.HasPrefix(u.Host, "*.") && len(u.Host) > 2 && u.Host[2] != ':'
+	}
+	return true
+}
+
+// maxCompressionMin mirrors the compression stage's bound: it buffers up
+// to this much of each response, and refuses a larger minimum when it
+// compiles.
+const maxCompressionMin = 64 << 20
+
+func (v *validator) compressionMin(f string, list []string, minBytes Size) {
+	if len(list) > 0 && minBytes > maxCompressionMin {
+		v.errf(f+".compression_min_bytes", "%d bytes is over 64MiB, which would be buffered per response", int64(minBytes))
+	}
+}
+
 func (v *validator) cors(f string, c *CORS) {
 	if c == nil {
 		return
@@ -593,7 +624,8 @@ func (v *validator) cors(f string, c *CORS) {
 			continue
 		}
 		u, err := url.Parse(o)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" ||
+			!originForm(o, u) {
 			v.errf(idx(f+".origins", i), "invalid origin %q (scheme://host[:port] or *)", o)
 		}
 	}
@@ -681,6 +713,7 @@ func (v *validator) route(f string, r *Route) {
 	v.headerRules(f+".request_headers", r.RequestHeaders)
 	v.headerRules(f+".response_headers", r.ResponseHeaders)
 	v.compression(f+".compression", r.Compression)
+	v.compressionMin(f, r.Compression, r.CompressionMinBytes)
 }
 
 func (v *validator) methods(f string, methods []string) {
@@ -706,6 +739,10 @@ func (v *validator) rewrite(f string, rw *Rewrite, matchPath string) {
 	if rw.StripPrefix != "" {
 		if !strings.HasPrefix(rw.StripPrefix, "/") {
 			v.errf(f+".strip_prefix", "must start with /")
+		} else if strings.Trim(rw.StripPrefix, "/") == "" {
+			// The proxy refuses it when it compiles: stripping nothing is
+			// a mistake, not a no-op to accept silently.
+			v.errf(f+".strip_prefix", "%q strips nothing; name at least one segment (e.g. /api)", rw.StripPrefix)
 		} else if !strings.HasPrefix(matchPath, rw.StripPrefix) {
 			v.errf(f+".strip_prefix", "%q is not a prefix of match.path %q", rw.StripPrefix, matchPath)
 		}
@@ -754,6 +791,7 @@ func (v *validator) bff(f, name string, b *BFF) {
 	}
 	v.access(f, b.Auth, b.Public, b.Scopes, b.RateLimit)
 	v.compression(f+".compression", b.Compression)
+	v.compressionMin(f, b.Compression, b.CompressionMinBytes)
 	v.cors(f+".cors", b.CORS)
 	if len(b.Endpoints) == 0 {
 		v.errf(f+".endpoints", "at least one endpoint is required")

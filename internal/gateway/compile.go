@@ -81,11 +81,6 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 	if err := g.slo.Apply(cfg.SLOs); err != nil {
 		return nil, fmt.Errorf("slos: %w", err)
 	}
-	if err := g.tel.ApplyTracing(cfg.Tracing); err != nil {
-		return nil, fmt.Errorf("tracing: %w", err)
-	}
-	g.tel.SetAccessLog(cfg.Logging.AccessLog == nil || *cfg.Logging.AccessLog)
-	g.tel.SetRedactedQueryParams(credentialQueryParams(cfg))
 
 	transports := make(map[string]http.RoundTripper, len(pools))
 	for name, p := range pools {
@@ -180,6 +175,14 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 	}
 	rt.router = rtr
 	rt.notFound = chain(unmatchedHandler(), g.tel.Middleware(telemetry.UnmatchedRoute), recover, stripIdentity)
+	// Process-wide telemetry settings change last, once nothing else can
+	// fail: a config refused above must not turn the access log off, or
+	// stop redacting a credential parameter the running config reads.
+	if err := g.tel.ApplyTracing(cfg.Tracing); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	g.tel.SetAccessLog(cfg.Logging.AccessLog == nil || *cfg.Logging.AccessLog)
+	g.tel.SetRedactedQueryParams(credentialQueryParams(cfg))
 	return rt, nil
 }
 

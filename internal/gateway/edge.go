@@ -72,8 +72,8 @@ func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
 			} else {
 				part, list = list, ""
 			}
-			a, err := netip.ParseAddr(strings.TrimSpace(part))
-			if err != nil {
+			a, ok := parseHop(strings.TrimSpace(part))
+			if !ok {
 				// A malformed hop: stop trusting the chain here.
 				return peer
 			}
@@ -85,6 +85,26 @@ func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
 		}
 	}
 	return peer
+}
+
+// parseHop reads one X-Forwarded-For entry: an address, or an address
+// with a port ("203.0.113.9:4711", "[2001:db8::1]:4711") or in brackets
+// ("[2001:db8::1]"), as some load balancers write it (and as RFC 7239
+// writes nodes). Refusing those would make every client behind such a
+// balancer look like the balancer itself, sharing one per-IP limit.
+func parseHop(s string) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, true
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), true
+	}
+	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil && a.Is6() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func peerAddr(remote string) netip.Addr {

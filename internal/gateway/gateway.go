@@ -238,10 +238,24 @@ func (g *Gateway) Apply(cfg *config.Config) error {
 		g.log.Error("config reload refused; keeping the running config", "err", err.Error())
 		return err
 	}
-	rt, err := g.compile(cfg)
+	var err error
+	if g.certs != nil {
+		// Certificates reload with the config; a bad file keeps the old
+		// ones. They are read before compiling, since compiling already
+		// updates the long-lived registries, and a refused reload must
+		// leave the running config wholly in force.
+		if _, _, err = listener.TLSConfig(cfg.Server.TLS); err != nil {
+			err = fmt.Errorf("%s: server.tls: %w", cfg.Where("server.tls"), err)
+		}
+	}
+	var rt *runtime
+	if err == nil {
+		rt, err = g.compile(cfg)
+	}
 	if err == nil && g.certs != nil {
-		// Certificates reload with the config; a bad file keeps the old ones.
-		err = g.certs.Reload(cfg.Server.TLS)
+		if err = g.certs.Reload(cfg.Server.TLS); err != nil {
+			err = fmt.Errorf("%s: server.tls: %w", cfg.Where("server.tls"), err)
+		}
 	}
 	if err != nil {
 		// A config that failed to compile may have registered its new
@@ -283,6 +297,11 @@ func restartNeeded(old, next *config.Config) error {
 	if (old.Server.TLS == nil) != (next.Server.TLS == nil) {
 		changed = append(changed, "server.tls (enabling or disabling TLS)")
 	}
+	if old.Server.TLS != nil && next.Server.TLS != nil && tlsMinVersion(old.Server.TLS) != tlsMinVersion(next.Server.TLS) {
+		// The listener's tls.Config holds it from the start; only the
+		// certificates reload in place.
+		changed = append(changed, "server.tls.min_version")
+	}
 	if old.Server.H2C != next.Server.H2C {
 		changed = append(changed, "server.h2c")
 	}
@@ -302,6 +321,15 @@ func restartNeeded(old, next *config.Config) error {
 		return nil
 	}
 	return fmt.Errorf("%w: the reload changes %v; restart the process to apply them", ErrRestartRequired, changed)
+}
+
+// tlsMinVersion is min_version with its default, so that writing the
+// default out is no change.
+func tlsMinVersion(t *config.ServerTLS) string {
+	if t.MinVersion == "" {
+		return "1.2"
+	}
+	return t.MinVersion
 }
 
 func sameStore(a, b config.Store) bool {

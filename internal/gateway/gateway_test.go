@@ -32,6 +32,13 @@ type harness struct {
 // serves it on 127.0.0.1:0 listeners.
 func start(t *testing.T, yaml string) *harness {
 	t.Helper()
+	return startWith(t, yaml, Options{})
+}
+
+// startWith is start with opts (a Logger, an AccessLog to read); Paths is
+// set here, and AccessLog defaults to io.Discard.
+func startWith(t *testing.T, yaml string, opts Options) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
@@ -41,7 +48,11 @@ func start(t *testing.T, yaml string) *harness {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	gw, err := New(cfg, Options{Paths: []string{path}, AccessLog: io.Discard})
+	opts.Paths = []string{path}
+	if opts.AccessLog == nil {
+		opts.AccessLog = io.Discard
+	}
+	gw, err := New(cfg, opts)
 	if err != nil {
 		t.Fatalf("new gateway: %v", err)
 	}

@@ -232,7 +232,10 @@ func appendClientIP(buf []byte, r *http.Request, info *reqctx.Info) ([]byte, boo
 	} else {
 		return buf, false
 	}
-	addr = addr.Unmap()
+	// A zone names the receiving interface, not the client; with it the
+	// same client could fall into several buckets, and the text could
+	// outgrow the two-digit length written below.
+	addr = addr.Unmap().WithZone("")
 	buf = append(buf, "=0:"...) // length patched below
 	lenAt := len(buf) - 2
 	start := len(buf)

@@ -477,7 +477,15 @@ func violatedExtra(ps []*policy) map[string]any {
 // Retry-After, RFC 9457 and draft-ietf-httpapi-ratelimit-headers).
 func (l *limiter) reject(w http.ResponseWriter, r *http.Request, st *reqState, v *verdict) {
 	h := w.Header()
-	if v.best != nil && l.rt.headers != headersNone {
+	if v.missing != "" {
+		// No quota was consulted, so there is none to report: "r=0;t=0"
+		// would tell the client to retry at once, and an earlier phase's
+		// field (r > 0) would contradict the 429.
+		delete(h, hdrRateLimit)
+		delete(h, hdrXLimit)
+		delete(h, hdrXRemaining)
+		delete(h, hdrXReset)
+	} else if v.best != nil && l.rt.headers != headersNone {
 		// The violated policy is the one the client must wait for.
 		d := v.bestDec
 		d.Remaining = min(d.Remaining, v.bestParams.Limit)

@@ -2,7 +2,8 @@
 -- Go code is the reference; the differential test holds this file to it).
 --
 -- KEYS[1]    the subject's HASH, rl:{H}: one field per policy, "A,B,C"
---            (algo.State; for a sliding log A is the member sequence)
+--            (algo.State; for a sliding log A is the member sequence; a
+--            bucket writes C = -1 to mark its state as a bucket's)
 -- KEYS[2..]  the subject's sliding-log ZSETs, rl:{H}:log:<policy>, in the
 --            order of the sliding-log policies in ARGV
 -- ARGV[1]    op: d = decide, r = refund, l = lease
@@ -103,6 +104,12 @@ for i = 1, n do
     local x, y, z = string.match(raw[i], '^(%-?%d+),(%-?%d+),(%-?%d+)$')
     if x then a, b, c = tonumber(x), tonumber(y), tonumber(z) end
   end
+  -- A field is named by the policy alone, so a reload that changes a
+  -- policy's algorithm finds the old algorithm's state. A bucket's state
+  -- (marked c = -1 below) read as a window would take its tat, up to
+  -- burst*T ahead, for a window start: start empty instead, as the memory
+  -- store (which keys state by algorithm) does.
+  if c == -1 and (p.kind == FIXED or p.kind == COUNTER) then a, b, c = 0, 0, 0 end
   p.a, p.b, p.c = a, b, c
 end
 
@@ -404,8 +411,10 @@ if all then
           redis.call('PEXPIRE', p.logkey, math.max(math.ceil(p.logidle / 1000), 1) + slackms)
         end
       end
+      local c = p.c
+      if p.kind == TOKEN or p.kind == LEAKY then c = -1 end -- bucket state (unused by GCRA)
       hset[#hset + 1] = p.name
-      hset[#hset + 1] = fmt(p.a) .. ',' .. fmt(p.b) .. ',' .. fmt(p.c)
+      hset[#hset + 1] = fmt(p.a) .. ',' .. fmt(p.b) .. ',' .. fmt(c)
       need = math.max(need, idleAfter(p))
     end
   end

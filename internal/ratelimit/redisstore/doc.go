@@ -4,8 +4,8 @@
 //
 // # Layout in Redis
 //
-// All checks of one subject live under one key, rl:{H}, where H is a 64-bit
-// FNV-1a hash of the subject in hex. The braces are a Cluster hash tag, so the
+// All checks of one subject live under one key, rl:{H}, where H is the first
+// 64 bits of the subject's SHA-256 in hex (a hash clients cannot aim). The braces are a Cluster hash tag, so the
 // subject's HASH (one field per policy) and its sliding-log sorted sets
 // (rl:{H}:log:<policy>) share a slot and one script touches them all: no
 // CROSSSLOT, no multi-key races. Every key the script writes carries a TTL

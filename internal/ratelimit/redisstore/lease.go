@@ -381,6 +381,12 @@ func (l *LeaseStore) decide(ctx context.Context, subject string, checks []rateli
 							out[i] = leases[i].decision(now)
 						}
 					}
+					// The exact checks were never asked: they rejected
+					// nothing (as in rejectLocal), so the 429 must not
+					// name them.
+					for _, i := range exact {
+						out[i] = algo.Decision{Allowed: true}
+					}
 				}
 				return t, err
 			}
@@ -433,11 +439,13 @@ func contains(xs []int, x int) bool {
 // rejectLocal fills out for a request the negative cache rejected.
 func (l *LeaseStore) rejectLocal(leases []*lease, checks []ratelimit.Check, out []algo.Decision, denied int, now int64) int64 {
 	for i := range checks {
+		out[i] = algo.Decision{}
 		if leases[i] != nil {
 			out[i] = leases[i].decision(now)
-		} else {
-			out[i] = algo.Decision{Allowed: true}
 		}
+		// Only the denied check rejected: a lease never granted here has a
+		// zero (rejecting) last decision, and the 429 must not name it.
+		out[i].Allowed = true
 	}
 	ls := leases[denied]
 	ls.mu.Lock()

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	_ "embed"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/rueidis"
 
@@ -400,25 +402,23 @@ func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisM
 	}
 }
 
-// subjectKey is rl:{H} with H the 64-bit FNV-1a hash of subject in hex. The
-// hash tag keeps a subject's keys in one Cluster slot; hashing bounds key
-// length and keeps raw request data (header values, claims) out of Redis key
-// names.
+// subjectKey is rl:{H} with H the first 64 bits of the SHA-256 of subject
+// in hex. The hash tag keeps a subject's keys in one Cluster slot; hashing
+// bounds key length and keeps raw request data (header values, claims) out
+// of Redis key names. The hash must resist chosen collisions: subjects carry
+// client-chosen values, and with FNV-1a a client could compute, in seconds,
+// a header value whose subject lands on another tenant's key and drain its
+// quota (TestSubjectKeyChosenCollision). Finding a value for a given key
+// under SHA-256 takes about 2^64 tries.
 func subjectKey(subject string) string {
-	const (
-		offset = 14695981039346656037
-		prime  = 1099511628211
-		hexd   = "0123456789abcdef"
-	)
-	h := uint64(offset)
-	for i := 0; i < len(subject); i++ {
-		h ^= uint64(subject[i])
-		h *= prime
-	}
+	const hexd = "0123456789abcdef"
+	// Viewed, not copied: Sum256 only reads its input.
+	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(subject), len(subject)))
 	var b [4 + 16 + 1]byte
 	copy(b[:], "rl:{")
-	for i := 0; i < 16; i++ {
-		b[4+i] = hexd[(h>>(60-4*uint(i)))&0xf]
+	for i := 0; i < 8; i++ {
+		b[4+2*i] = hexd[sum[i]>>4]
+		b[5+2*i] = hexd[sum[i]&0xf]
 	}
 	b[20] = '}'
 	return string(b[:])

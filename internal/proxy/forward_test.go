@@ -187,18 +187,7 @@ func TestEarlyHintsKeepTheGatewaysHeaders(t *testing.T) {
 	be := upstream(t, "u", earlyHints)
 	srv, h1, h2 := bothProtocols(t, Config{Backends: []Backend{be}})
 	for i, c := range []*http.Client{h1, h2} {
-		var hints []http.Header
-		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
-			hints = append(hints, http.Header(h).Clone())
-			return nil
-		}}
-		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", srv.URL+"/", nil)
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, b, hints := getWith1xx(t, c, srv.URL+"/")
 		if resp.ProtoMajor != i+1 || string(b) != "done" || len(hints) != 1 {
 			t.Fatalf("HTTP/%d: body %q, 1xx %v", resp.ProtoMajor, b, hints)
 		}
@@ -209,6 +198,25 @@ func TestEarlyHintsKeepTheGatewaysHeaders(t *testing.T) {
 			t.Errorf("HTTP/%d: final header %v, want the gateway's X-Pre and X-Request-Id", resp.ProtoMajor, resp.Header)
 		}
 	}
+}
+
+// getWith1xx GETs url with c and returns the final answer (its body read)
+// and the headers of the informational answers before it.
+func getWith1xx(t *testing.T, c *http.Client, url string) (*http.Response, []byte, []http.Header) {
+	t.Helper()
+	var hints []http.Header
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, http.Header(h).Clone())
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, b, hints
 }
 
 func TestUnaskedUpgradeIsBadGateway(t *testing.T) {

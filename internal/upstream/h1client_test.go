@@ -67,6 +67,25 @@ func rawServer(t *testing.T, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// pooled leaves n connections to url in c's idle pool: n answers in
+// flight at once, each read to the end.
+func pooled(t *testing.T, c *h1Client, url string, n int) {
+	t.Helper()
+	var open []*http.Response
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		res, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, res)
+	}
+	for _, res := range open {
+		_, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+	}
+}
+
 func newH1(t *testing.T) *h1Client {
 	t.Helper()
 	std := &http.Transport{}
@@ -218,20 +237,7 @@ func TestH1ProbeDropsConnectionsClosedWhileIdle(t *testing.T) {
 	})
 	c := newH1(t)
 	url := "http://" + addr + "/"
-	// Two answers in flight at once leave two connections in the pool.
-	var open []*http.Response
-	for range 2 {
-		req, _ := http.NewRequest(http.MethodGet, url, nil)
-		res, err := c.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, res)
-	}
-	for _, res := range open {
-		_, _ = io.ReadAll(res.Body)
-		res.Body.Close()
-	}
+	pooled(t, c, url, 2)
 	time.Sleep(livenessAfter + 200*time.Millisecond)
 	if _, body := get(t, c, http.MethodGet, url); body != "ok" {
 		t.Fatalf("body %q", body)

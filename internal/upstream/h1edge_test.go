@@ -227,20 +227,7 @@ func TestH1ResendAfterAnUpstreamRestartDials(t *testing.T) {
 		_, _ = io.WriteString(w, "ok")
 	})
 	c := newH1(t)
-	// Two answers open at once leave two connections in the pool.
-	var open []*http.Response
-	for range 2 {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
-		res, err := c.RoundTrip(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, res)
-	}
-	for _, res := range open {
-		_, _ = io.ReadAll(res.Body)
-		res.Body.Close()
-	}
+	pooled(t, c, srv.URL, 2)
 	host := srv.Listener.Addr().String()
 	c.mu.Lock()
 	idle := append([]*h1Conn(nil), c.idle[host]...)

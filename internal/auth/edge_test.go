@@ -530,12 +530,7 @@ func TestSlowJWKS(t *testing.T) {
 // not outlive the key set it was made with) and tokens of the old key stop.
 func TestKeyReplacedUnderSameKid(t *testing.T) {
 	e := newEnv(t)
-	waits := make(chan time.Duration, 8)
-	fire := make(chan time.Time)
-	e.reg.after = func(d time.Duration) <-chan time.Time {
-		waits <- d
-		return fire
-	}
+	waits, fire := e.manualRefresh()
 	srv := authtest.NewJWKSServer(t, rsaKey1)
 	set := e.apply(map[string]*config.AuthProvider{"users": jwtProviderCfg(srv.URL(), nil)})
 	<-waits

@@ -112,6 +112,17 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// manualRefresh puts the background refresh under the test's hand: each
+// wait the registry starts is sent on waits, and a send on fire ends it.
+func (e *env) manualRefresh() (waits chan time.Duration, fire chan time.Time) {
+	waits, fire = make(chan time.Duration, 8), make(chan time.Time)
+	e.reg.after = func(d time.Duration) <-chan time.Time {
+		waits <- d
+		return fire
+	}
+	return waits, fire
+}
+
 func (e *env) apply(providers map[string]*config.AuthProvider) *Set {
 	e.t.Helper()
 	s, err := e.reg.Apply(context.Background(), providers)

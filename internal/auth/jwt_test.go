@@ -421,12 +421,7 @@ func TestVerifiedTokenCache(t *testing.T) {
 
 func TestBackgroundRefresh(t *testing.T) {
 	e := newEnv(t)
-	waits := make(chan time.Duration, 8)
-	fire := make(chan time.Time)
-	e.reg.after = func(d time.Duration) <-chan time.Time {
-		waits <- d
-		return fire
-	}
+	waits, fire := e.manualRefresh()
 	srv := authtest.NewJWKSServer(t, rsaKey1)
 	srv.SetMaxAge(120)
 	set := e.apply(map[string]*config.AuthProvider{"users": jwtProviderCfg(srv.URL(), nil)})

@@ -16,7 +16,8 @@
 // Access-Control-Expose-Headers as configured; a request from another
 // origin is passed on without them, and the browser withholds the response
 // from the page. Responses that depend on Origin carry "Vary: Origin", so a
-// shared cache never hands one origin's answer to another.
+// shared cache never hands one origin's answer to another; with "*" none
+// depends on it: every response, with or without Origin, carries "*".
 //
 // When the route has a CORS stage the gateway owns these headers: the proxy
 // should drop the upstream's own Access-Control-* response headers
@@ -244,7 +245,16 @@ func (p *policy) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	h := w.Header()
 	origins := r.Header["Origin"]
 	if len(origins) == 0 {
-		if !p.anyOrigin {
+		if p.anyOrigin {
+			// Without Vary: Origin the answer must not depend on Origin: a
+			// cache would hand this response, lacking Allow-Origin, to a
+			// later CORS request (Fetch standard, "CORS protocol and HTTP
+			// caches").
+			p.setOrigin(h, nil)
+			if p.expose != nil {
+				h["Access-Control-Expose-Headers"] = p.expose[:1:1]
+			}
+		} else {
 			addVary(h, p.varyOrigin)
 		}
 		next.ServeHTTP(w, r)

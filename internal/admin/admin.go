@@ -94,10 +94,22 @@ func New(deps Deps) http.Handler {
 		}
 		http.Redirect(w, r, u, http.StatusMovedPermanently)
 	})
-	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/admin/reload" { // the one POST-only endpoint
-			w.Header().Set("Allow", http.MethodPost)
-			problem.WriteStatus(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
+	// Every method: with "GET /" the mux answered other methods itself, in
+	// plain text and with 405 even for unknown paths. Here a known path asked
+	// with another method gets a 405 problem naming the methods it serves.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			if _, pattern := mux.Handler(&http.Request{Method: m, URL: r.URL, Host: r.Host}); pattern != "/" {
+				allow = append(allow, m)
+				if m == http.MethodGet {
+					allow = append(allow, http.MethodHead)
+				}
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			problem.WriteStatus(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "use "+strings.Join(allow, " or "))
 			return
 		}
 		problem.WriteStatus(w, r, http.StatusNotFound, "not_found", "no such admin endpoint")

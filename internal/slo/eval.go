@@ -163,6 +163,11 @@ func (e *Engine) Snapshot() []SLOStatus {
 			for _, w := range windowNames {
 				s.BurnRates[w] = 0
 			}
+			// As Evaluate shows it, so the view's shape does not change
+			// with the first evaluation.
+			if cfg.latency > 0 {
+				s.Latency = fmtDuration(cfg.latency)
+			}
 		}
 		out = append(out, s)
 	}

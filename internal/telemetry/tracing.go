@@ -107,6 +107,11 @@ func (tr *tracer) start(r *http.Request, route string, info *reqctx.Info) (*http
 		return r, nil
 	}
 	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		// A new trace: the client's tracestate belongs to no trace the
+		// upstream sees, and Inject only replaces a non-empty one.
+		delete(r.Header, "Tracestate")
+	}
 	ctx, span := tr.tr.Start(ctx, route, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("http.route", route), attribute.String("http.request.method", r.Method)))
 	r = r.WithContext(ctx)
@@ -140,6 +145,9 @@ func endServerSpan(span trace.Span, o outcome) {
 // lightSpanContext continues the inbound traceparent (W3C Trace Context
 // level 1, section 3.2) with a new span id, or starts a trace: with the trace
 // id the gateway already put in info when it is valid hex, else a random one.
+// Starting a trace deletes the inbound tracestate from h, which the proxy
+// would otherwise send on beside the new traceparent (section 4.2: a
+// tracestate without a usable traceparent is discarded).
 func lightSpanContext(h http.Header, info *reqctx.Info) trace.SpanContext {
 	cfg := trace.SpanContextConfig{SpanID: newSpanID()}
 	if tid, flags, ok := parseTraceparent(h.Get("Traceparent")); ok {
@@ -151,6 +159,7 @@ func lightSpanContext(h http.Header, info *reqctx.Info) trace.SpanContext {
 		}
 		return trace.NewSpanContext(cfg)
 	}
+	delete(h, "Tracestate")
 	if info != nil && len(info.TraceID) == 32 {
 		if tid, err := trace.TraceIDFromHex(info.TraceID); err == nil {
 			cfg.TraceID = tid

@@ -3,6 +3,7 @@ package listener
 import (
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 
 	"github.com/portico-gw/portico/internal/problem"
@@ -34,6 +35,12 @@ func RedirectHandler(httpsPort string) http.Handler {
 			return
 		}
 		if strings.IndexByte(host, ':') >= 0 {
+			// Only an IPv6 literal may hold a colon: "a:b:c" or
+			// "1.2.3.4:80:90" would become a Location no client can follow.
+			if _, err := netip.ParseAddr(host); err != nil {
+				problem.WriteStatus(w, r, http.StatusBadRequest, "invalid_host", "the request has no valid Host header")
+				return
+			}
 			host = "[" + host + "]" // IPv6 literal
 		}
 		var b strings.Builder

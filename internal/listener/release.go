@@ -127,6 +127,18 @@ func (l *IdleReleaser) Close() error {
 	l.close.Do(func() {
 		close(l.done)
 		l.poller.shut()
+		// Connections the poller woke but no Accept took would otherwise
+		// stay open with their request unanswered; run has stopped, so
+		// nothing is sent on woken any more.
+	drain:
+		for {
+			select {
+			case c := <-l.woken:
+				c.Conn.Close()
+			default:
+				break drain
+			}
+		}
 	})
 	return err
 }

@@ -188,8 +188,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	logger := newLogger(stderr, cfg.Logging.Level)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	// The first SIGTERM or SIGINT starts the drain; the default action is
+	// restored before it starts, so a second one ends the process at once
+	// instead of waiting out shutdown_timeout.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case <-sigs:
+			signal.Reset(syscall.SIGTERM, syscall.SIGINT)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	err = serve(ctx, cfg, gateway.Options{Paths: paths, Logger: logger, AccessLog: stdout, Version: buildVersion()}, watch, nil)
 	if err != nil {
 		logger.Error("portico stopped", "err", err.Error())

@@ -16,6 +16,11 @@ type matcher[T any] struct {
 	over  bool                      // the path has more segments than n
 	cands [maxCandidates]*terminal[T]
 	nc    int
+	// overflow is set when a candidate was dropped from cands; try then
+	// walks again into all, unbounded, since the dropped one may be the
+	// only route that takes the request (a catch-all under many prefixes).
+	overflow bool
+	all      []*terminal[T]
 
 	r *http.Request
 	// method and, for a CORS preflight, the method it asks about (which
@@ -106,9 +111,15 @@ func (m *matcher[T]) try(root *node[T]) (*route[T], *terminal[T]) {
 	if root == nil {
 		return nil, nil
 	}
-	m.nc = 0
+	m.nc, m.overflow = 0, false
 	m.walk(root, 0)
-	for _, t := range m.cands[:m.nc] {
+	cands := m.cands[:m.nc]
+	if m.overflow {
+		m.all = make([]*terminal[T], 0, 2*maxCandidates)
+		m.walk(root, 0)
+		cands, m.all = m.all, nil
+	}
+	for _, t := range cands {
 		if !m.accepts(t.anyMethod, t.mask, t.other) {
 			m.deny(t)
 			continue
@@ -217,11 +228,22 @@ func (m *matcher[T]) walk(n *node[T], i int) {
 }
 
 // add inserts t after the candidates that rank at least as high, dropping
-// the lowest when full.
+// the lowest when full (and noting it in overflow).
 func (m *matcher[T]) add(t *terminal[T]) {
+	if m.all != nil {
+		pos := len(m.all)
+		for pos > 0 && outranks(t, m.all[pos-1]) {
+			pos--
+		}
+		m.all = slices.Insert(m.all, pos, t)
+		return
+	}
 	pos := m.nc
 	for pos > 0 && outranks(t, m.cands[pos-1]) {
 		pos--
+	}
+	if m.nc == maxCandidates {
+		m.overflow = true
 	}
 	if pos == maxCandidates {
 		return

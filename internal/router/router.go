@@ -93,7 +93,8 @@ type Result struct {
 // still match prefixes.
 const maxSegments = 32
 
-// maxCandidates bounds the path candidates considered per host tier.
+// maxCandidates is how many path candidates per host tier are kept without
+// allocating; a path that more patterns match is matched on the heap.
 const maxCandidates = 16
 
 // Router matches requests against compiled routes.

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"testing"
+)
+
+// TestExitCodes: usage errors exit 2, a config that cannot be read or is
+// invalid exits 1 naming the file, for every command that takes -c.
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("version: 1\nrouts: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args   []string
+		code   int
+		stderr string // a substring stderr must hold
+	}{
+		{[]string{}, 2, "usage"},
+		{[]string{"serve"}, 2, `unknown command "serve"`},
+		{[]string{"validate", "-c", bad, "--strict"}, 2, "flag provided but not defined: -strict"},
+		{[]string{"run", "--wacth", "-c", bad}, 2, "flag provided but not defined: -wacth"},
+		{[]string{"slo"}, 2, "usage: portico slo rules"},
+		{[]string{"slo", "rules"}, 2, "-c FILE_OR_DIR is required"},
+		{[]string{"run"}, 2, "-c FILE_OR_DIR is required"},
+		{[]string{"validate", "-c", missing}, 1, missing},
+		{[]string{"run", "-c", missing}, 1, missing},
+		{[]string{"slo", "rules", "-c", missing}, 1, missing},
+		{[]string{"validate", "-c", bad}, 1, bad + ":2:"},
+		{[]string{"run", "-c", bad}, 1, bad + ":2:"},
+		{[]string{"validate", "--config", bad}, 1, bad + ":2:"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(tc.args, &out, &errb)
+			if code != tc.code || !strings.Contains(errb.String(), tc.stderr) {
+				t.Fatalf("exit %d, want %d; stderr %q, want it to hold %q", code, tc.code, errb.String(), tc.stderr)
+			}
+		})
+	}
+}
+
+// TestTuneRuntimeKeepsOperatorGOGC: an operator's GOGC and GOMEMLIMIT win
+// over the gateway's defaults.
+func TestTuneRuntimeKeepsOperatorGOGC(t *testing.T) {
+	t.Setenv("GOGC", "150")
+	t.Setenv("GOMEMLIMIT", "123456789")
+	oldGC := debug.SetGCPercent(150)
+	oldLimit := debug.SetMemoryLimit(123456789)
+	t.Cleanup(func() { debug.SetGCPercent(oldGC); debug.SetMemoryLimit(oldLimit) })
+
+	tuneRuntime()
+	if got := debug.SetGCPercent(150); got != 150 {
+		t.Errorf("GOGC=150 set, tuneRuntime changed the GC percent to %d", got)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 123456789 {
+		t.Errorf("GOMEMLIMIT set, tuneRuntime changed the memory limit to %d", got)
+	}
+}

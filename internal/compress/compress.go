@@ -149,6 +149,7 @@ func (s *stage) wrap(next http.Handler) http.Handler {
 		cw.rw = w
 		cw.coding = Negotiate(acceptEncoding(r.Header), s.prefs)
 		cw.head = r.Method == http.MethodHead
+		cw.req = r
 		next.ServeHTTP(cw, r)
 		// Not deferred: after a panic the response is the recover stage's
 		// business, and flushing a half-written body would only get in its
@@ -186,7 +187,8 @@ type writer struct {
 	rw     http.ResponseWriter
 	coding string // negotiated; "" means the client gets identity
 	head   bool
-	status int // 0 until the handler writes a header or body
+	req    *http.Request // read for a 304 only (see notModified)
+	status int           // 0 until the handler writes a header or body
 	state  state
 	buf    []byte
 	enc    encoder
@@ -201,7 +203,7 @@ var (
 )
 
 func (w *writer) reset() {
-	w.rw, w.coding, w.head, w.status, w.state, w.enc, w.err = nil, "", false, 0, undecided, nil, nil
+	w.rw, w.coding, w.head, w.req, w.status, w.state, w.enc, w.err = nil, "", false, nil, 0, undecided, nil, nil
 	if cap(w.buf) > 64<<10 {
 		w.buf = nil // do not pin a large minimum's buffer in the pool
 	}
@@ -328,11 +330,41 @@ func (w *writer) start(next []byte) error {
 
 // pass sends the headers for an unchanged body.
 func (w *writer) pass() {
-	if w.varies() {
+	if w.status == http.StatusNotModified {
+		w.notModified(w.rw.Header())
+	} else if w.varies() {
 		addVary(w.rw.Header())
 	}
 	w.rw.WriteHeader(w.status)
 	w.state = passing
+}
+
+// notModified gives a 304 the Vary and ETag the 200 would have carried
+// (RFC 9110 section 15.4.5): Vary: Accept-Encoding unless the response
+// could not have been compressed, and the weak form of a strong ETag when
+// the client revalidates with it, since only the compressed variant
+// carries it. Left strong, the cache would store a strong validator for
+// the compressed body.
+func (w *writer) notModified(h http.Header) {
+	if h.Get("Content-Encoding") != "" || hasToken(h.Values("Cache-Control"), "no-transform") {
+		return
+	}
+	if ct := h.Get("Content-Type"); ct != "" && !Compressible(ct) {
+		return
+	}
+	addVary(h)
+	et := h.Get("Etag")
+	if et == "" || strings.HasPrefix(et, "W/") || w.req == nil {
+		return
+	}
+	for _, v := range w.req.Header.Values("If-None-Match") {
+		for tag := range strings.SplitSeq(v, ",") {
+			if strings.TrimSpace(tag) == "W/"+et {
+				h.Set("Etag", "W/"+et)
+				return
+			}
+		}
+	}
 }
 
 func (w *writer) flushBuf() error {

@@ -183,7 +183,9 @@ func TestPassThrough(t *testing.T) {
 		{"event stream", "GET", "gzip", 200, map[string]string{"Content-Type": "text/event-stream"}, big, false, true, "", ""},
 		{"no-transform", "GET", "gzip", 200, map[string]string{"Content-Type": "text/plain", "Cache-Control": "public, no-transform"}, big, false, true, "", ""},
 		{"partial content", "GET", "gzip", 206, map[string]string{"Content-Type": "text/plain", "Content-Range": "bytes 0-4095/9999"}, big, false, true, "", ""},
-		{"not modified", "GET", "gzip", 304, nil, nil, false, false, "", ""},
+		// RFC 9110 section 15.4.5: a 304 carries the Vary its 200 would.
+		{"not modified", "GET", "gzip", 304, nil, nil, true, false, "", ""},
+		{"not modified image", "GET", "gzip", 304, map[string]string{"Content-Type": "image/png"}, nil, false, false, "", ""},
 		{"no content", "GET", "gzip", 204, nil, nil, false, false, "", ""},
 		{"HEAD", "HEAD", "gzip", 200, map[string]string{"Content-Type": "text/plain", "Content-Length": "4096"}, nil, true, true, "", ""},
 		{"sniffed binary", "GET", "gzip", 200, nil, append([]byte("\x89PNG\r\n\x1a\n"), big...), false, false, "image/png", ""},
@@ -434,6 +436,35 @@ func TestCompressibleTypes(t *testing.T) {
 	} {
 		if got := Compressible(ct); got != want {
 			t.Errorf("Compressible(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
+// A 304 answering a revalidation of the compressed variant (If-None-Match
+// with the weak tag only that variant carries) gets the weak tag too, so
+// the cache keeps a weak validator for the compressed body; a client that
+// holds the identity body keeps the strong one.
+func TestNotModifiedKeepsTheVariantsValidator(t *testing.T) {
+	t.Parallel()
+	h := middleware(t, all, 1024)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Etag", `"v1"`)
+		w.WriteHeader(http.StatusNotModified)
+	}))
+	for _, tc := range []struct{ inm, want string }{
+		{`W/"v1"`, `W/"v1"`},
+		{`"v0", W/"v1"`, `W/"v1"`},
+		{`"v1"`, `"v1"`},
+		{``, `"v1"`},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Header.Set("Accept-Encoding", "gzip")
+		if tc.inm != "" {
+			r.Header.Set("If-None-Match", tc.inm)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		if got := rec.Header().Get("Etag"); rec.Code != http.StatusNotModified || got != tc.want {
+			t.Errorf("If-None-Match %s: %d ETag %s, want 304 %s", tc.inm, rec.Code, got, tc.want)
 		}
 	}
 }

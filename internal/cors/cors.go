@@ -244,31 +244,17 @@ func (w wildcard) matches(origin string) bool {
 func (p *policy) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	h := w.Header()
 	origins := r.Header["Origin"]
-	if len(origins) == 0 {
-		if p.anyOrigin {
-			// Without Vary: Origin the answer must not depend on Origin: a
-			// cache would hand this response, lacking Allow-Origin, to a
-			// later CORS request (Fetch standard, "CORS protocol and HTTP
-			// caches").
-			p.setOrigin(h, nil)
-			if p.expose != nil {
-				h["Access-Control-Expose-Headers"] = p.expose[:1:1]
-			}
-		} else {
-			addVary(h, p.varyOrigin)
-		}
-		next.ServeHTTP(w, r)
-		return
-	}
-	origin := origins[0]
-	if r.Method == http.MethodOptions && len(r.Header["Access-Control-Request-Method"]) > 0 {
-		p.preflight(w, r, origin)
+	if len(origins) > 0 && r.Method == http.MethodOptions && len(r.Header["Access-Control-Request-Method"]) > 0 {
+		p.preflight(w, r, origins[0])
 		return
 	}
 	if !p.anyOrigin {
 		addVary(h, p.varyOrigin)
 	}
-	if p.allowed(origin) {
+	// With "*" the answer must not depend on Origin, since it carries no
+	// Vary: Origin: a cache would hand a response without Allow-Origin to a
+	// later CORS request (Fetch standard, "CORS protocol and HTTP caches").
+	if p.anyOrigin || len(origins) > 0 && p.allowed(origins[0]) {
 		p.setOrigin(h, origins)
 		if p.expose != nil {
 			h["Access-Control-Expose-Headers"] = p.expose[:1:1]

@@ -3,7 +3,6 @@ package listener
 import (
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 )
@@ -24,11 +23,7 @@ func TestProxyProtocolHeaderVariants(t *testing.T) {
 	addrs := v2Addrs(src4, dst4)
 	// The largest payload accepted: the addresses plus one TLV.
 	atLimit := append(append([]byte{}, addrs...), tlv(0xEE, maxV2Payload-len(addrs)-3)...)
-	tests := []struct {
-		name   string
-		prefix []byte
-		want   string // as in TestProxyProtocol
-	}{
+	tests := []headerCase{
 		// LOCAL: the family and addresses are ignored (haproxy's
 		// proxy-protocol.txt, section 2.2).
 		{"v2 local with addresses", v2Header(0, 0x11, addrs), "self"},
@@ -39,20 +34,7 @@ func TestProxyProtocolHeaderVariants(t *testing.T) {
 		{"v2 payload at the limit", v2Header(1, 0x11, atLimit), "203.0.113.7:4242"},
 		{"v2 payload over the limit", v2Header(1, 0x11, append(atLimit, 0)), ""},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := exchange(t, addr, tc.prefix)
-			if tc.want == "self" {
-				if !strings.HasPrefix(got, "127.0.0.1:") {
-					t.Fatalf("RemoteAddr %q, want the peer's own", got)
-				}
-				return
-			}
-			if got != tc.want {
-				t.Fatalf("RemoteAddr %q, want %q", got, tc.want)
-			}
-		})
-	}
+	checkHeaders(t, addr, tests)
 }
 
 // A peer that connects and sends nothing holds its own connection until the

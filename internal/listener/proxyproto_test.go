@@ -44,6 +44,34 @@ func servePP(t *testing.T, trusted func() []netip.Prefix, timeout time.Duration)
 // exchange sends prefix plus one HTTP request on a fresh connection (in one
 // write, so the header and the request share a segment) and returns the
 // response body, or "" when the server closed the connection unanswered.
+// headerCase is a connection's first bytes and the RemoteAddr the server
+// must see: "" when it closes the connection without an answer, "self"
+// for the peer's own address.
+type headerCase struct {
+	name   string
+	prefix []byte
+	want   string
+}
+
+// checkHeaders runs each case on its own connection to addr.
+func checkHeaders(t *testing.T, addr string, tests []headerCase) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := exchange(t, addr, tc.prefix)
+			if tc.want == "self" {
+				if !strings.HasPrefix(got, "127.0.0.1:") {
+					t.Fatalf("RemoteAddr %q, want the peer's own", got)
+				}
+				return
+			}
+			if got != tc.want {
+				t.Fatalf("RemoteAddr %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func exchange(t *testing.T, addr string, prefix []byte) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -88,11 +116,7 @@ func TestProxyProtocol(t *testing.T) {
 	src6 := netip.MustParseAddrPort("[2001:db8::7]:4242")
 	dst6 := netip.MustParseAddrPort("[2001:db8::1]:443")
 	tlv := []byte{0x04, 0x00, 0x03, 'a', 'b', 'c'} // a TLV after the addresses is skipped
-	tests := []struct {
-		name   string
-		prefix []byte
-		want   string // "" = connection closed without an answer; "self" = peer's own address
-	}{
+	tests := []headerCase{
 		{"v1 tcp4", []byte("PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n"), "203.0.113.7:4242"},
 		{"v1 tcp6", []byte("PROXY TCP6 2001:db8::7 2001:db8::1 4242 443\r\n"), "[2001:db8::7]:4242"},
 		{"v1 unknown", []byte("PROXY UNKNOWN\r\n"), "self"},
@@ -111,20 +135,7 @@ func TestProxyProtocol(t *testing.T) {
 		{"v2 truncated addresses", v2Header(1, 0x11, []byte{1, 2, 3}), ""},
 		{"v2 udp", v2Header(1, 0x12, v2Addrs(src4, dst4)), ""},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := exchange(t, addr, tc.prefix)
-			if tc.want == "self" {
-				if !strings.HasPrefix(got, "127.0.0.1:") {
-					t.Fatalf("RemoteAddr %q, want the peer's own", got)
-				}
-				return
-			}
-			if got != tc.want {
-				t.Fatalf("RemoteAddr %q, want %q", got, tc.want)
-			}
-		})
-	}
+	checkHeaders(t, addr, tests)
 }
 
 func TestProxyProtocolUntrustedPeerKeepsItsAddress(t *testing.T) {

@@ -60,6 +60,7 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/router"
 	"github.com/portico-gw/portico/internal/reqctx"
 )
 
@@ -703,26 +704,22 @@ func peerHost(remote string) string {
 }
 
 // setEscapedPath stores an escaped path in u so that u.EscapedPath()
-// returns it verbatim.
+// returns it verbatim (router.SetPath, whose RawPath keeps the
+// sub-delimiters as sent).
 func setEscapedPath(u *url.URL, esc string) {
 	if esc == "" {
 		esc = "/"
 	}
-	if strings.IndexByte(esc, '%') < 0 {
-		// RawPath even without an escape: net/url would otherwise
-		// escape the sub-delimiters ! ' ( ) * that it keeps in RawPath,
-		// and RFC 3986 section 2.2 makes "it's" and "it%27s" different
-		// paths (a signed URL would no longer match).
-		u.Path, u.RawPath = esc, esc
-		return
+	dec := esc
+	if strings.IndexByte(esc, '%') >= 0 {
+		var err error
+		if dec, err = url.PathUnescape(esc); err != nil {
+			// Not produced by CleanPath; send the path as net/url would.
+			u.Path, u.RawPath = esc, ""
+			return
+		}
 	}
-	dec, err := url.PathUnescape(esc)
-	if err != nil {
-		// Not produced by CleanPath; send the path as net/url would.
-		u.Path, u.RawPath = esc, ""
-		return
-	}
-	u.Path, u.RawPath = dec, esc
+	router.SetPath(u, dec, esc)
 }
 
 // limitedBody fails the exchange once more than n bytes were read.

@@ -60,8 +60,8 @@ import (
 
 	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/problem"
-	"github.com/portico-gw/portico/internal/router"
 	"github.com/portico-gw/portico/internal/reqctx"
+	"github.com/portico-gw/portico/internal/router"
 )
 
 // Backend is one side of a route's (possibly weighted) split.

@@ -5,6 +5,9 @@
 // shared Redis store lives in package redisstore and implements Store.
 //
 // A Service is long-lived (created once per process): it owns the metrics,
-// the stores and all counters, so a config reload (Apply) changes limits but
-// keeps every counter, keyed by policy name and subject.
+// the stores and all counters, so a config reload changes limits but keeps
+// every counter, keyed by policy name and subject. A reload is two steps:
+// Prepare compiles the policies into a Plan the new middlewares are built
+// from, and Commit puts it in force once the whole config has compiled
+// (Apply does both).
 package ratelimit

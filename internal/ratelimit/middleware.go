@@ -67,10 +67,13 @@ type limiter struct {
 // happens after (a 401, or a post-auth 429): those limits protect the
 // gateway from the work that follows them.
 func (s *Service) Middleware(route string, names []string, phase Phase) (func(http.Handler) http.Handler, error) {
+	return s.middleware(s.cur.Load(), route, names, phase)
+}
+
+func (s *Service) middleware(rt *runtime, route string, names []string, phase Phase) (func(http.Handler) http.Handler, error) {
 	if phase != PreAuth && phase != PostAuth {
 		return nil, fmt.Errorf("rate limit for route %s: unknown phase %d", route, phase)
 	}
-	rt := s.cur.Load()
 	l := &limiter{s: s, rt: rt, route: route, phase: phase, seed: maphash.MakeSeed()}
 	var items []string
 	seen := map[string]bool{}

@@ -904,6 +904,68 @@ func TestReloadKeepsCounters(t *testing.T) {
 	}
 }
 
+// TestPreparedPlanChangesNothingUntilCommit: the gateway builds a new
+// config's middlewares from a Plan and commits it only when the whole
+// config compiled; a plan dropped uncommitted (a refused reload) leaves the
+// policies in force and exports no series for its new policies.
+func TestPreparedPlanChangesNothingUntilCommit(t *testing.T) {
+	e := newEnv(t, envOpt{policies: map[string]*config.Policy{"p": pol("fixed_window", 3, time.Minute, "ip")}, route: []string{"p"}})
+	e.do()
+	plan, err := e.svc.Prepare(map[string]*config.Policy{
+		"p":     pol("fixed_window", 1, time.Minute, "ip"),
+		"extra": pol("fixed_window", 5, time.Minute, "ip"),
+	}, config.RateLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Middlewares built from the service (the running config's) still see
+	// the limit of 3, however often they are rebuilt.
+	e.handler = e.chain([]string{"p"})
+	if r := e.do(); r.code != 200 {
+		t.Fatalf("second request under the running limit of 3: %d (the uncommitted plan's limit of 1 is in force)", r.code)
+	}
+	if _, err := e.svc.Middleware("r", []string{"extra"}, PreAuth); err == nil {
+		t.Fatal("a policy of the uncommitted plan is in force")
+	}
+	if n, found := e.series("extra"); found {
+		t.Fatalf("the uncommitted plan's policy exports %v series", n)
+	}
+	// The plan's own middlewares use its policies, and after Commit so does
+	// the service.
+	mw, err := plan.Middleware("posts", []string{"extra"}, PreAuth)
+	if err != nil || mw == nil {
+		t.Fatalf("plan middleware: %v", err)
+	}
+	plan.Commit()
+	e.handler = e.chain([]string{"p"})
+	if r := e.do(); r.code != 429 {
+		t.Fatalf("after Commit: %d, want 429 (limit 1, counter of 2 kept)", r.code)
+	}
+	if _, found := e.series("extra"); !found {
+		t.Fatal("a committed policy has no decision series")
+	}
+}
+
+// series reports whether policy has decision series, and how many.
+func (e *env) series(policy string) (int, bool) {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "policy" && lp.GetValue() == policy {
+					n++
+				}
+			}
+		}
+	}
+	return n, n > 0
+}
+
 func TestParseKey(t *testing.T) {
 	for _, c := range []struct{ in, text, err string }{
 		{"ip", "ip", ""},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sort"
 	"strconv"
 	"sync"
@@ -201,16 +202,34 @@ func timerWait(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Apply installs the policies of a new config. Limits and windows may
-// change; counters are kept by policy name and subject, and the new numbers
-// apply to them (no reset: see package algo). A policy whose algorithm
-// changed starts from empty state in the memory stores. It fails without
-// changing anything when a policy does not compile; the error names every
-// bad policy. Middlewares built before Apply keep the policies they were
-// built with; the gateway rebuilds them after Apply.
+// Apply installs the policies of a new config: Prepare, then Commit.
+// Limits and windows may change; counters are kept by policy name and
+// subject, and the new numbers apply to them (no reset: see package algo).
+// A policy whose algorithm changed starts from empty state in the memory
+// stores. It fails without changing anything when a policy does not
+// compile; the error names every bad policy. Middlewares built before
+// Apply keep the policies they were built with; the gateway rebuilds them.
 func (s *Service) Apply(policies map[string]*config.Policy, defaults config.RateLimits) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	p, err := s.Prepare(policies, defaults)
+	if err != nil {
+		return err
+	}
+	p.Commit()
+	return nil
+}
+
+// Plan is a compiled set of policies that is not in force yet. The gateway
+// builds a new config's middlewares from it and commits it only once the
+// whole config has compiled, so a refused reload changes nothing here.
+type Plan struct {
+	s  *Service
+	rt *runtime
+}
+
+// Prepare compiles policies without touching the policies in force (nor
+// the decision series: those of a new policy appear at Commit). The error
+// names every bad policy.
+func (s *Service) Prepare(policies map[string]*config.Policy, defaults config.RateLimits) (*Plan, error) {
 	rt := &runtime{policies: make(map[string]*policy, len(policies)), expectedNodes: max(1, defaults.ExpectedNodes)}
 	var errs []error
 	switch defaults.Headers {
@@ -237,11 +256,28 @@ func (s *Service) Apply(policies map[string]*config.Policy, defaults config.Rate
 		rt.policies[name] = p
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
-	s.cur.Store(rt)
+	return &Plan{s: s, rt: rt}, nil
+}
+
+// Middleware is Service.Middleware over the plan's policies.
+func (p *Plan) Middleware(route string, names []string, phase Phase) (func(http.Handler) http.Handler, error) {
+	return p.s.middleware(p.rt, route, names, phase)
+}
+
+// Commit puts the plan's policies in force for the middlewares built
+// afterwards (those built from the plan already use them) and forgets the
+// denials remembered under the old limits.
+func (p *Plan) Commit() {
+	s := p.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, pol := range p.rt.policies {
+		pol.counters = s.countersFor(name)
+	}
+	s.cur.Store(p.rt)
 	s.neg.invalidate()
-	return nil
 }
 
 func (s *Service) compilePolicy(name string, cp *config.Policy, defaults config.RateLimits) (*policy, error) {
@@ -313,7 +349,6 @@ func (s *Service) compilePolicy(name string, cp *config.Policy, defaults config.
 	default:
 		return nil, fmt.Errorf("on_store_error: %q is not local, fail_open or fail_closed", mode)
 	}
-	p.counters = s.countersFor(name)
 	return p, nil
 }
 

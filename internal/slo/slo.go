@@ -203,11 +203,31 @@ func NewEngine(deps Deps) *Engine {
 	return e
 }
 
-// Apply installs the SLOs of a (re)loaded config. It validates all of them
-// first and changes nothing on error. An SLO keeps its counts and alert state
-// across reloads by name; one removed from the config stops being evaluated
-// and exported (its counts stay, should it come back).
+// Apply installs the SLOs of a (re)loaded config: Prepare, then Commit.
+// An SLO keeps its counts and alert state across reloads by name; one
+// removed from the config stops being evaluated and exported (its counts
+// stay, should it come back).
 func (e *Engine) Apply(slos []*config.SLO) error {
+	p, err := e.Prepare(slos)
+	if err != nil {
+		return err
+	}
+	p.Commit()
+	return nil
+}
+
+// Plan is a checked set of SLOs not in force yet: the gateway commits it
+// only once the whole config has compiled, so a refused reload leaves the
+// objectives and alerting in force unchanged.
+type Plan struct {
+	e    *Engine
+	slos []*config.SLO
+	cfgs []*sloConfig
+	seen map[string]bool
+}
+
+// Prepare checks every SLO and changes nothing; the error names each bad one.
+func (e *Engine) Prepare(slos []*config.SLO) (*Plan, error) {
 	cfgs := make([]*sloConfig, len(slos))
 	seen := map[string]bool{}
 	var errs []error
@@ -224,8 +244,14 @@ func (e *Engine) Apply(slos []*config.SLO) error {
 		cfgs[i] = c
 	}
 	if err := errors.Join(errs...); err != nil {
-		return err
+		return nil, err
 	}
+	return &Plan{e: e, slos: slos, cfgs: cfgs, seen: seen}, nil
+}
+
+// Commit puts the plan's SLOs in force.
+func (p *Plan) Commit() {
+	e, slos, cfgs, seen := p.e, p.slos, p.cfgs, p.seen
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	old := e.active
@@ -248,7 +274,6 @@ func (e *Engine) Apply(slos []*config.SLO) error {
 	for name, rt := range e.routes {
 		rt.slos.Store(e.forRoute(name))
 	}
-	return nil
 }
 
 func checkSLO(s *config.SLO) (*sloConfig, error) {

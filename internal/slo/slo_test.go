@@ -360,6 +360,36 @@ func TestApplyKeepsStateAndValidates(t *testing.T) {
 	}
 }
 
+// TestPreparedPlanChangesNothingUntilCommit: a plan dropped uncommitted (a
+// reload refused later in the compile) leaves the objectives, the SLO set
+// and their series as they were.
+func TestPreparedPlanChangesNothingUntilCommit(t *testing.T) {
+	clk := newClock()
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: prometheus.NewRegistry()})
+	defer e.Close()
+	if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99}, {Name: "b", Route: "r", Objective: 99.5}}); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := e.Prepare([]*config.SLO{{Name: "a", Route: "r", Objective: 90}, {Name: "c", Route: "r", Objective: 99}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Evaluate(clk.Now())
+	snap := e.Snapshot()
+	if len(snap) != 2 || snap[0].Name != "a" || snap[0].Objective != 99 || snap[1].Name != "b" {
+		t.Fatalf("an uncommitted plan changed the SLOs: %+v", snap)
+	}
+	if n := testutil.CollectAndCount(e.budgetG); n != 2 {
+		t.Errorf("budget series = %d, want a's and b's", n)
+	}
+	plan.Commit()
+	e.Evaluate(clk.Now())
+	snap = e.Snapshot()
+	if len(snap) != 2 || snap[0].Name != "a" || snap[0].Objective != 90 || snap[1].Name != "c" {
+		t.Fatalf("after Commit: %+v", snap)
+	}
+}
+
 func TestWebhookRetries(t *testing.T) {
 	clk := newClock()
 	h := newHook()

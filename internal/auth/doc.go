@@ -9,10 +9,19 @@
 //   - A Registry lives as long as the process. It owns what must survive a
 //     config reload: the JWKS key sets and their background refreshers, the
 //     verified-token caches and the portico_auth_failures_total metric.
-//   - A Set is built from one config by Registry.Apply and is immutable. The
-//     gateway asks it for one middleware per route (Set.Middleware) and for
-//     the identity header names it must strip on every route
-//     (Set.IdentityHeaders, StripIdentityHeaders).
+//   - A Set is built from one config and is immutable. The gateway asks it
+//     for one middleware per route (Set.Middleware) and for the identity
+//     header names it must strip on every route (Set.IdentityHeaders,
+//     StripIdentityHeaders).
+//
+// A reload has two phases, so that a config refused by a later stage
+// leaves auth as it was. Registry.Prepare builds a Plan, whose Set is
+// usable at once, without touching the running config: its key sets keep
+// refreshing, and new JWKS URLs are fetched once but get no refresher.
+// Plan.Commit, called when the whole config is accepted, stops the key sets
+// no longer used, starts the new ones and keeps the plan's caches for the
+// next reload; a refused Plan is simply dropped. Registry.Apply does both
+// at once.
 //
 // Cheap checks run before any signature check: token shape, header JSON,
 // algorithm allow-list, and the time, issuer and audience claims read from

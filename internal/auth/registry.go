@@ -71,8 +71,10 @@ const (
 
 // Registry is the process-long part of the auth stage: key sets with their
 // background refreshers, verified-token caches and the failure metric. A
-// config reload calls Apply again on the same Registry, which keeps every
-// key set and cache whose provider did not change.
+// config reload calls Prepare on the same Registry, which reuses every key
+// set and cache whose provider did not change, and then Plan.Commit once
+// the rest of the config is accepted; a refused reload drops the Plan and
+// leaves the running config's key sets refreshing and its caches kept.
 type Registry struct {
 	log        *slog.Logger
 	now        func() time.Time
@@ -86,11 +88,20 @@ type Registry struct {
 	// drive refreshes without sleeping.
 	after func(time.Duration) <-chan time.Time
 
-	mu      sync.Mutex
-	closed  bool
+	// applyMu serialises Apply calls, so two of them never make each
+	// other's plan stale.
+	applyMu sync.Mutex
+
+	mu     sync.Mutex
+	closed bool
+	// sources and caches are those of the committed config. Commit and
+	// Close replace the maps whole and nothing changes them in place, so
+	// Prepare reads them after releasing mu.
 	sources map[string]*keySource  // provider name + key source
 	caches  map[string]*tokenCache // provider name + fingerprint of its settings
-	wg      sync.WaitGroup
+	// gen counts commits; a plan prepared under another gen is stale.
+	gen uint64
+	wg  sync.WaitGroup
 }
 
 // noDowngrade lets the JWKS client follow a few redirects, never from
@@ -174,32 +185,88 @@ func (r *Registry) Close() error {
 	return nil
 }
 
-// Apply compiles the auth providers of one config into a Set. Key sets and
-// caches of providers that did not change are reused, so a reload neither
-// refetches keys nor re-verifies tokens; those no longer referenced stop
-// refreshing. A JWKS URL that cannot be fetched is not an error (the
-// provider answers 503 for unknown key ids until the keys arrive, and a
-// warning is logged); an unreadable or invalid jwks_file, an unusable
-// algorithm list or an invalid API key hash is. On error nothing changes.
-//
-// The first fetch of each new JWKS URL runs inside Apply, all in parallel,
-// each bounded by ctx and by a 5 s timeout.
+// Apply compiles the auth providers of one config into a Set and puts it
+// in force: it is Prepare followed by Commit, for callers that have nothing
+// else that could refuse the config. Calls of Apply are serialised with
+// each other; on error nothing changes.
 func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthProvider) (*Set, error) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	p, err := r.Prepare(ctx, providers)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Commit(); err != nil {
+		return nil, err
+	}
+	return p.Set(), nil
+}
+
+// Plan is a config's auth stage prepared by Registry.Prepare and not yet in
+// force. Its Set may be used at once; Commit makes the Registry keep its
+// key sets refreshed and its caches for the next reload. A Plan that is
+// dropped instead (the reload was refused elsewhere) leaves the Registry
+// as it was, and needs no release: its new key sets have no refresher yet
+// and hold nothing but memory.
+type Plan struct {
+	reg *Registry
+	set *Set
+	// gen is Registry.gen when the plan was prepared: the sources and
+	// caches it reuses are those in force then.
+	gen     uint64
+	sources map[string]*keySource
+	caches  map[string]*tokenCache
+	// created are the key sets the plan made rather than reused; Commit
+	// starts the refreshers of those fetched from a URL.
+	created []*keySource
+	// committed is guarded by reg.mu.
+	committed bool
+}
+
+// Prepare compiles the auth providers of one config into a Plan without
+// touching what is in force: no key set stops refreshing and no refresher
+// starts until Plan.Commit, and the caches kept for the next reload stay
+// those of the running config. Key sets and caches of providers that did
+// not change are reused (shared with the running Set, which Prepare does
+// not modify), so a reload neither refetches keys nor re-verifies tokens.
+//
+// A JWKS URL that cannot be fetched is not an error (the provider answers
+// 503 for unknown key ids until the keys arrive, and a warning is logged);
+// an unreadable or invalid jwks_file, an unusable algorithm list or an
+// invalid API key hash is.
+//
+// The first fetch of each new JWKS URL runs inside Prepare, all in
+// parallel, each bounded by ctx and by a 5 s timeout. The Registry is not
+// locked meanwhile: running Sets, Close and Commit do not wait for it.
+//
+// Prepare may be called while Sets are serving, but the caller serialises
+// reloads: a Plan can only be committed if no other Plan was committed
+// since it was prepared (see Plan.Commit).
+func (r *Registry) Prepare(ctx context.Context, providers map[string]*config.AuthProvider) (*Plan, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return nil, errors.New("auth: registry is closed")
 	}
+	// Both maps are replaced whole by Commit and Close, never changed in
+	// place, so these references are a snapshot that needs no lock.
+	running, runningCaches, gen := r.sources, r.caches, r.gen
+	r.mu.Unlock()
+
 	names := make([]string, 0, len(providers))
 	for name := range providers {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 
-	set := &Set{reg: r, providers: make(map[string]provider, len(providers))}
-	newSources := map[string]*keySource{}
-	newCaches := map[string]*tokenCache{}
-	var created []*keySource
+	plan := &Plan{
+		reg:     r,
+		set:     &Set{reg: r, providers: make(map[string]provider, len(providers))},
+		gen:     gen,
+		sources: map[string]*keySource{},
+		caches:  map[string]*tokenCache{},
+	}
+	set := plan.set
 	var errs []error
 	for _, name := range names {
 		pc := providers[name]
@@ -209,20 +276,20 @@ func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthP
 		}
 		switch pc.Type {
 		case "jwt":
-			p, src, isNew, err := r.buildJWT(name, pc, newSources)
+			p, src, isNew, err := r.buildJWT(name, pc, running, plan.sources)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("auth.%s: %w", name, err))
 				continue
 			}
 			if isNew {
-				created = append(created, src)
+				plan.created = append(plan.created, src)
 			}
 			cacheKey := name + "\x00" + p.fingerprint
-			c := r.caches[cacheKey]
+			c := runningCaches[cacheKey]
 			if c == nil {
 				c = newTokenCache(cacheEntries)
 			}
-			newCaches[cacheKey] = c
+			plan.caches[cacheKey] = c
 			p.cache = c
 			set.providers[name] = p
 		case "api_key":
@@ -242,9 +309,12 @@ func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthP
 	}
 
 	// First fetch of new URL sources, in parallel: startup waits for the
-	// slowest IdP once, not for the sum of them.
+	// slowest IdP once, not for the sum of them. Each fetch has ended when
+	// wg.Wait returns and leaves nothing running (fetchIf releases its
+	// timeout and its hook on ctx), so a plan that is never committed
+	// holds no goroutine.
 	var wg sync.WaitGroup
-	for _, s := range created {
+	for _, s := range plan.created {
 		if s.url == "" {
 			continue
 		}
@@ -257,26 +327,59 @@ func (r *Registry) Apply(ctx context.Context, providers map[string]*config.AuthP
 		}()
 	}
 	wg.Wait()
+	set.identityHeaders = set.collectIdentityHeaders()
+	return plan, nil
+}
 
+// Set returns the plan's provider set. It may be wired into handlers
+// before Commit: its providers verify tokens, and fetch the keys of an
+// unknown kid on demand, whether or not the plan is ever committed; only
+// the background refresh of its new key sets waits for Commit.
+func (p *Plan) Set() *Set { return p.set }
+
+// Commit puts the plan in force: it stops the refreshers of the key sets
+// the plan no longer uses, starts those of its new JWKS URLs, and makes
+// the plan's key sets and caches the ones the next Prepare reuses. Sets
+// built earlier keep working with the keys they have.
+//
+// Commit fails, changing nothing, when the Registry is closed, when the
+// plan was already committed, or when the plan is stale: another plan was
+// committed after this one was prepared. A stale plan may reuse key sets
+// whose refreshers that commit stopped, so it must be prepared again.
+func (p *Plan) Commit() error {
+	r := p.reg
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closed:
+		return errors.New("auth: registry is closed")
+	case p.committed:
+		return errors.New("auth: plan already committed")
+	case p.gen != r.gen:
+		return errors.New("auth: stale plan: another plan was committed after it was prepared")
+	}
 	for key, s := range r.sources {
-		if _, kept := newSources[key]; !kept {
+		if _, kept := p.sources[key]; !kept {
 			s.stop()
 		}
 	}
-	for _, s := range created {
+	for _, s := range p.created {
 		if s.url != "" {
 			r.wg.Add(1)
 			go s.run(&r.wg)
 		}
 	}
-	r.sources = newSources
-	r.caches = newCaches
-	set.identityHeaders = set.collectIdentityHeaders()
-	return set, nil
+	r.sources = p.sources
+	r.caches = p.caches
+	r.gen++
+	p.committed = true
+	return nil
 }
 
-// buildJWT compiles one jwt provider, reusing or creating its key source.
-func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map[string]*keySource) (*jwtProvider, *keySource, bool, error) {
+// buildJWT compiles one jwt provider, reusing its key source from running
+// or creating one, and records the source in newSources. A reused source is
+// in use by the running Set and is not modified.
+func (r *Registry) buildJWT(name string, pc *config.AuthProvider, running, newSources map[string]*keySource) (*jwtProvider, *keySource, bool, error) {
 	nsrc := 0
 	for _, s := range []string{pc.JWKSURL, pc.JWKSFile, pc.Secret} {
 		if s != "" {
@@ -314,13 +417,13 @@ func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map
 	switch {
 	case pc.JWKSURL != "":
 		srcKey = name + "\x00url\x00" + pc.JWKSURL
-		src = r.sources[srcKey]
+		src = running[srcKey]
 		if src == nil {
 			src = newURLSource(r, name, pc.JWKSURL)
 			isNew = true
 		}
 	case pc.JWKSFile != "":
-		// A file is read at every Apply, so a reload picks up a new file.
+		// A file is read at every Prepare, so a reload picks up a new file.
 		b, err := os.ReadFile(pc.JWKSFile)
 		if err != nil {
 			return nil, nil, false, fmt.Errorf("jwks_file: %w", err)
@@ -331,7 +434,7 @@ func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map
 		}
 		sum := sha256.Sum256(b)
 		srcKey = name + "\x00file\x00" + pc.JWKSFile + "\x00" + hex.EncodeToString(sum[:])
-		src = r.sources[srcKey]
+		src = running[srcKey]
 		if src == nil {
 			src = newStaticSource(r, name, ks)
 			isNew = true
@@ -343,7 +446,7 @@ func (r *Registry) buildJWT(name string, pc *config.AuthProvider, newSources map
 		}
 		sum := sha256.Sum256([]byte(pc.Secret))
 		srcKey = name + "\x00secret\x00" + hex.EncodeToString(sum[:])
-		src = r.sources[srcKey]
+		src = running[srcKey]
 		if src == nil {
 			src = newStaticSource(r, name, &keySet{
 				all: []*vkey{{family: famHMAC, hmac: []byte(pc.Secret)}},

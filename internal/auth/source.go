@@ -95,7 +95,7 @@ func (s *keySource) fetch(ctx context.Context) error { return s.fetchIf(ctx, 0, 
 
 // fetchIf fetches unless the last attempt started less than minGap ago.
 // With bound, a download this call starts also ends with ctx: for the
-// startup fetch, whose caller (Apply) is the only one waiting. Otherwise
+// startup fetch, whose caller (Prepare) is the only one waiting. Otherwise
 // the download does not use ctx: followers share it, and one caller going
 // away must not fail it for the others. The registry's context (cancelled
 // by Close) and fetchTimeout bound it either way.

@@ -39,21 +39,29 @@ var propagator = propagation.TraceContext{}
 
 func lightTracer() *tracer { return &tracer{} }
 
+// flushTimeout bounds the flush of a replaced or closed exporter (a
+// variable for tests).
+var flushTimeout = 5 * time.Second
+
 func (tr *tracer) shutdown() error {
 	if tr.provider == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer cancel()
 	return tr.provider.Shutdown(ctx)
 }
 
 // ApplyTracing follows the tracing section of a (re)loaded config. nil
 // stops export (trace context is still propagated). A changed config
-// replaces the exporter; the old one is flushed (bounded by 5 s) first.
+// replaces the exporter; the old one is flushed (bounded by 5 s) after.
+// It fails only on a config it cannot use, and then changes nothing; a
+// flush that fails (a collector down) is logged, since the new settings
+// are in force by then and the reload must not be reported as refused.
 func (t *Telemetry) ApplyTracing(cfg *config.Tracing) error {
 	if cfg == nil {
-		return t.tracing.Swap(lightTracer()).shutdown()
+		t.retireTracer(t.tracing.Swap(lightTracer()))
+		return nil
 	}
 	ratio := 1.0
 	if cfg.SampleRatio != nil {
@@ -87,7 +95,15 @@ func (t *Telemetry) ApplyTracing(cfg *config.Tracing) error {
 		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", name))),
 	)
 	nt := &tracer{cfg: *cfg, ratio: ratio, provider: tp, tr: tp.Tracer("github.com/portico-gw/portico")}
-	return t.tracing.Swap(nt).shutdown()
+	t.retireTracer(t.tracing.Swap(nt))
+	return nil
+}
+
+// retireTracer flushes and stops a replaced tracer.
+func (t *Telemetry) retireTracer(old *tracer) {
+	if err := old.shutdown(); err != nil {
+		t.logger.Warn("tracing: flushing the replaced exporter failed; its unsent spans are lost", "err", err.Error())
+	}
 }
 
 // start continues or starts the request's trace and returns the request

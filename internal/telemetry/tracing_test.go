@@ -1,12 +1,15 @@
 package telemetry
 
 import (
+	"bytes"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
@@ -208,6 +211,59 @@ func TestTraceExportOTLP(t *testing.T) {
 			}
 			rs.CloseClientConnections()
 		})
+	}
+}
+
+// syncBuf is a log destination safe for the exporter's goroutines.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestReplacingTracingWithTheCollectorFailing: the replaced exporter's
+// flush failing (the collector does not answer in time) is logged; the new
+// settings are in force and ApplyTracing reports success, so the reload
+// is not counted as refused while it changed the tracer.
+func TestReplacingTracingWithTheCollectorFailing(t *testing.T) {
+	// The collector holds every export until the test ends, so the flush
+	// runs out of time.
+	release := make(chan struct{})
+	stuck := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}))
+	defer stuck.Close()
+	defer close(release)
+	defer func(d time.Duration) { flushTimeout = d }(flushTimeout)
+	flushTimeout = 300 * time.Millisecond
+	var logs syncBuf
+	tel := New(Deps{AccessLog: io.Discard, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer tel.Close()
+	if err := tel.ApplyTracing(&config.Tracing{OTLPEndpoint: stuck.URL}); err != nil {
+		t.Fatal(err)
+	}
+	g := newTracedGateway(t, tel, false)
+	defer g.close()
+	g.get(t, inbound)
+	if err := tel.ApplyTracing(nil); err != nil {
+		t.Fatalf("replacing the tracer: %v, want success with the flush failure logged", err)
+	}
+	if tel.tracing.Load().provider != nil {
+		t.Error("export still on after ApplyTracing(nil)")
+	}
+	if !strings.Contains(logs.String(), "flushing the replaced exporter failed") {
+		t.Errorf("flush failure not logged: %q", logs.String())
 	}
 }
 

@@ -136,6 +136,63 @@ func (e *Engine) Evaluate(now time.Time) {
 		}
 		st.status = status
 	}
+	e.resolveRetired(ctx, now, leader)
+}
+
+// resolveRetired ends the alerts of SLOs removed from the config: a
+// "resolved" notification (Reason says why) for each severity last
+// announced as firing. An SLO whose state could not be read or stored
+// (Redis) is tried again at the next evaluation; one the lease holder is
+// left to resolve is dropped here.
+func (e *Engine) resolveRetired(ctx context.Context, now time.Time, leader bool) {
+	e.mu.Lock()
+	retired := e.retired
+	e.retired = nil
+	e.mu.Unlock()
+	var again []*sloState
+	for _, st := range retired {
+		cfg := st.cfg.Load()
+		ok := true
+		for si, sev := range severities {
+			if st.firing[si] {
+				st.firing[si] = false
+				e.logger.Warn("slo alert resolved: the SLO was removed from the config", "slo", st.name, "severity", sev, "route", cfg.route)
+			}
+			if cfg.webhook == "" || !leader {
+				continue
+			}
+			announced := st.announced[si]
+			if e.redis != nil {
+				v, err := e.fleetAlert(ctx, st.name, sev)
+				if err == nil && v {
+					err = e.setFleetAlert(ctx, st.name, sev, false, cfg.window)
+				}
+				if err != nil {
+					e.logger.Warn("slo: resolving a removed SLO's alert in redis", "slo", st.name, "err", err)
+					ok = false
+					continue
+				}
+				announced = v
+			}
+			if !announced {
+				continue
+			}
+			st.announced[si] = false
+			e.send(cfg.webhook, Notification{
+				SLO: st.name, Route: cfg.route, Severity: sev, State: "resolved", Reason: "slo_removed",
+				Objective: cfg.objective, BudgetRemaining: st.status.BudgetRemaining, BurnRates: st.status.BurnRates,
+				Time: now.UTC(), Node: e.nodeID,
+			})
+		}
+		if !ok {
+			again = append(again, st)
+		}
+	}
+	if len(again) > 0 {
+		e.mu.Lock()
+		e.retired = append(e.retired, again...)
+		e.mu.Unlock()
+	}
 }
 
 func severityIndex(s string) int {
@@ -178,10 +235,13 @@ func (e *Engine) Snapshot() []SLOStatus {
 // ("firing") or ends ("resolved"). Deliveries of one SLO are independent
 // requests; use Time to order them.
 type Notification struct {
-	SLO             string             `json:"slo"`
-	Route           string             `json:"route"`
-	Severity        string             `json:"severity"`
-	State           string             `json:"state"`
+	SLO      string `json:"slo"`
+	Route    string `json:"route"`
+	Severity string `json:"severity"`
+	State    string `json:"state"`
+	// Reason is set on a "resolved" that did not come from the burn rate:
+	// "slo_removed" when a reload removed the SLO.
+	Reason          string             `json:"reason,omitempty"`
 	Objective       float64            `json:"objective"`
 	BudgetRemaining float64            `json:"budget_remaining"`
 	BurnRates       map[string]float64 `json:"burn_rates"`

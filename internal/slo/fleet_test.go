@@ -168,3 +168,59 @@ func TestFleetSharesCountsAndSendsOneWebhook(t *testing.T) {
 		t.Errorf("fleet counts good %d bad %d, want %d and %d", a.Good, a.Bad, wantGood, 50*40)
 	}
 }
+
+// TestFleetRemovedSLOResolvesOnce: with the SLO removed on every node, the
+// lease holder resolves its firing alert once, and the fleet's announced
+// state is cleared, so the SLO coming back does not count as resolved.
+func TestFleetRemovedSLOResolvesOnce(t *testing.T) {
+	rc := redisClient(t)
+	prefix := fmt.Sprintf("portico-test:slo:%d:", rand.Uint64())
+	defer cleanKeys(t, rc, prefix)
+	clk := newClock()
+	h := newHook()
+	defer h.srv.Close()
+	slos := []*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99, AlertWebhook: h.srv.URL}}
+	var engines []*Engine
+	for i := 0; i < 2; i++ {
+		e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: prometheus.NewRegistry(), Redis: rc,
+			NodeID: fmt.Sprintf("node-%d", i), KeyPrefix: prefix})
+		defer e.Close()
+		if err := e.Apply(slos); err != nil {
+			t.Fatal(err)
+		}
+		engines = append(engines, e)
+	}
+	obs := engines[0].Observer("mobile/feed")
+	for i := 0; i < 100; i++ {
+		obs(503, 0, clk.Now())
+	}
+	for _, e := range engines {
+		e.Evaluate(clk.Now())
+	}
+	firing := h.wait(t, 2)
+	for _, e := range engines {
+		if err := e.Apply(nil); err != nil {
+			t.Fatal(err)
+		}
+		e.Evaluate(clk.Now())
+	}
+	got := h.wait(t, 4)
+	for _, n := range got[2:] {
+		if n.State != "resolved" || n.Reason != "slo_removed" || n.Node != firing[0].Node {
+			t.Errorf("after removal: %+v (firing came from %s)", n, firing[0].Node)
+		}
+	}
+	for _, sev := range severities {
+		if v, err := engines[0].fleetAlert(context.Background(), "feed", sev); err != nil || v {
+			t.Errorf("fleet alert state of %s after removal: %v %v, want not firing", sev, v, err)
+		}
+	}
+	for _, e := range engines {
+		e.Close()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.got) != 4 {
+		t.Errorf("%d webhooks, want 2 firing and 2 resolved: %+v", len(h.got), h.got)
+	}
+}

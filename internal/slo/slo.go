@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -139,10 +140,13 @@ type Engine struct {
 	burnG   *prometheus.GaugeVec
 	firingG *prometheus.GaugeVec
 
-	mu     sync.Mutex // guards slos, active, routes
+	mu     sync.Mutex // guards slos, active, retired, routes
 	slos   map[string]*sloState
 	active []*sloState
-	routes map[string]*routeTrack
+	// retired are SLOs a reload removed whose alerts the next evaluation
+	// resolves, so a receiver is not left with a page that never ends.
+	retired []*sloState
+	routes  map[string]*routeTrack
 
 	evalMu sync.Mutex // one Evaluate or Flush at a time
 
@@ -206,7 +210,7 @@ func NewEngine(deps Deps) *Engine {
 // Apply installs the SLOs of a (re)loaded config: Prepare, then Commit.
 // An SLO keeps its counts and alert state across reloads by name; one
 // removed from the config stops being evaluated and exported (its counts
-// stay, should it come back).
+// stay, should it come back), and the next evaluation resolves its alerts.
 func (e *Engine) Apply(slos []*config.SLO) error {
 	p, err := e.Prepare(slos)
 	if err != nil {
@@ -269,8 +273,12 @@ func (p *Plan) Commit() {
 	for _, st := range old {
 		if !seen[st.name] {
 			e.deleteSeries(st.name)
+			e.retired = append(e.retired, st)
 		}
 	}
+	// One removed and back before the next evaluation is not retired: its
+	// alerts continue.
+	e.retired = slices.DeleteFunc(e.retired, func(st *sloState) bool { return seen[st.name] })
 	for name, rt := range e.routes {
 		rt.slos.Store(e.forRoute(name))
 	}

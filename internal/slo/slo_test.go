@@ -414,6 +414,60 @@ func TestWebhookRetries(t *testing.T) {
 // TestForgetRoute: routes the config dropped leave the engine, so renames
 // over many reloads do not pile up; a hook handed out before still counts
 // its in-flight requests, and a route that comes back counts again.
+// TestRemovedSLOResolvesItsAlerts: a reload that removes an SLO whose
+// alerts fire sends "resolved" (reason slo_removed) for each of them at the
+// next evaluation, once; one removed and back before that evaluation keeps
+// firing and sends nothing.
+func TestRemovedSLOResolvesItsAlerts(t *testing.T) {
+	clk := newClock()
+	h := newHook()
+	defer h.srv.Close()
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})
+	defer e.Close()
+	slos := []*config.SLO{{Name: "a", Route: "r", Objective: 99, AlertWebhook: h.srv.URL}}
+	if err := e.Apply(slos); err != nil {
+		t.Fatal(err)
+	}
+	obs := e.Observer("r")
+	for i := 0; i < 100; i++ {
+		obs(503, 0, clk.Now()) // both severities fire
+	}
+	e.Evaluate(clk.Now())
+	h.wait(t, 2)
+	// Removed and back before an evaluation: still firing, nothing sent.
+	if err := e.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Apply(slos); err != nil {
+		t.Fatal(err)
+	}
+	e.Evaluate(clk.Now())
+	clk.Advance(time.Minute)
+	removedAt := clk.Now().UTC()
+	if err := e.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	e.Evaluate(clk.Now())
+	e.Evaluate(clk.Now())
+	got := h.wait(t, 4)
+	e.Close() // waits for deliveries in flight: a duplicate would be in
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.got) != 4 {
+		t.Fatalf("%d webhooks, want 2 firing and 2 resolved: %+v", len(h.got), h.got)
+	}
+	resolved := map[string]bool{}
+	for _, n := range got[2:] {
+		if n.State != "resolved" || n.Reason != "slo_removed" || n.SLO != "a" || !n.Time.Equal(removedAt) {
+			t.Errorf("after removal at %v: %+v", removedAt, n)
+		}
+		resolved[n.Severity] = true
+	}
+	if !resolved["page"] || !resolved["ticket"] {
+		t.Errorf("resolved severities %v, want page and ticket", resolved)
+	}
+}
+
 func TestForgetRoute(t *testing.T) {
 	clk := newClock()
 	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})

@@ -53,9 +53,11 @@ func (c *compileErrors) add(field string, err error) {
 
 func (c *compileErrors) err() error { return errors.Join(c.errs...) }
 
-// compile builds a runtime from cfg. The long-lived registries are updated
-// first (they keep state by name, so the previous runtime keeps working on
-// its own pools while this one is built).
+// compile builds a runtime from cfg. The long-lived registries (upstream
+// pools, auth key sets, rate-limit policies, SLOs) keep state by name
+// across reloads; each prepares a plan first, the routes are built from the
+// plans, and the plans are committed only once nothing else can fail, so a
+// refused config leaves every registry as the running config needs it.
 func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 	ce := &compileErrors{cfg: cfg}
 	trusted := make([]netip.Prefix, 0, len(cfg.Server.TrustedProxies))
@@ -65,20 +67,24 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		trusted = append(trusted, p)
 	}
 
-	pools, err := g.ups.Apply(cfg.Upstreams)
+	upPlan, err := g.ups.Prepare(cfg.Upstreams)
 	if err != nil {
 		return nil, fmt.Errorf("upstreams: %w", err)
 	}
+	pools := upPlan.Pools()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	authSet, err := g.auths.Apply(ctx, cfg.Auth)
+	authPlan, err := g.auths.Prepare(ctx, cfg.Auth)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
-	if err := g.rl.Apply(cfg.RateLimits.Policies, cfg.RateLimits); err != nil {
+	authSet := authPlan.Set()
+	limits, err := g.rl.Prepare(cfg.RateLimits.Policies, cfg.RateLimits)
+	if err != nil {
 		return nil, fmt.Errorf("rate_limits: %w", err)
 	}
-	if err := g.slo.Apply(cfg.SLOs); err != nil {
+	sloPlan, err := g.slo.Prepare(cfg.SLOs)
+	if err != nil {
 		return nil, fmt.Errorf("slos: %w", err)
 	}
 
@@ -102,7 +108,7 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 		edge, err := g.edge(r.Name, field, edgeSpec{
 			auth: r.Auth, public: r.Public, scopes: r.Scopes, rateLimit: r.RateLimit,
 			cors: r.CORS, compression: r.Compression, minBytes: int64(r.CompressionMinBytes),
-		}, authSet)
+		}, authSet, limits)
 		if err != nil {
 			ce.add(field, err)
 			continue
@@ -139,7 +145,7 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 			edge, err := g.edge(epName, field, edgeSpec{
 				auth: b.Auth, public: b.Public, scopes: b.Scopes, rateLimit: b.RateLimit,
 				cors: b.CORS, compression: b.Compression, minBytes: int64(b.CompressionMinBytes),
-			}, authSet)
+			}, authSet, limits)
 			if err != nil {
 				ce.add(field, err)
 				continue
@@ -175,12 +181,23 @@ func (g *Gateway) compile(cfg *config.Config) (*runtime, error) {
 	}
 	rt.router = rtr
 	rt.notFound = chain(unmatchedHandler(), g.tel.Middleware(telemetry.UnmatchedRoute), recover, stripIdentity)
-	// Process-wide telemetry settings change last, once nothing else can
-	// fail: a config refused above must not turn the access log off, or
+	// What is process-wide changes last, once nothing else can fail: a
+	// config refused above must not drop an upstream the running config
+	// routes to, stop its key sets refreshing, turn the access log off, or
 	// stop redacting a credential parameter the running config reads.
+	// ApplyTracing fails only without changing anything; the commits only
+	// when the gateway is closing.
 	if err := g.tel.ApplyTracing(cfg.Tracing); err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
 	}
+	if err := upPlan.Commit(); err != nil {
+		return nil, fmt.Errorf("upstreams: %w", err)
+	}
+	if err := authPlan.Commit(); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
+	}
+	limits.Commit()
+	sloPlan.Commit()
 	g.tel.SetAccessLog(cfg.Logging.AccessLog == nil || *cfg.Logging.AccessLog)
 	g.tel.SetRedactedQueryParams(credentialQueryParams(cfg))
 	return rt, nil
@@ -210,7 +227,7 @@ type edgeSpec struct {
 // edge builds the stages between telemetry and the handler, in the order of
 // DESIGN.md section 2: CORS, rate limits keyed before authentication, auth,
 // rate limits keyed by identity, compression.
-func (g *Gateway) edge(route, field string, s edgeSpec, authSet *auth.Set) ([]middleware, error) {
+func (g *Gateway) edge(route, field string, s edgeSpec, authSet *auth.Set, limits *ratelimit.Plan) ([]middleware, error) {
 	var mws []middleware
 	if s.cors != nil {
 		mw, err := cors.New(s.cors)
@@ -220,7 +237,7 @@ func (g *Gateway) edge(route, field string, s edgeSpec, authSet *auth.Set) ([]mi
 		mws = append(mws, mw)
 	}
 	if len(s.rateLimit) > 0 {
-		mw, err := g.rl.Middleware(route, s.rateLimit, ratelimit.PreAuth)
+		mw, err := limits.Middleware(route, s.rateLimit, ratelimit.PreAuth)
 		if err != nil {
 			return nil, fmt.Errorf("rate_limit: %w", err)
 		}
@@ -234,7 +251,7 @@ func (g *Gateway) edge(route, field string, s edgeSpec, authSet *auth.Set) ([]mi
 		mws = append(mws, mw)
 	}
 	if len(s.rateLimit) > 0 {
-		mw, err := g.rl.Middleware(route, s.rateLimit, ratelimit.PostAuth)
+		mw, err := limits.Middleware(route, s.rateLimit, ratelimit.PostAuth)
 		if err != nil {
 			return nil, fmt.Errorf("rate_limit: %w", err)
 		}

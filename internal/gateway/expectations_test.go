@@ -345,6 +345,78 @@ func TestRefusedCompileKeepsAccessLog(t *testing.T) {
 	alog.line(t, resp.Header.Get("X-Request-Id"))
 }
 
+// TestRefusedCompileLeavesRegistriesInForce: a reload that passes
+// validation but fails to compile (here: a route naming an upstream that
+// does not exist) must leave the running config wholly in force. The
+// upstream it removes keeps its health checker, series and place in the
+// admin view, and the SLO objective it changes stays as it was.
+func TestRefusedCompileLeavesRegistriesInForce(t *testing.T) {
+	a := echoUpstream(t, "a")
+	var bDown atomic.Bool
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" && bDown.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "{}")
+	}))
+	t.Cleanup(b.Close)
+	const yaml = `version: 1
+server: {listen: "127.0.0.1:0", shutdown_timeout: 5s}
+admin: {listen: "127.0.0.1:0"}
+logging: {access_log: false}
+upstreams:
+  a: {targets: [{url: "%s"}]}
+  b:
+    targets: [{url: "%s"}]
+    health_check: {path: /health, interval: 20ms, timeout: 20ms, unhealthy_threshold: 1, healthy_threshold: 1}
+routes:
+  - {name: a, match: {path: "/api/*"}, upstream: a, public: true}
+%s
+slos:
+  - {name: avail, route: a, objective: %s}
+`
+	h := start(t, fmt.Sprintf(yaml, a.URL, b.URL, `  - {name: b, match: {path: "/b/*"}, upstream: b, public: true}`, "99"))
+	// The next config drops upstream b (and its route) and lowers the
+	// objective; it validates, and compiling it fails.
+	next, err := config.LoadBytes("next.yaml", []byte(strings.Replace(fmt.Sprintf(yaml, a.URL, b.URL, "", "90"), "  b:\n    targets", "  unused:\n    targets", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(next.Upstreams, "unused")
+	next.Routes[0].Upstream = "no-such-upstream"
+	if err := h.gw.Apply(next); err == nil {
+		t.Fatal("Apply of a route with an unknown upstream succeeded")
+	}
+
+	var found bool
+	for _, u := range h.gw.ups.Snapshot() {
+		found = found || u.Name == "b" && len(u.Targets) == 1 && u.Targets[0].URL == b.URL
+	}
+	if !found {
+		t.Errorf("upstream b of the running config left the admin view: %+v", h.gw.ups.Snapshot())
+	}
+	if s := h.gw.slo.Snapshot(); len(s) != 1 || s[0].Objective != 99 {
+		t.Errorf("SLO after the refused reload: %+v, want objective 99", s)
+	}
+	// b's health checker still runs: b failing its checks is seen.
+	bDown.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m := getBody(t, h.admin+"/metrics")
+		if strings.Contains(m, fmt.Sprintf(`portico_upstream_healthy{target=%q,upstream="b"} 0`, b.URL)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b's failing health checks went unseen after the refused reload:\n%s", grepLines(m, "portico_upstream_healthy"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if resp := getJSON(t, h.base+"/api/x", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("route a after the refused reload: %d", resp.StatusCode)
+	}
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)

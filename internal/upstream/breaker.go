@@ -72,15 +72,32 @@ type breaker struct {
 	cfg       breakerConfig
 	openUntil int64
 	probing   bool
-	win       *rolling // a: requests, b: failures
-	gauge     prometheus.Gauge
-	log       *slog.Logger // with the upstream's name
+	win       *rolling         // a: requests, b: failures
+	gauge     prometheus.Gauge // nil until export; only touched on state changes
+	log       *slog.Logger     // with the upstream's name
 }
 
+// newBreaker returns a closed breaker. A nil gauge defers the metric to
+// export, so that a breaker of a plan never committed creates no series;
+// until then the breaker must not see traffic.
 func newBreaker(cfg breakerConfig, gauge prometheus.Gauge, log *slog.Logger) *breaker {
-	b := &breaker{cfg: cfg, win: newRolling(breakerBuckets, breakerBucketWidth), gauge: gauge, log: log}
-	gauge.Set(0)
+	b := &breaker{cfg: cfg, win: newRolling(breakerBuckets, breakerBucketWidth), log: log}
+	if gauge != nil {
+		b.export(gauge)
+	}
 	return b
+}
+
+// export makes gauge b's breaker_open series and sets it to b's state.
+func (b *breaker) export(gauge prometheus.Gauge) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gauge = gauge
+	v := 0.0
+	if breakerState(b.state.Load()) != stateClosed {
+		v = 1
+	}
+	gauge.Set(v)
 }
 
 func (b *breaker) setConfig(cfg breakerConfig) {

@@ -8,7 +8,15 @@
 // All state that must outlive a config reload (health, ejections, breakers,
 // in-flight counts, recent error rates, transports with their warm
 // connections, Prometheus collectors) lives in a Registry created once per
-// process. Registry.Apply is called on every config load and returns fresh,
-// immutable Pools that share that state, so a reload never resets a breaker
-// or marks a dead target healthy again.
+// process. A config load goes in two phases. Registry.Prepare checks the
+// config's upstreams and returns a Plan holding fresh, immutable Pools that
+// share that state, so a reload never resets a breaker or marks a dead
+// target healthy again; it changes nothing in the Registry. Plan.Commit then
+// makes the config the Registry's: it registers new upstreams and targets
+// (and their metric series), applies transport, breaker and health check
+// changes, and drops what the config no longer has. A gateway commits only
+// once the rest of its config compiled, so a refused reload, whose Plan is
+// simply dropped, leaves the running config's upstreams, health checks,
+// breakers and metrics exactly as they were. Registry.Apply does both
+// phases at once.
 package upstream

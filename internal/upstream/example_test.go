@@ -14,8 +14,9 @@ import (
 	"github.com/portico-gw/portico/internal/upstream"
 )
 
-// A Registry lives as long as the process; each config load calls Apply and
-// hands the returned pools to the proxies, as their Transport.
+// A Registry lives as long as the process; each config load calls Apply (or
+// Prepare and Commit, see Registry.Prepare) and hands the returned pools to
+// the proxies, as their Transport.
 func Example() {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s", r.URL.Path)
@@ -53,4 +54,40 @@ func Example() {
 	// Output:
 	// 200 hello from /posts/1
 	// 1
+}
+
+// A reload in two phases: Prepare builds the new pools without touching the
+// running config, the rest of the config is compiled against them, and only
+// when all of it succeeded does Commit put them in force. A refused reload
+// just drops the plan.
+func ExampleRegistry_Prepare() {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer backend.Close()
+	reg := upstream.NewRegistry(upstream.Deps{Registerer: prometheus.NewRegistry()})
+	defer reg.Close()
+	targets := []config.Target{{URL: backend.URL, Weight: 1}}
+	if _, err := reg.Apply(map[string]*config.Upstream{"posts": {Targets: targets}}); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	reload := func(ups map[string]*config.Upstream, compileRest func(map[string]*upstream.Pool) error) error {
+		plan, err := reg.Prepare(ups)
+		if err != nil {
+			return err
+		}
+		if err := compileRest(plan.Pools()); err != nil {
+			return err // the plan is dropped: nothing changed
+		}
+		return plan.Commit() // then swap in the runtime built on plan.Pools()
+	}
+
+	next := map[string]*config.Upstream{"users": {Targets: targets}}
+	err := reload(next, func(map[string]*upstream.Pool) error { return fmt.Errorf("routes[0]: bad path") })
+	fmt.Println(err, reg.Snapshot()[0].Name)
+	err = reload(next, func(map[string]*upstream.Pool) error { return nil })
+	fmt.Println(err, reg.Snapshot()[0].Name)
+	// Output:
+	// routes[0]: bad path posts
+	// <nil> users
 }

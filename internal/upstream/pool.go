@@ -15,7 +15,7 @@ import (
 	"github.com/portico-gw/portico/internal/problem"
 )
 
-// Pool is one upstream as configured by one Apply: an http.RoundTripper
+// Pool is one upstream as configured by one Plan: an http.RoundTripper
 // safe for concurrent use, meant as the Transport of an
 // httputil.ReverseProxy and as the backend caller of aggregation. Its
 // settings are immutable; its state (health, ejections, breaker, counts) is
@@ -56,7 +56,10 @@ const (
 	maxEjectionFactor = 10
 )
 
-func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *Pool {
+// newPool builds the pool of p on u, serving through tr and guarded by br
+// (nil: no breaker): the transport and breaker in force once its plan is
+// committed.
+func newPool(r *Registry, u *upstream, p *preparedUpstream, tr *transports, br *breaker, targets []*target) *Pool {
 	cfg := p.cfg
 	weights := make([]int, len(p.targets))
 	urls := make([]string, len(p.targets))
@@ -66,7 +69,7 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, targets []*target) *
 	pl := &Pool{
 		reg: r, up: u, name: p.name, targets: targets, weights: weights,
 		bal: newBalancer(cfg.Balance, weights, p.hash, urls),
-		tr:  u.tr, br: u.breaker, balance: cfg.Balance,
+		tr:  tr, br: br, balance: cfg.Balance,
 		retries: 1, budget: defaultRetryBudget,
 		timeout: cfg.Timeout.D(), preserveHost: cfg.PreserveHost,
 		maxInflight: int64(cfg.MaxInflight),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -34,15 +35,22 @@ type Deps struct {
 }
 
 // Registry holds the upstream state that outlives config reloads. Create one
-// per process with NewRegistry, call Apply on every config load and Close at
-// shutdown.
+// per process with NewRegistry; on every config load call Prepare and, once
+// the rest of the config compiled too, Commit the Plan (or Apply, which is
+// both at once); call Close at shutdown.
 type Registry struct {
 	log *slog.Logger
 	now func() time.Time
 	m   *metrics
 
-	mu       sync.Mutex // serialises Apply, Close and Snapshot's view of ups
-	ups      map[string]*upstream
+	// mu guards ups (and what the comments of upstream and target place
+	// under it), gen and closed: Prepare reads under it, Commit, Apply and
+	// Close write under it, Snapshot reads under it.
+	mu  sync.Mutex
+	ups map[string]*upstream
+	// gen counts commits, so that Commit can tell a plan built on state
+	// that another commit changed since.
+	gen      uint64
 	closed   bool
 	checkers sync.WaitGroup
 }
@@ -123,15 +131,17 @@ type upstream struct {
 	// budget counts requests (a) and retries (b) over 10 s for retry_budget.
 	budget *rolling
 
-	// Fields below are written by Apply under Registry.mu; pools copy what
-	// they need when built, so traffic never reads them.
+	// Fields below are written by Commit under Registry.mu (retryCtr and
+	// durObs once, when the upstream is registered); pools copy what they
+	// need when built, so traffic reads only retryCtr and durObs, never
+	// before Commit.
 	targets  map[string]*target
 	tr       *transports
 	trKey    string
 	breaker  *breaker
 	retryCtr prometheus.Counter
 	durObs   prometheus.Observer
-	lastPool *Pool // the latest Apply's pool, for Snapshot
+	lastPool *Pool // the latest committed pool, for Snapshot
 
 	// ejectMu guards the targets' ejection bookkeeping.
 	ejectMu sync.Mutex
@@ -158,6 +168,8 @@ type target struct {
 	checkStop context.CancelFunc
 	checkKey  string
 
+	// Set once, by the Commit that registers the target (nil before: a
+	// plan never committed exports nothing).
 	healthyGauge prometheus.Gauge
 	ejectCtr     prometheus.Counter
 	errCtr       prometheus.Counter
@@ -178,7 +190,8 @@ func (t *target) counter(status int) prometheus.Counter {
 	return c
 }
 
-// preparedUpstream is one upstream after validation, before Apply commits.
+// preparedUpstream is one upstream after validation, before Prepare reads
+// the registry.
 type preparedUpstream struct {
 	name    string
 	cfg     *config.Upstream
@@ -193,16 +206,107 @@ type parsedTarget struct {
 	weight            int
 }
 
-// Apply makes the registry match ups and returns one Pool per upstream. It
-// first checks everything config validation cannot (target URLs, balancer
-// settings, TLS files readable and parseable) and changes nothing when any
-// check fails; the error then names every bad upstream. Otherwise it keeps
-// the state of upstreams and targets that stay, builds a new transport only
-// for an upstream whose connection settings changed (closing the old one's
-// idle connections), starts and stops health checkers to match, and drops
-// the state of upstreams and targets that left. Pools returned by an earlier
-// Apply keep working while it runs and afterwards.
+// Plan is a config's upstreams prepared by Registry.Prepare: its pools are
+// built, and nothing of the registry has changed. Commit makes it the
+// registry's state; a Plan that is dropped instead leaves nothing behind.
+type Plan struct {
+	r     *Registry
+	gen   uint64 // r.gen when prepared
+	ups   []plannedUpstream
+	pools map[string]*Pool
+	done  bool // committed; under r.mu
+}
+
+// plannedUpstream is one upstream of a Plan: the objects its Pool already
+// uses and what Commit must change for them to be in force.
+type plannedUpstream struct {
+	u     *upstream // the registered one, or a fresh one Commit registers
+	fresh bool
+	// tr, when set, replaces u.tr at Commit (trKey changed, or u is fresh).
+	tr    *transports
+	trKey string
+	// br is the breaker in force after Commit (nil: none): u.breaker with
+	// brCfg set at Commit, or a fresh one Commit exports.
+	br      *breaker
+	brCfg   breakerConfig
+	hc      *healthCheck
+	targets []*target // u.targets' or fresh ones, which Commit exports
+	pool    *Pool
+}
+
+// Apply is Prepare followed by Commit, under one hold of the registry's
+// lock: it checks ups, changes nothing when a check fails, and otherwise
+// makes the registry match ups and returns one Pool per upstream. Pools
+// returned by an earlier Apply keep working while it runs and afterwards.
 func (r *Registry) Apply(ups map[string]*config.Upstream) (map[string]*Pool, error) {
+	prepared, err := check(ups)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pl, err := r.planLocked(prepared)
+	if err != nil {
+		return nil, err
+	}
+	if err := pl.commitLocked(); err != nil {
+		return nil, err
+	}
+	return pl.pools, nil
+}
+
+// Prepare checks ups and builds the pools of a new config without touching
+// the registry: nothing of the running config changes until Commit.
+//
+// It first checks everything config validation cannot (target URLs,
+// balancer settings, TLS files readable and parseable); the error then
+// names every bad upstream. Otherwise it builds one Pool per upstream on
+// the state that stays (upstreams and targets by name and URL, with their
+// health, ejections, breaker and transports), on fresh objects for what is
+// new, and on a fresh transport where connection settings changed. Those
+// fresh objects start no goroutine, open no connection and create no
+// metric series before Commit, so dropping the Plan is the whole of
+// refusing it. Prepare fails on a closed Registry.
+//
+// Reloads must be serialised: when a Plan is committed (or Apply runs),
+// every other Plan prepared before becomes stale and its Commit fails.
+func (r *Registry) Prepare(ups map[string]*config.Upstream) (*Plan, error) {
+	prepared, err := check(ups)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.planLocked(prepared)
+}
+
+// Pools are the pools of the prepared config, by upstream name, in a map
+// the caller may keep. They may be wired into handlers before Commit, but
+// must not serve requests before it: until then the metric handles of
+// fresh targets, upstreams and breakers are unset. After Commit they are
+// exactly the pools that serve the new config.
+func (p *Plan) Pools() map[string]*Pool { return maps.Clone(p.pools) }
+
+// Commit makes the plan the registry's state: it registers new upstreams,
+// applies transport, breaker and health-check changes, starts and stops
+// health checkers, drops upstreams and targets the plan no longer has (and
+// their metric series), and closes the idle connections of replaced
+// transports. Pools of earlier configs keep working, on the state that
+// stays; those of upstreams or targets dropped lose their active health
+// checks and metric series.
+//
+// It fails, changing nothing, when the registry is closed, when the plan
+// was committed already, or when it is stale: another plan was committed
+// (or Apply ran) after it was prepared, so it was built on state that is
+// gone. Prepare again then.
+func (p *Plan) Commit() error {
+	p.r.mu.Lock()
+	defer p.r.mu.Unlock()
+	return p.commitLocked()
+}
+
+// check runs prepare on every upstream and joins the errors.
+func check(ups map[string]*config.Upstream) ([]preparedUpstream, error) {
 	names := make([]string, 0, len(ups))
 	for name := range ups {
 		names = append(names, name)
@@ -221,18 +325,44 @@ func (r *Registry) Apply(ups map[string]*config.Upstream) (map[string]*Pool, err
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	return prepared, nil
+}
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
+var errClosed = errors.New("upstream registry is closed")
+
+// planLocked builds a Plan of prepared on the registry's current state,
+// which it only reads; r.mu is held.
+func (r *Registry) planLocked(prepared []preparedUpstream) (*Plan, error) {
 	if r.closed {
-		return nil, errors.New("upstream registry is closed")
+		return nil, errClosed
 	}
-	pools := make(map[string]*Pool, len(prepared))
-	keep := make(map[string]bool, len(prepared))
+	pl := &Plan{r: r, gen: r.gen, ups: make([]plannedUpstream, len(prepared)),
+		pools: make(map[string]*Pool, len(prepared))}
 	for i := range prepared {
-		p := &prepared[i]
-		keep[p.name] = true
-		pools[p.name] = r.applyOne(p)
+		pu := &pl.ups[i]
+		r.planOne(pu, &prepared[i])
+		pl.pools[pu.u.name] = pu.pool
+	}
+	return pl, nil
+}
+
+func (pl *Plan) commitLocked() error {
+	r := pl.r
+	switch {
+	case r.closed:
+		return errClosed
+	case pl.done:
+		return errors.New("upstream plan already committed")
+	case pl.gen != r.gen:
+		return errors.New("upstream plan is stale: another one was committed after it was prepared")
+	}
+	pl.done = true
+	r.gen++
+	keep := make(map[string]bool, len(pl.ups))
+	for i := range pl.ups {
+		pu := &pl.ups[i]
+		keep[pu.u.name] = true
+		r.commitOne(pu)
 	}
 	for name, u := range r.ups {
 		if !keep[name] {
@@ -240,7 +370,7 @@ func (r *Registry) Apply(ups map[string]*config.Upstream) (map[string]*Pool, err
 			delete(r.ups, name)
 		}
 	}
-	return pools, nil
+	return nil
 }
 
 func prepare(name string, cfg *config.Upstream) (preparedUpstream, error) {
@@ -319,25 +449,28 @@ func parseTarget(t config.Target) (parsedTarget, error) {
 	return pt, nil
 }
 
-// applyOne commits one prepared upstream; r.mu is held.
-func (r *Registry) applyOne(p *preparedUpstream) *Pool {
+// planOne fills pu for p: it reads the registry (r.mu is held) and changes
+// nothing in it. What is fresh here is reachable only from the plan until
+// commitOne registers it.
+func (r *Registry) planOne(pu *plannedUpstream, p *preparedUpstream) {
 	u := r.ups[p.name]
 	if u == nil {
+		// retryCtr and durObs are set at Commit: WithLabelValues would
+		// export a series now.
 		u = &upstream{
-			name:     p.name,
-			budget:   newRolling(budgetBuckets, budgetBucketWidth),
-			targets:  map[string]*target{},
-			retryCtr: r.m.retries.WithLabelValues(p.name),
-			durObs:   r.m.duration.WithLabelValues(p.name),
+			name:    p.name,
+			budget:  newRolling(budgetBuckets, budgetBucketWidth),
+			targets: map[string]*target{},
 		}
-		r.ups[p.name] = u
+		pu.fresh = true
 	}
-	if u.tr == nil || u.trKey != p.spec.key {
-		old := u.tr
-		u.tr, u.trKey = newTransports(p.spec), p.spec.key
-		// In-flight requests on the old transport finish; only its idle
-		// connections go now.
-		old.closeIdle()
+	pu.u = u
+	tr := u.tr
+	if tr == nil || u.trKey != p.spec.key {
+		// A transport opens connections only when used, so one of a plan
+		// that is never committed holds none.
+		tr = newTransports(p.spec)
+		pu.tr, pu.trKey = tr, p.spec.key
 	}
 
 	cfg := p.cfg
@@ -352,41 +485,73 @@ func (r *Registry) applyOne(p *preparedUpstream) *Pool {
 		if bc.openFor <= 0 {
 			bc.openFor = int64(10 * time.Second)
 		}
-		if u.breaker == nil {
-			u.breaker = newBreaker(bc, r.m.breakerOpen.WithLabelValues(p.name), r.log.With("upstream", p.name))
-		} else {
-			u.breaker.setConfig(bc)
+		pu.brCfg, pu.br = bc, u.breaker
+		if pu.br == nil {
+			// Its gauge comes at Commit (see breaker.export).
+			pu.br = newBreaker(bc, nil, r.log.With("upstream", p.name))
 		}
-	} else if u.breaker != nil {
-		u.breaker = nil
-		r.m.breakerOpen.DeleteLabelValues(p.name)
 	}
 
-	hc := normaliseHealthCheck(cfg.HealthCheck)
-	targets := make([]*target, len(p.targets))
-	live := make(map[string]bool, len(p.targets))
+	pu.hc = normaliseHealthCheck(cfg.HealthCheck)
+	pu.targets = make([]*target, len(p.targets))
 	for i, pt := range p.targets {
-		live[pt.url] = true
 		t := u.targets[pt.url]
 		if t == nil {
+			// Its metric handles come at Commit (see exportTarget).
 			t = &target{
-				url:          pt.url,
-				win:          newRolling(targetBuckets, targetBucketWidth),
-				healthyGauge: r.m.healthy.WithLabelValues(p.name, pt.url),
-				ejectCtr:     r.m.ejections.WithLabelValues(p.name, pt.url),
-				errCtr:       r.m.requests.WithLabelValues(p.name, pt.url, "error"),
-				upName:       p.name,
-				reqVec:       r.m.requests,
+				url:    pt.url,
+				win:    newRolling(targetBuckets, targetBucketWidth),
+				upName: p.name,
+				reqVec: r.m.requests,
 			}
 			// The URL string is the identity, so its parsed parts never
 			// change afterwards (pools of older configs read them).
 			t.scheme, t.host, t.h2c = pt.scheme, pt.host, pt.h2c
 			t.healthy.Store(true)
-			t.healthyGauge.Set(1)
-			u.targets[pt.url] = t
 		}
-		targets[i] = t
-		r.syncChecker(u, t, hc)
+		pu.targets[i] = t
+	}
+	pu.pool = newPool(r, u, p, tr, pu.br, pu.targets)
+}
+
+// commitOne puts pu in force; r.mu is held and the registry is as planOne
+// saw it (Commit checks the generation).
+func (r *Registry) commitOne(pu *plannedUpstream) {
+	u := pu.u
+	if pu.fresh {
+		u.retryCtr = r.m.retries.WithLabelValues(u.name)
+		u.durObs = r.m.duration.WithLabelValues(u.name)
+		r.ups[u.name] = u
+	}
+	if pu.tr != nil {
+		old := u.tr
+		u.tr, u.trKey = pu.tr, pu.trKey
+		// In-flight requests on the old transport finish; only its idle
+		// connections go now.
+		old.closeIdle()
+	}
+
+	switch {
+	case pu.br == nil:
+		if u.breaker != nil {
+			u.breaker = nil
+			r.m.breakerOpen.DeleteLabelValues(u.name)
+		}
+	case pu.br == u.breaker:
+		u.breaker.setConfig(pu.brCfg)
+	default:
+		pu.br.export(r.m.breakerOpen.WithLabelValues(u.name))
+		u.breaker = pu.br
+	}
+
+	live := make(map[string]bool, len(pu.targets))
+	for _, t := range pu.targets {
+		live[t.url] = true
+		if u.targets[t.url] == nil {
+			r.exportTarget(u, t)
+			u.targets[t.url] = t
+		}
+		r.syncChecker(u, t, pu.hc)
 	}
 	for url, t := range u.targets {
 		if !live[url] {
@@ -394,8 +559,17 @@ func (r *Registry) applyOne(p *preparedUpstream) *Pool {
 			delete(u.targets, url)
 		}
 	}
-	u.lastPool = newPool(r, u, p, targets)
-	return u.lastPool
+	u.lastPool = pu.pool
+}
+
+// exportTarget gives a target new to u its metric series. Nothing reads
+// them before: its pools do not serve before Commit and its checker starts
+// after this.
+func (r *Registry) exportTarget(u *upstream, t *target) {
+	t.healthyGauge = r.m.healthy.WithLabelValues(u.name, t.url)
+	t.ejectCtr = r.m.ejections.WithLabelValues(u.name, t.url)
+	t.errCtr = r.m.requests.WithLabelValues(u.name, t.url, "error")
+	t.healthyGauge.Set(1)
 }
 
 func (r *Registry) dropUpstream(u *upstream) {

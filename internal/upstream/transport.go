@@ -51,7 +51,7 @@ func (ts *transports) closeIdle() {
 }
 
 // transportSpec is everything a transport is built from, read and checked
-// before Apply changes anything. key identifies it: equal keys mean the old
+// before Prepare reads the registry. key identifies it: equal keys mean the old
 // transport (and its warm connections) can stay.
 type transportSpec struct {
 	connectTimeout time.Duration

@@ -1,7 +1,6 @@
 package telemetry
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
@@ -214,24 +213,6 @@ func TestTraceExportOTLP(t *testing.T) {
 	}
 }
 
-// syncBuf is a log destination safe for the exporter's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestReplacingTracingWithTheCollectorFailing: the replaced exporter's
 // flush failing (the collector does not answer in time) is logged; the new
 // settings are in force and ApplyTracing reports success, so the reload
@@ -247,7 +228,7 @@ func TestReplacingTracingWithTheCollectorFailing(t *testing.T) {
 	defer close(release)
 	defer func(d time.Duration) { flushTimeout = d }(flushTimeout)
 	flushTimeout = 300 * time.Millisecond
-	var logs syncBuf
+	var logs logBuffer
 	tel := New(Deps{AccessLog: io.Discard, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	defer tel.Close()
 	if err := tel.ApplyTracing(&config.Tracing{OTLPEndpoint: stuck.URL}); err != nil {

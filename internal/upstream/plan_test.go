@@ -50,6 +50,23 @@ func newProbed(t *testing.T) *probed {
 
 func (p *probed) host() string { return strings.TrimPrefix(p.URL, "http://") }
 
+// series names a family and labels (name, value pairs) for checkSeries.
+type series struct {
+	name   string
+	labels []string
+}
+
+// checkSeries fails t when any of ss is (want false) or is not (want true)
+// exported; the error ends with when.
+func checkSeries(t *testing.T, env *testEnv, want bool, when string, ss []series) {
+	t.Helper()
+	for _, s := range ss {
+		if hasSeries(t, env, s.name, s.labels...) != want {
+			t.Errorf("series %s%v %s", s.name, s.labels, when)
+		}
+	}
+}
+
 // hasSeries reports whether env's Prometheus registry exports a series of
 // the family name whose labels include want (name, value pairs).
 func hasSeries(t *testing.T, env *testEnv, name string, want ...string) bool {
@@ -207,23 +224,13 @@ func TestPreparedPlanChangesNothing(t *testing.T) {
 	}
 
 	// Metrics: b's series stay, the plan's new ones do not exist.
-	for _, s := range []struct {
-		name   string
-		labels []string
-	}{
+	checkSeries(t, env, true, "gone before Commit", []series{
 		{"portico_upstream_healthy", []string{"upstream", "b", "target", f.b1.URL}},
 		{"portico_upstream_healthy", []string{"upstream", "a", "target", f.a1.URL}},
 		{"portico_upstream_retries_total", []string{"upstream", "b"}},
 		{"portico_upstream_breaker_open", []string{"upstream", "a"}},
-	} {
-		if !hasSeries(t, env, s.name, s.labels...) {
-			t.Errorf("series %s%v gone before Commit", s.name, s.labels)
-		}
-	}
-	for _, s := range []struct {
-		name   string
-		labels []string
-	}{
+	})
+	checkSeries(t, env, false, "exported before Commit", []series{
 		{"portico_upstream_healthy", []string{"target", f.n1.URL}},
 		{"portico_upstream_ejections_total", []string{"target", f.n1.URL}},
 		{"portico_upstream_requests_total", []string{"target", f.n1.URL}},
@@ -231,11 +238,7 @@ func TestPreparedPlanChangesNothing(t *testing.T) {
 		{"portico_upstream_retries_total", []string{"upstream", "c"}},
 		{"portico_upstream_duration_seconds", []string{"upstream", "c"}},
 		{"portico_upstream_breaker_open", []string{"upstream", "c"}},
-	} {
-		if hasSeries(t, env, s.name, s.labels...) {
-			t.Errorf("series %s%v exported before Commit", s.name, s.labels)
-		}
-	}
+	})
 
 	// Breaker and transport of the running config are in force.
 	if cfg, b := breakerCfg(t, env.reg, "a"); cfg != f.oldBreakerCfg || b != f.oldBreaker {
@@ -290,33 +293,19 @@ func TestCommitAppliesPlan(t *testing.T) {
 			a1, f.a1.probes.Load(), b1, f.b1.probes.Load())
 	}
 
-	for _, s := range []struct {
-		name   string
-		labels []string
-	}{
+	checkSeries(t, env, true, "not exported after Commit", []series{
 		{"portico_upstream_healthy", []string{"upstream", "a", "target", f.n1.URL}},
 		{"portico_upstream_ejections_total", []string{"upstream", "a", "target", f.n1.URL}},
 		{"portico_upstream_healthy", []string{"upstream", "c", "target", f.c1.URL}},
 		{"portico_upstream_retries_total", []string{"upstream", "c"}},
 		{"portico_upstream_breaker_open", []string{"upstream", "c"}},
-	} {
-		if !hasSeries(t, env, s.name, s.labels...) {
-			t.Errorf("series %s%v not exported after Commit", s.name, s.labels)
-		}
-	}
-	for _, s := range []struct {
-		name   string
-		labels []string
-	}{
+	})
+	checkSeries(t, env, false, "still exported after Commit", []series{
 		{"portico_upstream_healthy", []string{"upstream", "b"}},
 		{"portico_upstream_retries_total", []string{"upstream", "b"}},
 		{"portico_upstream_healthy", []string{"target", f.a1.URL}},
 		{"portico_upstream_ejections_total", []string{"target", f.a1.URL}},
-	} {
-		if hasSeries(t, env, s.name, s.labels...) {
-			t.Errorf("series %s%v still exported after Commit", s.name, s.labels)
-		}
-	}
+	})
 
 	// a keeps its breaker object (and state) under the new config.
 	if cfg, b := breakerCfg(t, env.reg, "a"); cfg != f.nextBreakerCfg || b != f.oldBreaker {

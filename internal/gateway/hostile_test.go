@@ -101,6 +101,38 @@ func TestRequestSmuggling(t *testing.T) {
 	}
 }
 
+// TestTraceAndConnectOnlyWhereListed: a route without methods does not
+// forward TRACE (which would echo the request, credentials included, back
+// to a script: cross-site tracing) or CONNECT; the client gets 405
+// problem+json with Allow, and the upstream sees nothing. A route that
+// lists them takes them.
+func TestTraceAndConnectOnlyWhereListed(t *testing.T) {
+	up, count := countingUpstream(t)
+	h := start(t, fmt.Sprintf(hostileConfig, up.URL)+`  - name: tracing
+    match: {path: "/trace/*", methods: [TRACE]}
+    upstream: up
+    public: true
+`)
+	addr := strings.TrimPrefix(h.base, "http://")
+	for _, method := range []string{"TRACE", "CONNECT"} {
+		t.Run(method, func(t *testing.T) {
+			before := count.Load()
+			out := rawExchange(t, addr, method+" /open/a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nCookie: session=secret\r\n\r\n")
+			if !strings.HasPrefix(out, "HTTP/1.1 405 ") || !strings.Contains(out, "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n") ||
+				!strings.Contains(out, "application/problem+json") {
+				t.Fatalf("%s on a route without methods:\n%s", method, out)
+			}
+			if strings.Contains(out, "secret") || count.Load() != before {
+				t.Fatalf("%s reached the upstream or echoed the request:\n%s", method, out)
+			}
+		})
+	}
+	out := rawExchange(t, addr, "TRACE /trace/a HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(out, "HTTP/1.1 200 ") {
+		t.Fatalf("TRACE on a route listing it:\n%s", out)
+	}
+}
+
 func TestOversizedInput(t *testing.T) {
 	up, count := countingUpstream(t)
 	h := start(t, fmt.Sprintf(hostileConfig, up.URL))

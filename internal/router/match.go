@@ -138,9 +138,7 @@ func (m *matcher[T]) try(root *node[T]) (*route[T], *terminal[T]) {
 // for a preflight, the method it asks about).
 func (m *matcher[T]) accepts(anyMethod bool, mask uint16, other []string) bool {
 	switch {
-	case anyMethod:
-		return true
-	case m.bit != 0 && mask&m.bit != 0, m.bit == 0 && slices.Contains(other, m.method):
+	case anyMethod && m.bit == 0, m.bit != 0 && mask&m.bit != 0, m.bit == 0 && slices.Contains(other, m.method):
 		return true
 	case m.preMethod == "":
 		return false

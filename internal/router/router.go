@@ -47,7 +47,8 @@ import (
 // "*.suffix". Path is a pattern: literal segments, whole-segment "{name}"
 // parameters, and an optional final "/*" making it a prefix. Patterns are
 // written decoded (a '%' in a pattern is a literal percent sign). Methods
-// empty means any method. Headers and Query map names to exact values.
+// empty means any method but CONNECT and TRACE, which a route takes only
+// when it lists them. Headers and Query map names to exact values.
 type Spec struct {
 	Host    string
 	Path    string
@@ -136,7 +137,7 @@ type terminal[T any] struct {
 	lits   int // literal segments
 	segs   int // all segments (before "*")
 	prefix bool
-	// anyMethod: some route here takes every method.
+	// anyMethod: some route here lists no methods (see route).
 	anyMethod bool
 	mask      uint16
 	other     []string
@@ -144,7 +145,12 @@ type terminal[T any] struct {
 }
 
 type route[T any] struct {
-	value     T
+	value T
+	// anyMethod: the route lists no methods. It then takes every method
+	// but CONNECT and TRACE (mask holds the other standard ones): neither
+	// is anything a proxied API expects, TRACE echoes the request back
+	// (cross-site tracing) and CONNECT asks for a tunnel. As in nginx, a
+	// route that wants them lists them.
 	anyMethod bool
 	mask      uint16
 	// impliedHead: HEAD is in mask only because GET is; a route at the
@@ -168,6 +174,16 @@ var allowOrder = [...]string{
 	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
 	http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace,
 }
+
+// anyMethodMask is what a route that lists no methods takes of the
+// standard ones: all but CONNECT and TRACE.
+var anyMethodMask = func() uint16 {
+	var mask uint16
+	for _, m := range allowOrder {
+		mask |= methodBit(m)
+	}
+	return mask &^ (methodBit(http.MethodConnect) | methodBit(http.MethodTrace))
+}()
 
 func methodBit(m string) uint16 {
 	switch m {
@@ -227,6 +243,9 @@ func (rt *Router[T]) add(e *Entry[T]) error {
 	}
 	rt.maxDepth = max(rt.maxDepth, len(p.segs))
 	r := &route[T]{value: e.Value, anyMethod: len(e.Spec.Methods) == 0}
+	if r.anyMethod {
+		r.mask = anyMethodMask
+	}
 	for _, m := range e.Spec.Methods {
 		if !httpguts.ValidHeaderFieldName(m) {
 			return fmt.Errorf("invalid method %q", m)
@@ -322,7 +341,7 @@ func (rt *Router[T]) finish(n *node[T]) {
 		}
 		explicitHead := false
 		for _, r := range t.routes {
-			explicitHead = explicitHead || (!r.impliedHead && r.mask&methodBit(http.MethodHead) != 0)
+			explicitHead = explicitHead || (!r.anyMethod && !r.impliedHead && r.mask&methodBit(http.MethodHead) != 0)
 		}
 		for _, r := range t.routes {
 			if explicitHead && r.impliedHead {

@@ -136,6 +136,10 @@ func TestMethods(t *testing.T) {
 		e("put", "", "/items/{id}", "put", "PATCH"),
 		e("purge", "", "/items/{id}", "PURGE"),
 		e("any", "", "/free"),
+		e("get-only", "", "/mixed", "GET"),
+		e("mixed-any", "", "/mixed"),
+		e("trace", "", "/trace/*", "TRACE", "connect"),
+		e("trace-any", "", "/trace/*"),
 		e("post-prefix", "", "/items/*", "POST"),
 		e("other-get", "", "/x/{id}", "GET"),
 		e("other-del", "", "/x/*", "DELETE"),
@@ -156,6 +160,16 @@ func TestMethods(t *testing.T) {
 		{"DELETE", "h/items/1/2", "", MethodNotAllowed, "POST", nil},
 		{"GET", "h/nothing", "", NotFound, "", nil},
 		{"BREW", "h/free", "any", Found, "", nil},
+		{"DELETE", "h/free", "any", Found, "", nil},
+		// CONNECT and TRACE only where a route lists them (CONNECT with a
+		// path: the gateway's tests send it raw).
+		{"TRACE", "h/free", "", MethodNotAllowed, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS", nil},
+		{"TRACE", "h/trace/x", "trace", Found, "", nil},
+		{"GET", "h/trace/x", "trace-any", Found, "", nil},
+		// A route listing no methods does not take HEAD from a GET route
+		// at the same path that precedes it.
+		{"HEAD", "h/mixed", "get-only", Found, "", nil},
+		{"POST", "h/mixed", "mixed-any", Found, "", nil},
 		{"POST", "h/x/1", "", MethodNotAllowed, "GET, HEAD, DELETE", nil},
 		// A preflight is matched under the method it asks for.
 		{"OPTIONS", "h/items/1", "put", Found, "", []string{"Origin", "https://a.test", "Access-Control-Request-Method", "PUT"}},

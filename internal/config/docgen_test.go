@@ -190,7 +190,7 @@ var fieldDocs = map[string]fieldDoc{
 
 	"Match.host":    {desc: "Exact host or *.suffix (any depth of subdomain, not the apex); case-insensitive; no port. Empty: any host."},
 	"Match.path":    {desc: "Required: exact (/a/b), {param} segments (/posts/{id}) or prefix (/api/* matches /api, /api/ and /api/x)."},
-	"Match.methods": {desc: "Upper-case methods; empty means all methods."},
+	"Match.methods": {desc: "Upper-case methods; empty means every method but CONNECT and TRACE, which a route takes only when it lists them."},
 	"Match.headers": {desc: "Headers that must have these exact values."},
 	"Match.query":   {desc: "Query parameters that must have these exact values."},
 
@@ -482,7 +482,7 @@ var docSections = []docSection{
     per-user: {algorithm: sliding_window_counter, limit: 100, window: 1m, key: claim:sub}
     per-ip:   {algorithm: token_bucket, rate: 50, per: 1s, burst: 100, key: ip}
     partners: {algorithm: fixed_window, limit: 100, window: 1m, key: consumer, overrides: {acme: {limit: 1000}}}`},
-	{key: "routes", title: "routes", intro: "A route needs `name`, `match.path`, exactly one of `upstream`/`upstreams`, and `auth` or `public: true` (not both). Two routes (or a route and a BFF endpoint) with the same host, path and method are an error naming both; a route without `methods` takes every method.", example: `routes:
+	{key: "routes", title: "routes", intro: "A route needs `name`, `match.path`, exactly one of `upstream`/`upstreams`, and `auth` or `public: true` (not both). Two routes (or a route and a BFF endpoint) with the same host, path and method are an error naming both; a route without `methods` takes every method but CONNECT and TRACE (those get 405 unless a route lists them).", example: `routes:
   - name: posts-api
     match: {host: api.example.com, path: "/api/posts/{id}", methods: [GET]}
     upstream: posts

@@ -988,12 +988,23 @@ func overlapMethod(a, b []string) (string, bool) {
 	case len(a) == 0 && len(b) == 0:
 		return "any", true
 	case len(a) == 0:
-		return b[0], true
+		return firstUnlistedTakes(b)
 	case len(b) == 0:
-		return a[0], true
+		return firstUnlistedTakes(a)
 	}
 	for _, m := range a {
 		if slices.Contains(b, m) {
+			return m, true
+		}
+	}
+	return "", false
+}
+
+// firstUnlistedTakes returns the first of methods that a route listing no
+// methods takes too: every one but CONNECT and TRACE (see router.Spec).
+func firstUnlistedTakes(methods []string) (string, bool) {
+	for _, m := range methods {
+		if m != "CONNECT" && m != "TRACE" {
 			return m, true
 		}
 	}

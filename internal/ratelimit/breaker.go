@@ -13,6 +13,10 @@ import (
 //	half-open: exactly one request (the probe) goes to the store;
 //	    success ──▶ closed;  failure ──▶ open (next probe 250ms ± 25% later)
 //
+// A call that fails after its client left counts neither way (the failure
+// may be the client's); a probe that ends so leaves the breaker open and
+// the next request probes.
+//
 // While open, decisions are taken without the store (on_store_error) at no
 // round-trip cost. Each store call is bounded by the store timeout (default
 // 20ms), so with concurrent traffic the switch happens within about one
@@ -80,6 +84,17 @@ func (b *breaker) report(ok, probe bool) {
 		b.probing = false
 		b.state.Store(breakerOpen)
 		b.nextProbe = b.clock.Micros() + probeInterval + b.jitter()
+		b.mu.Unlock()
+	}
+}
+
+// abandon ends a store call allowed by allow that says nothing about the
+// store (its client left): the state is unchanged, and a probe's slot is
+// free at once for the next request.
+func (b *breaker) abandon(probe bool) {
+	if probe {
+		b.mu.Lock()
+		b.probing = false
 		b.mu.Unlock()
 	}
 }

@@ -455,8 +455,14 @@ func (l *limiter) refund(ctx context.Context, st *reqState) {
 			}
 		case srcStore:
 			if err := l.s.refund(ctx, d.store, d.subject, checks); err != nil {
-				l.s.log.Warn("rate-limit refund failed; the units stay consumed",
-					slog.String("route", l.route), slog.Any("error", err))
+				// At most one line per second, as for failed decisions: a
+				// slow or flapping store fails refunds at the rate of the
+				// requests a later policy rejects.
+				if t := l.s.clock.Micros(); t-l.s.refundWarn.Load() >= 1_000_000 {
+					l.s.refundWarn.Store(t)
+					l.s.log.Warn("rate-limit refund failed; the units stay consumed",
+						slog.String("route", l.route), slog.Any("error", err))
+				}
 			}
 		}
 	}
@@ -773,8 +779,14 @@ func (s *Service) storeDecide(ctx context.Context, store Store, subject string, 
 	cctx, cancel := context.WithTimeout(ctx, s.storeTimeout)
 	err := store.Decide(cctx, subject, checks, out)
 	cancel()
+	if err != nil && ctx.Err() != nil {
+		// The client left: the failure may be its own, not the store's,
+		// so it neither counts nor, for a probe, closes the breaker.
+		s.breaker.abandon(probe)
+		return err
+	}
 	wasOpen := s.breaker.open()
-	s.breaker.report(err == nil || ctx.Err() != nil, probe)
+	s.breaker.report(err == nil, probe)
 	if open := s.breaker.open(); open != wasOpen {
 		s.log.Warn("rate-limit store breaker", slog.Bool("open", open))
 	}

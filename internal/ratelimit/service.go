@@ -133,6 +133,7 @@ type Service struct {
 	neg          *negCache
 	decisions    *prometheus.CounterVec
 	lastWarn     atomic.Int64 // µs of the last store-failure log line
+	refundWarn   atomic.Int64 // µs of the last refund-failure log line
 
 	mu       sync.Mutex // guards counters and serializes Apply
 	counters map[string]*policyCounters

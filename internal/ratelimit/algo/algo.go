@@ -11,7 +11,11 @@
 // stored window in µs (now - now%Window), not the window index. A start time
 // stays meaningful when a reload changes the window length, where an index
 // of the old length compared with one of the new length would lock a key out
-// for ages (1m -> 1h makes every new index 60 times smaller).
+// for ages (1m -> 1h makes every new index 60 times smaller). After a reload
+// changed the length (lengthened it, typically), a start need not be a
+// boundary of the new length: the stored window then lasts until the first
+// boundary of the new length after its start, and RetryAfter and ResetAfter
+// count to that boundary.
 //
 // # Arithmetic rules (mirrors must follow them exactly)
 //
@@ -231,15 +235,17 @@ func fixedWindow(p *Params, s *State, now, cost int64) Decision {
 	w, l := p.Window, p.Limit
 	start := now - now%w
 	a, count := s.A, s.B
+	end := start + w
 	switch {
 	case start < a:
-		// The clock stepped back (or a reload shortened the window): stay in
-		// the stored window.
-		now = a
+		// The clock stepped back, or a reload changed the window length (a
+		// need not be a boundary of w): stay in the stored window, which
+		// ends at the first boundary of the current length after its start.
+		now = max(now, a)
+		end = a - a%w + w
 	case start > a:
 		a, count = start, 0
 	}
-	end := a + w
 	if cost > l || count+cost > l {
 		d := Decision{Remaining: nonNeg(l - count), RetryAfter: end - now}
 		if cost > l {
@@ -288,21 +294,28 @@ func slidingCounter(p *Params, s *State, now, cost int64) Decision {
 	w, l := p.Window, p.Limit
 	start := now - now%w
 	a, cur, prev := s.A, s.B, s.C
+	end := start + w
 	switch {
 	case start < a:
-		now = a
+		// As in fixedWindow: the stored window ends at the first boundary
+		// of the current length after its start.
+		now = max(now, a)
+		end = a - a%w + w
 	case start > a:
-		if start < a+2*w {
+		// The stored count is the previous window's only if its window
+		// ends at start (after a reload changed the length, a need not be
+		// a boundary of w).
+		if start-w <= a {
 			prev = cur
 		} else {
 			prev = 0
 		}
 		a, cur = start, 0
 	}
-	r := a + w - now // 1..w
+	r := end - now // 1..w
 	used := weighted(prev, r, w) + cur
 	if cost > l || used+cost > l {
-		d := Decision{Remaining: nonNeg(l - used), ResetAfter: counterReset(a, w, now, cur, prev)}
+		d := Decision{Remaining: nonNeg(l - used), ResetAfter: counterReset(end, w, now, cur, prev)}
 		switch {
 		case cost > l:
 			d.RetryAfter = Never
@@ -310,11 +323,11 @@ func slidingCounter(p *Params, s *State, now, cost int64) Decision {
 			// Room appears in this window as prev's weight shrinks; the
 			// rejection means prev > room, so lastFit < r.
 			rr := lastFit(prev, l-cur-cost, w, w)
-			d.RetryAfter = a + w - rr - now
+			d.RetryAfter = end - rr - now
 		default:
 			// Only in the next window, where cur becomes the previous count.
 			rr := lastFit(cur, l-cost, w, w)
-			d.RetryAfter = a + 2*w - rr - now
+			d.RetryAfter = end + w - rr - now
 		}
 		return d
 	}
@@ -322,15 +335,16 @@ func slidingCounter(p *Params, s *State, now, cost int64) Decision {
 	if cost > 0 {
 		s.A, s.B, s.C = a, cur, prev
 	}
-	return Decision{Allowed: true, Remaining: l - used - cost, ResetAfter: counterReset(a, w, now, cur, prev)}
+	return Decision{Allowed: true, Remaining: l - used - cost, ResetAfter: counterReset(end, w, now, cur, prev)}
 }
 
-func counterReset(a, w, now, cur, prev int64) int64 {
+// counterReset is ResetAfter for a window ending at end.
+func counterReset(end, w, now, cur, prev int64) int64 {
 	switch {
 	case cur > 0:
-		return a + 2*w - now
+		return end + w - now
 	case prev > 0:
-		return a + w - now
+		return end - now
 	}
 	return 0
 }

@@ -69,6 +69,15 @@ end
 
 local function fmt(x) return string.format('%d', x) end
 
+-- Makes key live at least us µs more (rounded up to ms, at least 1 ms),
+-- never shortening it: a key may hold state that must live longer.
+local function extend(key, us)
+  local ms = math.max(math.ceil(us / 1000), 1) + slackms
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+
 -- Parameters and state.
 local P = {}
 local fields = {}
@@ -118,24 +127,27 @@ end
 -- p.add entries at p.at and p.cut, the score at or below which entries are
 -- dropped). room(p) is the most units a request could take right now.
 
--- FixedWindow. Returns the state after the roll and the clamped now.
+-- FixedWindow. Returns the state after the roll, the clamped now and the
+-- window's end (after a reload changed the window length, the first
+-- boundary of the new length after the stored start).
 local function fixedRoll(p)
   local w = p.window
   local t = now
   local start = t - t % w
   local a, count = p.a, p.b
+  local wend = start + w
   if start < a then
-    t = a
+    if t < a then t = a end
+    wend = a - a % w + w
   elseif start > a then
     a, count = start, 0
   end
-  return a, count, t
+  return a, count, t, wend
 end
 
 local function fixedStep(p, cost)
   local w, l = p.window, p.limit
-  local a, count, t = fixedRoll(p)
-  local wend = a + w
+  local a, count, t, wend = fixedRoll(p)
   if cost > l or count + cost > l then
     p.remaining = nonneg(l - count)
     p.retry = wend - t
@@ -172,9 +184,9 @@ local function lastFit(cnt, room, w, maxr)
   return r
 end
 
-local function counterReset(a, w, t, cur, prev)
-  if cur > 0 then return a + 2 * w - t end
-  if prev > 0 then return a + w - t end
+local function counterReset(wend, w, t, cur, prev)
+  if cur > 0 then return wend + w - t end
+  if prev > 0 then return wend - t end
   return 0
 end
 
@@ -183,31 +195,33 @@ local function counterRoll(p)
   local t = now
   local start = t - t % w
   local a, cur, prev = p.a, p.b, p.c
+  local wend = start + w
   if start < a then
-    t = a
+    if t < a then t = a end
+    wend = a - a % w + w
   elseif start > a then
-    if start < a + 2 * w then prev = cur else prev = 0 end
+    if start - w <= a then prev = cur else prev = 0 end
     a, cur = start, 0
   end
-  return a, cur, prev, t
+  return a, cur, prev, t, wend
 end
 
 local function counterStep(p, cost)
   local w, l = p.window, p.limit
-  local a, cur, prev, t = counterRoll(p)
-  local r = a + w - t
+  local a, cur, prev, t, wend = counterRoll(p)
+  local r = wend - t
   local used = weighted(prev, r, w) + cur
   if cost > l or used + cost > l then
     p.remaining = nonneg(l - used)
-    p.reset = counterReset(a, w, t, cur, prev)
+    p.reset = counterReset(wend, w, t, cur, prev)
     if cost > l then
       p.retry = NEVER
     elseif cur + cost <= l then
       local rr = lastFit(prev, l - cur - cost, w, w)
-      p.retry = a + w - rr - t
+      p.retry = wend - rr - t
     else
       local rr = lastFit(cur, l - cost, w, w)
-      p.retry = a + 2 * w - rr - t
+      p.retry = wend + w - rr - t
     end
     return
   end
@@ -218,13 +232,13 @@ local function counterStep(p, cost)
   end
   p.allowed = true
   p.remaining = l - used - cost
-  p.reset = counterReset(a, w, t, cur, prev)
-  p.leaseEnd = a + w - t
+  p.reset = counterReset(wend, w, t, cur, prev)
+  p.leaseEnd = wend - t
 end
 
 local function counterRoom(p)
-  local a, cur, prev, t = counterRoll(p)
-  local used = weighted(prev, a + p.window - t, p.window) + cur
+  local _, cur, prev, t, wend = counterRoll(p)
+  local used = weighted(prev, wend - t, p.window) + cur
   return nonneg(p.limit - used)
 end
 
@@ -238,6 +252,7 @@ local function logStep(p, cost)
   if newest[2] then
     last = tonumber(newest[2])
     if t < last then t = last end
+    p.logidle = last + w - realnow
   end
   local cut = t - w
   local live = redis.call('ZCOUNT', p.logkey, '(' .. fmt(cut), '+inf')
@@ -422,11 +437,21 @@ if all then
     redis.call('HSET', KEYS[1], unpack(hset))
     -- The hash may hold other policies' state with longer lives: only ever
     -- extend its TTL.
-    local ms = math.max(math.ceil(need / 1000), 1) + slackms
-    if redis.call('PTTL', KEYS[1]) < ms then
-      redis.call('PEXPIRE', KEYS[1], ms)
-    end
+    extend(KEYS[1], need)
   end
+else
+  -- A rejection writes no state, but the state it read may have to live
+  -- longer than the TTL its last write gave it: a reload that lengthens a
+  -- window (or turns a fixed window into a sliding counter) keeps a count
+  -- until a boundary of the new length, and a key expiring at the old
+  -- window's end would hand a throttled client a fresh limit.
+  local need = 0
+  for i = 1, n do
+    local p = P[i]
+    if raw[i] then need = math.max(need, idleAfter(p)) end
+    if p.logkey and p.logidle and p.logidle > 0 then extend(p.logkey, p.logidle) end
+  end
+  if need > 0 then extend(KEYS[1], need) end
 end
 
 local out = {now, 0}

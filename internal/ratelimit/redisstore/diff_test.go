@@ -121,7 +121,7 @@ func TestDifferential(t *testing.T) {
 					checks[i] = ratelimit.Check{Policy: fmt.Sprintf("p%d", i), Params: randomParams(rng, k)}
 					maxW = max(maxW, checks[i].Params.Window*max(1, checks[i].Params.Limit/2))
 				}
-				diffSequence(t, s, rng, seed, checks, steps, maxW, 4)
+				diffSequence(t, s, rng, seed, checks, steps, maxW, 4, true)
 			}
 		})
 	}
@@ -130,8 +130,10 @@ func TestDifferential(t *testing.T) {
 // diffSequence runs one random sequence of steps against the reference and
 // the script: the clock moves forward by up to maxW/3, stands still or
 // steps back by up to maxW/2; costs are 0..maxCost-1; one step in twelve is
-// a refund.
-func diffSequence(t *testing.T, s *Store, rng *rand.Rand, seed uint64, checks []ratelimit.Check, steps int, maxW, maxCost int64) {
+// a refund. With reloads, one step in twenty-five first gives a policy new
+// numbers of the same kind (limit, window, max_delay), as a reload does:
+// the state is kept and read with them.
+func diffSequence(t *testing.T, s *Store, rng *rand.Rand, seed uint64, checks []ratelimit.Check, steps int, maxW, maxCost int64, reloads bool) {
 	t.Helper()
 	ctx := context.Background()
 	subject := uniqueSubject(t, fmt.Sprint(seed))
@@ -148,6 +150,10 @@ func diffSequence(t *testing.T, s *Store, rng *rand.Rand, seed uint64, checks []
 			// same µs
 		default:
 			now += rng.Int64N(maxW/3 + 1)
+		}
+		if reloads && rng.IntN(25) == 0 {
+			i := rng.IntN(len(checks))
+			checks[i].Params = randomParams(rng, checks[i].Params.Kind)
 		}
 		for i := range checks {
 			checks[i].Cost = rng.Int64N(maxCost)
@@ -215,7 +221,7 @@ func TestDifferentialExtremes(t *testing.T) {
 				// Steps of up to a sixth of the window: limits are reached
 				// and windows roll within a sequence.
 				maxW := max(capacity/2, 3)
-				diffSequence(t, s, rng, seed, checks, 60, maxW, tc.maxCost+1)
+				diffSequence(t, s, rng, seed, checks, 60, maxW, tc.maxCost+1, false)
 			}
 		})
 	}

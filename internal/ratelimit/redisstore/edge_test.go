@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -452,5 +453,124 @@ func TestServiceRedisOutage(t *testing.T) {
 	clk.Advance(320 * time.Millisecond)
 	if got := codes("192.0.2.31", 5); got != "[200 200 200 200 429]" {
 		t.Fatalf("after the second recovery: %s", got)
+	}
+}
+
+// stalledRefunds is the real Store, whose server stalls (SIGSTOP) while a
+// refund is in flight and resumes after: decisions succeed and refunds time
+// out, as with a slow or flapping Redis.
+type stalledRefunds struct {
+	*Store
+	p *redisProc
+}
+
+func (s stalledRefunds) Refund(ctx context.Context, subject string, checks []ratelimit.Check) error {
+	_ = s.p.cmd.Process.Signal(syscall.SIGSTOP)
+	defer func() { _ = s.p.cmd.Process.Signal(syscall.SIGCONT) }()
+	return s.Store.Refund(ctx, subject, checks)
+}
+
+// TestRefundFailureLogsOnce: a refund (an earlier subject's units given
+// back when a later subject rejects) that fails is logged, but at most once
+// a second like every other store failure: a slow store fails refunds at the
+// rate of such rejections, and a line per request would flood the log.
+func TestRefundFailureLogsOnce(t *testing.T) {
+	p := startRedis(t, t.TempDir(), nil)
+	s := newTestStore(t, p.addr)
+	var mu sync.Mutex
+	var logs []string
+	logger := slog.New(recordHandler(func(r slog.Record) {
+		mu.Lock()
+		logs = append(logs, r.Message)
+		mu.Unlock()
+	}))
+	clk := &testClock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	perIP, perTenant := freshName("per-ip"), freshName("per-tenant")
+	e := newSvcEnv(t, config.RateLimits{Store: config.Store{Timeout: config.Duration(300 * time.Millisecond)},
+		Policies: map[string]*config.Policy{
+			perIP:     {Algorithm: "fixed_window", Limit: 100, Window: config.Duration(time.Hour), Key: "ip", Cost: 1},
+			perTenant: {Algorithm: "fixed_window", Limit: 1, Window: config.Duration(time.Hour), Key: "header:X-Tenant", Cost: 1},
+		}}, ratelimit.Deps{Store: stalledRefunds{Store: s, p: p}, Logger: logger, Now: clk.Now}, []string{perIP, perTenant})
+	var codes []int
+	for i := range 5 {
+		// A tenant's second request is rejected by its own limit after
+		// the per-ip policy admitted it: per-ip is refunded, and fails.
+		tenant := fmt.Sprint("t", i)
+		codes = append(codes, e.do("192.0.2.50", "X-Tenant", tenant).Code, e.do("192.0.2.50", "X-Tenant", tenant).Code)
+	}
+	if got := fmt.Sprint(codes); got != "[200 429 200 429 200 429 200 429 200 429]" {
+		t.Fatalf("codes %s", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	n := 0
+	for _, m := range logs {
+		if m == "rate-limit refund failed; the units stay consumed" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("five failed refunds within a second logged %d lines, want 1 (%q)", n, logs)
+	}
+}
+
+// TestBreakerProbeOfLeavingClientProvesNothing: the half-open probe is one
+// request; when its client has already left, its failed store call says
+// nothing about the store, and must neither close the breaker (the next
+// requests would wait on a dead store again until three more failures) nor
+// keep the probe slot taken: the next request probes instead.
+func TestBreakerProbeOfLeavingClientProvesNothing(t *testing.T) {
+	p := startRedis(t, t.TempDir(), nil)
+	s := newTestStore(t, p.addr)
+	var mu sync.Mutex
+	transitions := 0
+	logger := slog.New(recordHandler(func(r slog.Record) {
+		mu.Lock()
+		if r.Message == "rate-limit store breaker" {
+			transitions++
+		}
+		mu.Unlock()
+	}))
+	clk := &testClock{now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
+	name := freshName("per-ip")
+	e := newSvcEnv(t, config.RateLimits{Store: config.Store{Timeout: config.Duration(50 * time.Millisecond)},
+		OnStoreError: "fail_open", Policies: map[string]*config.Policy{
+			name: {Algorithm: "fixed_window", Limit: 100, Window: config.Duration(time.Hour), Key: "ip", Cost: 1},
+		}}, ratelimit.Deps{Store: s, Logger: logger, Now: clk.Now}, []string{name})
+	logged := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return transitions
+	}
+
+	// The server stalls: three timeouts open the breaker.
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }()
+	for range 3 {
+		e.do("192.0.2.60")
+	}
+	if n := logged(); n != 1 {
+		t.Fatalf("%d breaker transitions logged after three timeouts, want 1 (open)", n)
+	}
+	clk.Advance(320 * time.Millisecond) // the probe is due
+
+	// The probe's client is gone before the store answers.
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	info := &reqctx.Info{Route: "r", ClientIP: netip.MustParseAddr("192.0.2.60"), RequestID: "req"}
+	ctx, cancel := context.WithCancel(reqctx.With(r.Context(), info))
+	cancel()
+	before := s.calls.Load()
+	e.h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx))
+	if n := logged(); n != 1 {
+		t.Fatalf("a probe whose client left changed the breaker (%d transitions logged)", n)
+	}
+	// The next request probes (and fails: still stalled); the one after it
+	// finds the breaker open and costs no store call.
+	e.do("192.0.2.60")
+	e.do("192.0.2.60")
+	if c := s.calls.Load() - before; c > 2 {
+		t.Fatalf("%d store calls for the abandoned probe and two requests, want at most 2: the breaker closed", c)
 	}
 }

@@ -226,8 +226,9 @@ func (ls *lease) take(p algo.Params, cost, now int64) (int, uint64, chan struct{
 	defer ls.mu.Unlock()
 	if ls.params != p {
 		// A reload changed the numbers: what this lease holds was granted
-		// under the old ones.
-		ls.params, ls.tokens, ls.expires, ls.deniedUntil = p, 0, 0, 0
+		// under the old ones (and a bucket's units given back under new
+		// ones could be worth more time than they took).
+		ls.params, ls.tokens, ls.back, ls.expires, ls.deniedUntil = p, 0, 0, 0, 0
 	}
 	if now < ls.deniedUntil && cost >= ls.deniedCost {
 		return takeDenied, 0, nil
@@ -241,8 +242,10 @@ func (ls *lease) take(p algo.Params, cost, now int64) (int, uint64, chan struct{
 		return takeWait, 0, ls.fetching
 	}
 	// What is left (lapsed, or too little for cost) goes back with the
-	// next grant's call.
-	ls.back, ls.tokens = ls.tokens, 0
+	// next grant's call, added to what a fetch given up before its call
+	// (to wait for another lease) left there.
+	ls.back += ls.tokens
+	ls.tokens = 0
 	ls.fetching = make(chan struct{})
 	return takeFetch, 0, nil
 }

@@ -298,3 +298,79 @@ func TestLeaseBucket(t *testing.T) {
 		t.Fatalf("admitted %d, want %d..%d", admitted, lower*8/10, upper)
 	}
 }
+
+// TestLeaseGiveBackSurvivesAbandonedFetch: a request whose leases of two
+// policies have both lapsed, while another request is fetching one of them,
+// gives up its own fetch and waits (holding a fetch while waiting could
+// deadlock). The units its lapsed lease held must still go back to Redis
+// with the next grant, not be dropped when it retries.
+func TestLeaseGiveBackSurvivesAbandonedFetch(t *testing.T) {
+	s := newTestStore(t, sharedRedisAddr(t))
+	l := NewLeaseStore(s, func() int { return 1 })
+	clk := &fakeClock{}
+	clk.now.Store(1)
+	l.clock = clk.read
+	subj := uniqueSubject(t, "abandon")
+	a := ratelimit.Check{Policy: "a", Params: fixed(1_000_000, time.Hour), Cost: 1}
+	b := ratelimit.Check{Policy: "b", Params: fixed(1_000_000, time.Hour), Cost: 1}
+	both := []ratelimit.Check{a, b}
+	out := make([]algo.Decision, 2)
+	ctx := context.Background()
+	// A rate of 1000 decisions per ms, so the leases hold units.
+	for range 1000 {
+		if err := l.Decide(ctx, subj, both, out); err != nil || !out[0].Allowed || !out[1].Allowed {
+			t.Fatalf("%+v %v", out, err)
+		}
+		clk.advance(time.Microsecond)
+	}
+	la, lb := l.get(subj, "a", clk.read()), l.get(subj, "b", clk.read())
+	la.mu.Lock()
+	held := la.tokens
+	la.mu.Unlock()
+	if held <= 0 {
+		t.Fatalf("lease a holds %d units", held)
+	}
+	// Both leases lapse, and another request is fetching b.
+	clk.advance(MaxLeaseTTL + time.Millisecond)
+	other := make(chan struct{})
+	lb.mu.Lock()
+	lb.fetching = other
+	lb.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- l.Decide(ctx, subj, both, make([]algo.Decision, 2)) }()
+	// The request moved a's units out for its grant call, then gave that
+	// fetch up to wait for b.
+	for {
+		la.mu.Lock()
+		gaveUp := la.back == held && la.fetching == nil
+		la.mu.Unlock()
+		if gaveUp {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("decision ended before waiting for the other fetch: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	// The other fetch ends (say it failed); the request retries.
+	lb.mu.Lock()
+	lb.fetching = nil
+	lb.mu.Unlock()
+	close(other)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		c  ratelimit.Check
+		ls *lease
+	}{{a, la}, {b, lb}} {
+		x.ls.mu.Lock()
+		now := x.ls.tokens
+		x.ls.mu.Unlock()
+		if counted := x.c.Params.Limit - peek(t, s, subj, x.c).Remaining; counted != 1001+now {
+			t.Errorf("policy %s: redis counted %d, want 1001 admitted + %d held (the lapsed lease's units lost)",
+				x.c.Policy, counted, now)
+		}
+	}
+}

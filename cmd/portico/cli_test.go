@@ -65,3 +65,47 @@ func TestTuneRuntimeKeepsOperatorGOGC(t *testing.T) {
 		t.Errorf("GOMEMLIMIT set, tuneRuntime changed the memory limit to %d", got)
 	}
 }
+
+// TestHelpExitsZero: -h or --help after a command prints its usage on
+// stdout and exits 0, as `portico --help` does; it is not a usage error.
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"run", "-h"}, {"run", "--help"}, {"validate", "-h"},
+		{"slo", "rules", "--help"}, {"slo", "-h"}, {"demo", "-h"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(args, &out, &errb)
+			if code != 0 || !strings.Contains(out.String(), "usage") {
+				t.Fatalf("exit %d, want 0 with the usage on stdout; stdout %q, stderr %q", code, out.String(), errb.String())
+			}
+		})
+	}
+}
+
+// TestVersionOf: a build from a checkout reports "devel" (Go records it as
+// "(devel)"), with the VCS revision when the build has one; a module build
+// its version.
+func TestVersionOf(t *testing.T) {
+	rev := debug.BuildSetting{Key: "vcs.revision", Value: "0123456789abcdef0123"}
+	for _, c := range []struct {
+		main     string
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{"(devel)", nil, "devel"},
+		{"", nil, "devel"},
+		{"(devel)", []debug.BuildSetting{rev}, "devel+0123456789ab"},
+		{"v1.4.0", nil, "v1.4.0"},
+		{"v1.4.0", []debug.BuildSetting{rev}, "v1.4.0+0123456789ab"},
+	} {
+		bi := &debug.BuildInfo{Main: debug.Module{Version: c.main}, Settings: c.settings}
+		if got := versionOf(bi); got != c.want {
+			t.Errorf("version %q with %v: got %q, want %q", c.main, c.settings, got, c.want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if run([]string{"version"}, &out, &errb); strings.Contains(out.String(), "(devel)") {
+		t.Errorf("portico version printed %q", out.String())
+	}
+}

@@ -21,10 +21,9 @@ import (
 // embedded configuration. No Redis, no files to prepare.
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	accessLog := fs.Bool("access-log", false, "print one JSON access-log line per request")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, synopsisDemo, args, stdout, stderr); !ok {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -111,7 +110,7 @@ Try:
   curl -s %[1]s/web/feed -H "Authorization: Bearer $TOKEN" | head -c 600; echo
   curl -si %[1]s/mobile/feed -H "Authorization: Bearer $TOKEN" -H "Accept-Encoding: zstd" -o /dev/null -D -
   curl -s %[1]s/api/users/alice
-  curl -s %[1]s/api/posts/feed/alice?limit=2
+  curl -s "%[1]s/api/posts/feed/alice?limit=2"
   curl -si %[1]s/mobile/feed                  # 401 problem+json
   curl -s -X POST %[1]s/api/analytics/events -d '[{"type":"view"}]'
   curl -s %[2]s/admin/stats

@@ -2,7 +2,7 @@
 //
 //	portico run -c FILE_OR_DIR [-c ...] [--watch]   serve
 //	portico validate -c FILE_OR_DIR [-c ...]        check a config
-//	portico demo                                    the social-feed demo
+//	portico demo [--access-log]                     the social-feed demo
 //	portico slo rules -c FILE_OR_DIR                Prometheus rules for the SLOs
 //	portico version
 package main
@@ -35,31 +35,49 @@ func buildVersion() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				if v == "" || v == "(devel)" {
-					v = "devel"
-				}
-				return v + "+" + s.Value[:12]
-			}
-		}
-		if v != "" {
-			return v
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	return versionOf(bi)
+}
+
+// versionOf is the version a build reports: the module version, or "devel"
+// for a build from a checkout (which Go records as "(devel)"), followed by
+// the first 12 hex digits of the VCS revision when the build recorded one.
+// It is also portico_build_info's version label.
+func versionOf(bi *debug.BuildInfo) string {
+	v := bi.Main.Version
+	if v == "" || v == "(devel)" {
+		v = "devel"
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return v + "+" + s.Value[:12]
 		}
 	}
-	return "devel"
+	return v
 }
+
+// The synopsis of each command, as its usage and the overview print it.
+const (
+	synopsisRun      = "portico run -c FILE_OR_DIR [-c ...] [--watch]"
+	synopsisValidate = "portico validate -c FILE_OR_DIR [-c ...]"
+	synopsisDemo     = "portico demo [--access-log]"
+	synopsisSLORules = "portico slo rules -c FILE_OR_DIR [-c ...]"
+)
 
 const usage = `portico: an API gateway
 
 usage:
-  portico run -c FILE_OR_DIR [-c ...] [--watch]   serve the gateway
-  portico validate -c FILE_OR_DIR [-c ...]        check a config and exit
-  portico demo                                    run the social-feed demo
-  portico slo rules -c FILE_OR_DIR [-c ...]       print Prometheus rules for the SLOs
+  ` + synopsisRun + `   serve the gateway
+  ` + synopsisValidate + `        check a config and exit
+  ` + synopsisDemo + `                     run the social-feed demo
+  ` + synopsisSLORules + `       print Prometheus rules for the SLOs
   portico version                                 print the version
+
+Exit status: 0 on success, 1 when a config is invalid or serving fails,
+2 for a usage error. -h after a command prints its flags.
 `
 
 func main() {
@@ -80,8 +98,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "slo":
+		if len(args) == 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+			fmt.Fprintf(stdout, "usage: %s\n", synopsisSLORules)
+			return 0
+		}
 		if len(args) < 2 || args[1] != "rules" {
-			fmt.Fprint(stderr, "usage: portico slo rules -c FILE_OR_DIR [-c ...]\n")
+			fmt.Fprintf(stderr, "usage: %s\n", synopsisSLORules)
 			return 2
 		}
 		return cmdSLORules(args[2:], stdout, stderr)
@@ -102,29 +124,54 @@ type pathsFlag []string
 func (p *pathsFlag) String() string     { return strings.Join(*p, ",") }
 func (p *pathsFlag) Set(v string) error { *p = append(*p, v); return nil }
 
-func parseConfigFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) ([]string, bool) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+// parseFlags parses the flags of one command. -h or --help prints the
+// command's usage on stdout and ends with exit code 0, as `portico --help`
+// does; any other flag error is printed with the usage on stderr and ends
+// with 2. ok is false when the command must end with code.
+func parseFlags(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr io.Writer) (code int, ok bool) {
 	fs.SetOutput(stderr)
-	var paths pathsFlag
-	fs.Var(&paths, "c", "config file or directory (repeatable)")
-	fs.Var(&paths, "config", "config file or directory (repeatable)")
+	fs.Usage = func() {} // printed below, where it belongs
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: %s\n", synopsis)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout)
+			return 0, false
+		}
+		usage(stderr) // after the error line flag printed
+		return 2, false
+	}
+	return 0, true
+}
+
+// parseConfigFlags parses the flags of a command that takes -c (repeatable,
+// also spelled --config). ok is false when the command must end with code.
+func parseConfigFlags(name, synopsis string, args []string, stdout, stderr io.Writer, extra func(*flag.FlagSet)) (paths []string, code int, ok bool) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	var p pathsFlag
+	fs.Var(&p, "c", "config file or directory (repeatable)")
+	fs.Var(&p, "config", "same as -c")
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, false
+	if code, ok := parseFlags(fs, synopsis, args, stdout, stderr); !ok {
+		return nil, code, false
 	}
-	if len(paths) == 0 {
-		fmt.Fprintf(stderr, "portico %s: at least one -c FILE_OR_DIR is required\n", name)
-		return nil, false
+	if len(p) == 0 {
+		fmt.Fprintf(stderr, "portico %s: at least one -c FILE_OR_DIR is required\nusage: %s\n", name, synopsis)
+		return nil, 2, false
 	}
-	return paths, true
+	return p, 0, true
 }
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	paths, ok := parseConfigFlags("validate", args, stderr, nil)
+	paths, code, ok := parseConfigFlags("validate", synopsisValidate, args, stdout, stderr, nil)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := config.Load(paths...)
 	if err != nil {
@@ -141,9 +188,9 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdSLORules(args []string, stdout, stderr io.Writer) int {
-	paths, ok := parseConfigFlags("slo rules", args, stderr, nil)
+	paths, code, ok := parseConfigFlags("slo rules", synopsisSLORules, args, stdout, stderr, nil)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := config.Load(paths...)
 	if err != nil {
@@ -176,11 +223,11 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	var watch bool
-	paths, ok := parseConfigFlags("run", args, stderr, func(fs *flag.FlagSet) {
+	paths, code, ok := parseConfigFlags("run", synopsisRun, args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&watch, "watch", false, "reload when a config file changes")
 	})
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := config.Load(paths...)
 	if err != nil {

@@ -2,6 +2,9 @@
 // Prometheus metrics, the JSON admin API (routes, upstreams, live stats,
 // SLOs, reload) and the embedded live dashboard.
 //
+// Every answer carries an X-Request-Id and every error is RFC 9457
+// problem+json with that id as request_id, as on the public listener.
+//
 // The handler knows nothing about the gateway's types: every view is a
 // function in Deps returning a JSON-ready value, so the gateway decides what
 // to show and this package only serves, authenticates and renders it.
@@ -21,6 +24,7 @@ import (
 	"time"
 
 	"github.com/portico-gw/portico/internal/problem"
+	"github.com/portico-gw/portico/internal/reqctx"
 )
 
 // Deps are what the admin API shows and does. A nil view function answers
@@ -114,7 +118,36 @@ func New(deps Deps) http.Handler {
 		}
 		problem.WriteStatus(w, r, http.StatusNotFound, "not_found", "no such admin endpoint")
 	})
-	return mux
+	return withRequestID(mux)
+}
+
+// withRequestID gives every admin request an id, as the gateway does on the
+// public listener (DESIGN.md, "Headers and bodies"): the client's
+// X-Request-Id when it is 1-128 characters of [A-Za-z0-9._-], else a
+// generated one. The id is returned in X-Request-Id and, through the request
+// context, in the request_id member of every problem the admin API answers,
+// and the reload log lines carry it, so a refused reload's answer can be
+// matched with the log.
+func withRequestID(next http.Handler) http.Handler {
+	ids := reqctx.NewRequestIDs("admin-")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !reqctx.ValidRequestID(id) {
+			id = ids.Next()
+		}
+		w.Header().Set("X-Request-Id", id)
+		ctx, info := reqctx.NewContext(r.Context())
+		info.RequestID = id
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// requestID is the id withRequestID gave r, for log lines.
+func requestID(r *http.Request) string {
+	if in := reqctx.From(r.Context()); in != nil {
+		return in.RequestID
+	}
+	return ""
 }
 
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -154,11 +187,11 @@ func (s *server) reload(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	err := s.deps.Reload()
 	if err == nil {
-		s.deps.Logger.Info("admin: config reloaded", "remote", r.RemoteAddr)
+		s.deps.Logger.Info("admin: config reloaded", "remote", r.RemoteAddr, "request_id", requestID(r))
 		writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "duration_ms": float64(time.Since(start).Microseconds()) / 1e3})
 		return
 	}
-	s.deps.Logger.Warn("admin: reload failed", "remote", r.RemoteAddr, "err", err)
+	s.deps.Logger.Warn("admin: reload failed", "remote", r.RemoteAddr, "request_id", requestID(r), "err", err)
 	var pe *problem.Error
 	if errors.As(err, &pe) {
 		problem.Write(w, r, pe)

@@ -449,7 +449,7 @@ var docSections = []docSection{
   drain_delay: 5s
   max_body_bytes: 10MiB
   trusted_proxies: [10.0.0.0/8]`},
-	{key: "admin", title: "admin", intro: "The admin listener: `/healthz`, `/readyz`, `/metrics` (never need the token), `/admin/*` and `/dashboard/` (bearer token). A non-loopback `listen` without a `token` is a validation error (loopback: 127.0.0.0/8, ::1, localhost).", example: `admin:
+	{key: "admin", title: "admin", intro: "The admin listener: `/healthz`, `/readyz`, `/metrics` (never need the token), `/admin/*`, `/dashboard/` and `/debug/pprof/` (bearer token). A non-loopback `listen` without a `token` is a validation error (loopback: 127.0.0.0/8, ::1, localhost).", example: `admin:
   listen: "0.0.0.0:9901"
   token: ${PORTICO_ADMIN_TOKEN}`},
 	{key: "logging", title: "logging", example: `logging: {level: info, access_log: true}`},
@@ -561,6 +561,10 @@ FILE:LINE:COL: FIELD: message
 mobile.yaml:12:9: bffs.mobile.endpoints[0].backends[1].upstream: unknown upstream "post"
 platform.yaml:3:5: routes[0].name: duplicate route "x" (first defined at team.yaml:7:5)
 ` + "```" + `
+
+A YAML syntax error has ` + "`YAML syntax`" + ` for its FIELD; a problem with a whole file or path (unreadable, missing, a
+directory without YAML files) names only it: ` + "`FILE: message`" + `. A valid configuration gets exit status 0 and a
+one-line summary (` + "`ok: 3 file(s), 6 route(s), ...`" + `); an invalid one exit status 1.
 
 ## Reload
 

@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,49 +8,11 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
-	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/portico-gw/portico/internal/problem"
 	"github.com/portico-gw/portico/internal/reqctx"
 )
-
-// requestIDs makes X-Request-Id values: a random per-process prefix and a
-// counter. Ids must be unique, not secret, so one random read at start is
-// enough and the hot path costs an atomic add and a small format.
-type requestIDs struct {
-	prefix string
-	seq    atomic.Uint64
-}
-
-func newRequestIDs() *requestIDs {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return &requestIDs{prefix: hex.EncodeToString(b[:]) + "-"}
-}
-
-func (g *requestIDs) next() string {
-	var buf [32]byte
-	out := append(buf[:0], g.prefix...)
-	out = strconv.AppendUint(out, g.seq.Add(1), 36)
-	return string(out)
-}
-
-// validRequestID reports whether a client-sent X-Request-Id may be kept:
-// 1-128 characters of [A-Za-z0-9._-] (DESIGN.md "Routing precedence").
-func validRequestID(s string) bool {
-	if len(s) == 0 || len(s) > 128 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
 
 // clientIP returns the address the request came from: the peer, or, when the
 // peer is a trusted proxy, the rightmost X-Forwarded-For address that is not

@@ -71,7 +71,7 @@ type Gateway struct {
 	certs    *listener.CertStore // nil without TLS
 	tlsCfg   *tls.Config
 	loader   config.Loader // keeps parsed files, so a reload re-parses only changed ones
-	ids      *requestIDs
+	ids      *reqctx.RequestIDs
 	buffers  httputil.BufferPool // shared by every route's proxy
 	current  atomic.Pointer[runtime]
 	reloadMu sync.Mutex
@@ -118,7 +118,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 	if opts.NodeID == "" {
 		opts.NodeID = defaultNodeID()
 	}
-	g := &Gateway{opts: opts, log: logger, now: now, ids: newRequestIDs(), buffers: proxy.NewBufferPool()}
+	g := &Gateway{opts: opts, log: logger, now: now, ids: reqctx.NewRequestIDs(""), buffers: proxy.NewBufferPool()}
 
 	g.tel = telemetry.New(telemetry.Deps{
 		Logger:         logger,
@@ -351,11 +351,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := g.current.Load()
 	ctx, info := reqctx.NewContext(r.Context())
 	info.Start = g.now()
-	if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
+	if id := r.Header.Get("X-Request-Id"); reqctx.ValidRequestID(id) {
 		info.RequestID = id
 		w.Header()["X-Request-Id"] = r.Header["X-Request-Id"][:1]
 	} else {
-		info.RequestID = g.ids.next()
+		info.RequestID = g.ids.Next()
 		// One slice serves both maps: neither is appended to in place.
 		v := []string{info.RequestID}
 		r.Header["X-Request-Id"] = v

@@ -209,6 +209,12 @@ func parseV1(r *bufio.Reader) (src, dst netip.AddrPort, err error) {
 	if want4 := f[1] == "TCP4"; sip.Is4() != want4 || dip.Is4() != want4 {
 		return src, dst, fmt.Errorf("v1 header: addresses do not match %s", f[1])
 	}
+	if sip.Zone() != "" || dip.Zone() != "" {
+		// netip takes any text after '%' as a zone ("fe80::1%x,10.0.0.1"),
+		// which would reach RemoteAddr and X-Forwarded-For; the header
+		// carries plain addresses only.
+		return src, dst, errors.New("v1 header: address with a zone")
+	}
 	return netip.AddrPortFrom(sip.Unmap(), sp), netip.AddrPortFrom(dip.Unmap(), dp), nil
 }
 

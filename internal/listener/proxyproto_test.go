@@ -127,6 +127,9 @@ func TestProxyProtocol(t *testing.T) {
 		{"v1 truncated", []byte("PROXY TCP4 203.0.113.7\r\n"), ""},
 		{"v1 bad address", []byte("PROXY TCP4 203.0.113.999 198.51.100.1 4242 443\r\n"), ""},
 		{"v1 family mismatch", []byte("PROXY TCP4 2001:db8::7 2001:db8::1 4242 443\r\n"), ""},
+		// netip.ParseAddr takes anything after '%' as a zone; here it
+		// would smuggle a second hop into X-Forwarded-For.
+		{"v1 zone", []byte("PROXY TCP6 fe80::7%x,192.0.2.1 2001:db8::1 4242 443\r\n"), ""},
 		{"v1 bad port", []byte("PROXY TCP4 203.0.113.7 198.51.100.1 99999 443\r\n"), ""},
 		{"v1 no crlf", []byte("PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\n"), ""},
 		{"v1 too long", []byte("PROXY TCP4 " + strings.Repeat("1", 120) + "\r\n"), ""},
@@ -195,6 +198,9 @@ func FuzzParseProxyHeader(f *testing.F) {
 		}
 		if src.IsValid() && src.Addr().Is4In6() {
 			t.Fatalf("mapped address not unmapped: %v", src)
+		}
+		if src.Addr().Zone() != "" || dst.Addr().Zone() != "" {
+			t.Fatalf("address with a zone: %v %v", src, dst)
 		}
 	})
 }

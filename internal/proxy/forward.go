@@ -147,8 +147,6 @@ func canForward(r *http.Request) bool {
 	return r.ProtoMajor == 1 && len(r.Header["Upgrade"]) == 0 && len(r.Header["Expect"]) == 0
 }
 
-var errUnaskedUpgrade = errors.New("upstream switched protocols though none was asked for")
-
 var (
 	teTrailers  = []string{"trailers"}
 	noUserAgent = []string{""}

@@ -10,7 +10,8 @@
 // speed (the plain route's profiles, docs/benchmarks.md); a test sends the same requests both ways and
 // requires the upstream and the client to see the same exchange. Upgrades,
 // Expect: 100-continue and HTTP/2 (gRPC among it) stay with ReverseProxy,
-// configured with Rewrite.
+// configured with Rewrite; websocket.go adds what its WebSocket tunnels
+// lack (a check of the 101, the client's early bytes, an idle timeout).
 //
 // Both paths drop the client's Forwarded and X-Forwarded-* headers before
 // setting our own, share a pool of 32 KiB copy buffers, and render every
@@ -112,8 +113,11 @@ type Config struct {
 	// X-Forwarded-Proto and X-Forwarded-Host) is kept. From any other peer
 	// those headers are replaced.
 	TrustedProxies []netip.Prefix
-	// WebSocket lets "Upgrade: websocket" requests through (other upgrade
-	// protocols never are). When false, Upgrade and
+	// WebSocket lets WebSocket opening handshakes ("Upgrade: websocket" on
+	// a GET over HTTP/1.1 without a body) through; other upgrade protocols
+	// and other requests never are. The tunnel closes once it was idle in
+	// both directions for the serving http.Server's IdleTimeout (else its
+	// ReadTimeout; neither: never). When false, Upgrade and
 	// Connection are stripped and the request is proxied as a plain one:
 	// RFC 9110 section 7.8 lets a server ignore Upgrade, and the client
 	// then sees the upstream's ordinary answer instead of a 101.
@@ -489,6 +493,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out := r.WithContext(ex)
 	out.Body = body
+	if h.tunnels(r) {
+		w = &upgradeWriter{ResponseWriter: w, idle: serverIdleTimeout(r)}
+	}
 	b.rp.ServeHTTP(w, out)
 }
 
@@ -545,10 +552,10 @@ func (h *handler) buildOutbound(ex *exchange, in, out *http.Request) {
 	if info != nil && info.RequestID != "" {
 		out.Header["X-Request-Id"] = ex.val(valReqID, info.RequestID)
 	}
-	if up := out.Header["Upgrade"]; len(up) > 0 && (!h.websocket || !strings.EqualFold(up[0], "websocket")) {
+	if len(out.Header["Upgrade"]) > 0 && !h.tunnels(in) {
 		// ReverseProxy put these back for an upgrade; refuse it by
-		// forwarding a plain request. Only WebSocket is ever tunnelled
-		// (not h2c or anything else a client may ask for).
+		// forwarding a plain request. Only a WebSocket handshake is ever
+		// tunnelled (not h2c or anything else a client may ask for).
 		delete(out.Header, "Upgrade")
 		delete(out.Header, "Connection")
 	}
@@ -565,6 +572,11 @@ func (h *handler) modifyResponse(resp *http.Response) error {
 	ex := exchangeFrom(resp.Request.Context())
 	if ex == nil {
 		return nil
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if err := checkSwitch(resp); err != nil {
+			return err
+		}
 	}
 	return h.shapeResponse(ex, resp)
 }

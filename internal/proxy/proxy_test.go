@@ -56,6 +56,13 @@ type gateway struct {
 
 func front(t testing.TB, cfg Config, gw *gateway) (*httptest.Server, *gateway) {
 	t.Helper()
+	return frontWith(t, cfg, gw, nil)
+}
+
+// frontWith is front with the gateway's http.Server set up by setup (nil:
+// httptest's defaults) before it starts.
+func frontWith(t testing.TB, cfg Config, gw *gateway, setup func(*http.Server)) (*httptest.Server, *gateway) {
+	t.Helper()
 	h, err := New(cfg, Deps{})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -70,7 +77,7 @@ func front(t testing.TB, cfg Config, gw *gateway) (*httptest.Server, *gateway) {
 			t.Fatal(err)
 		}
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		dec, esc, err := router.CleanPath(r.URL.EscapedPath())
 		if err != nil {
 			var pe *problem.Error
@@ -86,6 +93,10 @@ func front(t testing.TB, cfg Config, gw *gateway) (*httptest.Server, *gateway) {
 		gw.info.Store(info)
 		h.ServeHTTP(w, r.WithContext(reqctx.With(r.Context(), info)))
 	}))
+	if setup != nil {
+		setup(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv, gw
 }

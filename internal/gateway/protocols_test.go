@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -23,6 +24,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portico-gw/portico/internal/config"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and returns its paths and pool.
@@ -431,5 +434,76 @@ func TestProxyProtocolTrustFollowsReload(t *testing.T) {
 	}
 	if got := clientSeen(header); got != "203.0.113.7" {
 		t.Fatalf("a trusted peer's PROXY header after the reload: upstream saw %q", got)
+	}
+}
+
+// TestRedirectListenerClosesIdleConnections: the HTTP-to-HTTPS redirect
+// listener closes keep-alive connections after the server's idle_timeout
+// and refuses headers over max_header_bytes, as the public listener does.
+func TestRedirectListenerClosesIdleConnections(t *testing.T) {
+	cert, key, _ := selfSigned(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gateway.yaml")
+	yaml := fmt.Sprintf(`version: 1
+server: {listen: "127.0.0.1:0", http_redirect_listen: "127.0.0.1:0", idle_timeout: 300ms, max_header_bytes: 4096, shutdown_timeout: 5s, tls: {cert: %q, key: %q}}
+admin: {listen: "127.0.0.1:0"}
+logging: {access_log: false}
+upstreams:
+  up: {targets: [{url: "http://127.0.0.1:1"}]}
+routes:
+  - {name: r, match: {path: "/*"}, upstream: up, public: true}
+`, cert, key)
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := New(cfg, Options{Paths: []string{path}, AccessLog: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	ls, err := gw.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx, ls) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	addr := ls.Redirect.Addr().String()
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: gw.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusPermanentRedirect {
+		t.Fatalf("redirect: %v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle keep-alive connection: %v, want it closed (EOF)", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about the 300ms idle_timeout", d)
+	}
+
+	out := rawExchange(t, addr, "GET /x HTTP/1.1\r\nHost: gw.test\r\nX-Big: "+strings.Repeat("a", 8192)+"\r\n\r\n")
+	if !strings.HasPrefix(out, "HTTP/1.1 431 ") {
+		t.Fatalf("a header over max_header_bytes: %.60q, want 431", out)
 	}
 }

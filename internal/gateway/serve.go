@@ -133,7 +133,11 @@ func (g *Gateway) Serve(ctx context.Context, ls *Listeners) error {
 	var redirectSrv *http.Server
 	if ls.Redirect != nil {
 		_, port, _ := net.SplitHostPort(ls.Public.Addr().String())
-		redirectSrv = &http.Server{Handler: listener.RedirectHandler(port), ReadHeaderTimeout: 5 * time.Second}
+		// The public server's idle timeout and header limit (as at start):
+		// a client redirected to HTTPS leaves this connection idle, and
+		// without a bound it would be held until the client closes it.
+		redirectSrv = &http.Server{Handler: listener.RedirectHandler(port), ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout: cfg.Server.IdleTimeout.D(), MaxHeaderBytes: int(cfg.Server.MaxHeaderBytes)}
 	}
 	serve("admin", adminSrv, ls.Admin)
 	if redirectSrv != nil {

@@ -302,6 +302,13 @@ func restartNeeded(old, next *config.Config) error {
 		// certificates reload in place.
 		changed = append(changed, "server.tls.min_version")
 	}
+	// DESIGN.md names listen addresses, TLS on or off and the store; these
+	// three are refused too, each for its own reason. h2c is in the
+	// protocol set Serve computes once at start (it could follow the
+	// server rebuild a reload does; not done yet); the redirect listener is a socket of its own, opened at start;
+	// and PROXY headers are read by a listener wrapper every connection
+	// passes through, so turning it on or off in place would misread the
+	// first bytes of connections already accepted.
 	if old.Server.H2C != next.Server.H2C {
 		changed = append(changed, "server.h2c")
 	}

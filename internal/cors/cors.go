@@ -15,9 +15,11 @@
 // configured and credentials are off), Access-Control-Allow-Credentials and
 // Access-Control-Expose-Headers as configured; a request from another
 // origin is passed on without them, and the browser withholds the response
-// from the page. Responses that depend on Origin carry "Vary: Origin", so a
-// shared cache never hands one origin's answer to another; with "*" none
-// depends on it: every response, with or without Origin, carries "*".
+// from the page; a WebSocket handshake from another origin (which browsers
+// do not check) gets 403 problem+json. Responses that depend on Origin
+// carry "Vary: Origin", so a shared cache never hands one origin's answer
+// to another; with "*" none depends on it: every response, with or without
+// Origin, carries "*".
 //
 // When the route has a CORS stage the gateway owns these headers: the proxy
 // should drop the upstream's own Access-Control-* response headers
@@ -250,6 +252,16 @@ func (p *policy) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	}
 	if !p.anyOrigin {
 		addVary(h, p.varyOrigin)
+		// Browsers apply no CORS to WebSocket: a page on any site may open
+		// one with the user's cookies (cross-site WebSocket hijacking). On
+		// a route that lists its origins, a handshake from another is
+		// refused; one without Origin is no browser's and passes.
+		if len(origins) > 0 && len(r.Header["Upgrade"]) > 0 &&
+			httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "websocket") && !p.allowed(origins[0]) {
+			problem.Write(w, r, problem.New(http.StatusForbidden, "cors_origin_denied",
+				"WebSocket handshakes from this origin are not allowed"))
+			return
+		}
 	}
 	// With "*" the answer must not depend on Origin, since it carries no
 	// Vary: Origin: a cache would hand a response without Allow-Origin to a

@@ -119,3 +119,43 @@ func TestHTTPPreflightAnyHeaderWithCredentials(t *testing.T) {
 		t.Fatalf("Allow-Origin %q, Allow-Credentials %q", h.Get("Access-Control-Allow-Origin"), h.Get("Access-Control-Allow-Credentials"))
 	}
 }
+
+// TestWebSocketHandshakeOrigin: a WebSocket handshake from an origin the
+// route does not list is refused (browsers do not apply CORS to it, so a
+// page on any site could otherwise open one with the user's cookies); one
+// from a listed origin, one without Origin (not a browser), a plain request
+// from another origin, and any handshake under "*" pass.
+func TestWebSocketHandshakeOrigin(t *testing.T) {
+	listed, reachedListed := serveHTTP(t, &config.CORS{Origins: []string{"https://app.example.com"}})
+	star, reachedStar := serveHTTP(t, &config.CORS{Origins: []string{"*"}})
+	ws := []string{"Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="}
+	for _, c := range []struct {
+		name    string
+		srv     *httptest.Server
+		reached *atomic.Int32
+		hdr     []string
+		want    int
+	}{
+		{"other origin", listed, reachedListed, append([]string{"Origin", "https://evil.example"}, ws...), http.StatusForbidden},
+		{"other origin, token list", listed, reachedListed, []string{"Origin", "https://evil.example", "Upgrade", "foo, WebSocket"}, http.StatusForbidden},
+		{"listed origin", listed, reachedListed, append([]string{"Origin", "https://app.example.com"}, ws...), http.StatusOK},
+		{"no origin", listed, reachedListed, ws, http.StatusOK},
+		{"plain request from another origin", listed, reachedListed, []string{"Origin", "https://evil.example"}, http.StatusOK},
+		{"any origin", star, reachedStar, append([]string{"Origin", "https://evil.example"}, ws...), http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := c.reached.Load()
+			resp := do(t, c.srv, http.MethodGet, c.hdr...)
+			if resp.StatusCode != c.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, c.want)
+			}
+			passed := c.reached.Load() != before
+			if passed != (c.want == http.StatusOK) {
+				t.Fatalf("reached the handler: %v", passed)
+			}
+			if c.want == http.StatusForbidden && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") {
+				t.Errorf("refusal Content-Type %q", resp.Header.Get("Content-Type"))
+			}
+		})
+	}
+}

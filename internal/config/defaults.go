@@ -32,6 +32,7 @@ const (
 	DefaultHTTP1Client         = "lean"
 	DefaultUpstreamTimeout     = Duration(15 * time.Second)
 	DefaultConnectTimeout      = Duration(2 * time.Second)
+	DefaultReadIdleTimeout     = Duration(5 * time.Minute)
 	DefaultRetries             = 1
 	DefaultRetryBudget         = 0.2
 	DefaultMaxInflight         = 1000
@@ -159,6 +160,9 @@ func defaultUpstream(u *Upstream) {
 	}
 	setDur(&u.Timeout, DefaultUpstreamTimeout)
 	setDur(&u.ConnectTimeout, DefaultConnectTimeout)
+	if u.ReadIdleTimeout == nil {
+		u.ReadIdleTimeout = ptr(DefaultReadIdleTimeout)
+	}
 	if u.Retries == nil {
 		u.Retries = ptr(DefaultRetries)
 	}

@@ -85,21 +85,24 @@ type Tracing struct {
 
 // Upstream is a named pool of targets.
 type Upstream struct {
-	Name           string          `yaml:"-"`
-	Targets        []Target        `yaml:"targets"`
-	Balance        string          `yaml:"balance"`  // round_robin | least_request | random | consistent_hash
-	HashKey        string          `yaml:"hash_key"` // header:NAME | claim:NAME | ip
-	Timeout        Duration        `yaml:"timeout"`
-	ConnectTimeout Duration        `yaml:"connect_timeout"`
-	Retries        *int            `yaml:"retries"`
-	RetryBudget    *float64        `yaml:"retry_budget"`
-	MaxInflight    int             `yaml:"max_inflight"`
-	PreserveHost   bool            `yaml:"preserve_host"`
-	HTTP1Client    string          `yaml:"http1_client"` // lean | standard
-	HealthCheck    *HealthCheck    `yaml:"health_check"`
-	Passive        *Passive        `yaml:"passive"`
-	CircuitBreaker *CircuitBreaker `yaml:"circuit_breaker"`
-	TLS            *UpstreamTLS    `yaml:"tls"`
+	Name           string   `yaml:"-"`
+	Targets        []Target `yaml:"targets"`
+	Balance        string   `yaml:"balance"`  // round_robin | least_request | random | consistent_hash
+	HashKey        string   `yaml:"hash_key"` // header:NAME | claim:NAME | ip
+	Timeout        Duration `yaml:"timeout"`
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// ReadIdleTimeout bounds the silence of an answer's body: nil is the
+	// default (DefaultReadIdleTimeout), 0 turns it off.
+	ReadIdleTimeout *Duration       `yaml:"read_idle_timeout"`
+	Retries         *int            `yaml:"retries"`
+	RetryBudget     *float64        `yaml:"retry_budget"`
+	MaxInflight     int             `yaml:"max_inflight"`
+	PreserveHost    bool            `yaml:"preserve_host"`
+	HTTP1Client     string          `yaml:"http1_client"` // lean | standard
+	HealthCheck     *HealthCheck    `yaml:"health_check"`
+	Passive         *Passive        `yaml:"passive"`
+	CircuitBreaker  *CircuitBreaker `yaml:"circuit_breaker"`
+	TLS             *UpstreamTLS    `yaml:"tls"`
 }
 
 // Target is one upstream address.

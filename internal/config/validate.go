@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -242,6 +243,11 @@ func (v *validator) upstream(f, name string, u *Upstream) {
 	}
 	if u.MaxInflight < 0 {
 		v.errf(f+".max_inflight", "must not be negative (0 means the default, 1000)")
+	}
+	if d := u.ReadIdleTimeout; d != nil && *d != 0 && *d < Duration(time.Second) {
+		// One lost segment stalls a healthy body for a retransmission
+		// timeout, up to 1 s before the first RTT sample (RFC 6298 2.1).
+		v.errf(f+".read_idle_timeout", "must be 0 (off) or at least 1s, got %s", *d)
 	}
 	if h := u.HealthCheck; h != nil {
 		hf := f + ".health_check"

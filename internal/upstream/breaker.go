@@ -191,6 +191,25 @@ func (b *breaker) record(now int64, o outcome, probe bool) {
 	b.mu.Unlock()
 }
 
+// recordLate adds a failure to an attempt already recorded as a success
+// (its answer's body failed later, on the read idle timeout), counting no
+// further request. Only a closed breaker counts it; a probe's verdict was
+// given with the headers.
+func (b *breaker) recordLate(now int64) {
+	if breakerState(b.state.Load()) != stateClosed {
+		return
+	}
+	total, failures := b.win.addSum(now, 0, 1)
+	b.mu.Lock()
+	if breakerState(b.state.Load()) == stateClosed && total >= b.cfg.minReq &&
+		float64(failures) >= b.cfg.ratio*float64(total) {
+		b.openLocked(now)
+		b.log.Warn("upstream circuit breaker opened", "requests", total, "failures", failures,
+			"for", time.Duration(b.cfg.openFor))
+	}
+	b.mu.Unlock()
+}
+
 func (b *breaker) openLocked(now int64) {
 	b.state.Store(int32(stateOpen))
 	b.openUntil = now + b.cfg.openFor

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -69,6 +71,14 @@ type h1Conn struct {
 	// was read, and would pass for the next request's answer; so the next
 	// reuse looks at the socket first, however briefly it idled.
 	bodiless bool
+	// idle is the read idle timeout of the body being read (0: none, and
+	// while an exchange has not reached its body); bodyCap is the caller's
+	// deadline for that body (zero: none). See refresh.
+	idle    time.Duration
+	bodyCap time.Time
+	// aborted is set by abort before it moves the deadline into the past,
+	// so that refresh, which may run at the same time, does not undo it.
+	aborted atomic.Bool
 }
 
 func (pc *h1Conn) setDeadline(t time.Time) {
@@ -82,6 +92,9 @@ func (pc *h1Conn) setDeadline(t time.Time) {
 // so an upstream cannot make the gateway buffer an endless header (the
 // Transport's MaxResponseHeaderBytes, at its default).
 func (pc *h1Conn) Read(p []byte) (int, error) {
+	if pc.idle > 0 {
+		pc.refresh()
+	}
 	if pc.limit <= 0 {
 		return 0, errHeaderTooLarge
 	}
@@ -92,6 +105,60 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 	pc.limit -= int64(n)
 	return n, err
 }
+
+// refresh keeps the read deadline of a body ahead of the read about to
+// wait on the socket: at most pc.bodyCap, else at least pc.idle and at most
+// 1.25 times pc.idle from now. It moves the deadline only once the one in
+// force is less than pc.idle ahead, so a body read at speed costs a clock
+// reading per read from the socket (the buffer serves the rest), and a
+// SetReadDeadline about every pc.idle/4 at most. An upstream silent for
+// pc.idle is thus never cut, and one silent for 1.25 times pc.idle always is.
+func (pc *h1Conn) refresh() {
+	now := time.Now()
+	if !pc.dl.IsZero() && pc.dl.Sub(now) >= pc.idle {
+		return
+	}
+	next := now.Add(pc.idle + pc.idle/4)
+	if !pc.bodyCap.IsZero() && pc.bodyCap.Before(next) {
+		next = pc.bodyCap // unchanged once in force: no call
+	}
+	pc.setDeadline(next)
+	if pc.aborted.Load() {
+		// A cancellation came between the check and the new deadline.
+		_ = pc.conn.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// idleTimedOut reports whether err, a failed read of pc's body, is the
+// read idle timeout's doing: a passed deadline that was neither a
+// cancellation's nor the caller's own.
+func (pc *h1Conn) idleTimedOut(err error) bool {
+	return pc.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && !pc.aborted.Load() &&
+		(pc.bodyCap.IsZero() || time.Now().Before(pc.bodyCap))
+}
+
+// ReadIdleError is the error of a body read once the upstream sent nothing
+// of it for its read idle timeout (upstreams.NAME.read_idle_timeout). The
+// exchange is then aborted: the connection (HTTP/1.1) or stream (HTTP/2)
+// to the upstream is closed, and the caller must not take what it read for
+// the whole body.
+type ReadIdleError struct {
+	Idle time.Duration // the read idle timeout in force
+}
+
+func (e *ReadIdleError) Error() string {
+	return "upstream read idle timeout: no byte of the answer's body for " + e.Idle.String()
+}
+
+// Timeout reports true: a net.Error's view of a passed deadline.
+func (e *ReadIdleError) Timeout() bool { return true }
+
+// Temporary reports false (net.Error).
+func (e *ReadIdleError) Temporary() bool { return false }
+
+// Is matches os.ErrDeadlineExceeded, as the error of a read past a
+// connection's deadline does.
+func (e *ReadIdleError) Is(target error) bool { return target == os.ErrDeadlineExceeded }
 
 const (
 	maxHeaderBytes = 10 << 20 // as net/http's Transport
@@ -123,7 +190,7 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err // the caller's error, never sent
 	}
-	return c.roundTrip(req, &fields, time.Time{})
+	return c.roundTrip(req, &fields, time.Time{}, 0)
 }
 
 // roundTrip serves a request that scanRequest accepted and passed, with the
@@ -131,8 +198,8 @@ func (c *h1Client) RoundTrip(req *http.Request) (*http.Response, error) {
 // answer's header, dialing included: past it, roundTrip fails with
 // errAttemptTimeout, unless the request's context ended first (its error
 // is returned then). The body is not bounded by it.
-func (c *h1Client) roundTrip(req *http.Request, fields *headFields, deadline time.Time) (*http.Response, error) {
-	x := h1Exchange{deadline: deadline}
+func (c *h1Client) roundTrip(req *http.Request, fields *headFields, deadline time.Time, idle time.Duration) (*http.Response, error) {
+	x := h1Exchange{deadline: deadline, idle: idle}
 	if err := c.send(&x, req, fields); err != nil {
 		return nil, err
 	}
@@ -148,6 +215,9 @@ type h1Exchange struct {
 	// deadline bounds the exchange until the answer's header, bodyDeadline
 	// the body; zero bounds nothing.
 	deadline, bodyDeadline time.Time
+	// idle is the read idle timeout of the body (0: none): the longest
+	// the body's reads may wait for a byte, below bodyDeadline.
+	idle time.Duration
 	// cancelOnly: the request's context stops the exchange when it is
 	// cancelled, but not when its deadline passes, which the deadlines
 	// above then enforce. Set for a caller that may read an answer after
@@ -236,6 +306,8 @@ func (c *h1Client) failed(x *h1Exchange, ctx context.Context, err error, sent bo
 // x.stop already ran.
 func (c *h1Client) write(ctx context.Context, x *h1Exchange, req *http.Request, fields *headFields) error {
 	pc := x.pc
+	pc.idle, pc.bodyCap = 0, time.Time{} // the body's bound starts with the body
+	pc.aborted.Store(false)
 	pc.setDeadline(x.deadline) // before the cancellation hook below, which must win
 	switch {
 	case ctx.Done() == nil:
@@ -338,6 +410,10 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 		b = &h1Body{body: resp.Body}
 	}
 	b.c, b.pc, b.stop, b.keep = c, pc, stop, keep
+	// From here each read that waits on the socket keeps a deadline
+	// ahead of it (refresh); a body the head's read brought in whole
+	// never sets one.
+	pc.idle, pc.bodyCap = x.idle, x.bodyDeadline
 	resp.Body = b
 	return resp, true, nil
 }
@@ -386,6 +462,9 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		b.c.finish(b.pc, b.stop, b.keep)
 	} else if err != nil {
 		b.done = true
+		if b.pc.idleTimedOut(err) {
+			err = &ReadIdleError{Idle: b.pc.idle}
+		}
 		b.stop()
 		b.pc.conn.Close()
 	}
@@ -441,8 +520,11 @@ func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fre
 		}
 		return nil, false, err
 	}
-	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit,
-		abort: func() { _ = conn.SetDeadline(aLongTimeAgo) }}
+	pc = &h1Conn{host: host, conn: conn, bw: bufio.NewWriterSize(conn, 4<<10), limit: noLimit}
+	pc.abort = func() {
+		pc.aborted.Store(true) // first: see refresh
+		_ = conn.SetDeadline(aLongTimeAgo)
+	}
 	pc.br = bufio.NewReaderSize(pc, 4<<10)
 	pc.leave = pc.leaveGroup
 	return pc, false, nil

@@ -354,7 +354,7 @@ func TestH1ContextCancelStopsTheExchange(t *testing.T) {
 	if lean, err := scanRequest(req, &fields); !lean || err != nil {
 		t.Fatal(lean, err)
 	}
-	res, err = c.roundTrip(req, &fields, time.Now().Add(time.Minute))
+	res, err = c.roundTrip(req, &fields, time.Now().Add(time.Minute), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/problem"
 )
 
@@ -34,6 +35,7 @@ type Pool struct {
 	retries       int
 	budget        float64
 	timeout       time.Duration
+	readIdle      time.Duration // read_idle_timeout; 0: off
 	preserveHost  bool
 	maxInflight   int64
 	ignoreAllDown bool
@@ -71,8 +73,9 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, tr *transports, br *
 		bal: newBalancer(cfg.Balance, weights, p.hash, urls),
 		tr:  tr, br: br, balance: cfg.Balance,
 		retries: 1, budget: defaultRetryBudget,
-		timeout: cfg.Timeout.D(), preserveHost: cfg.PreserveHost,
-		maxInflight: int64(cfg.MaxInflight),
+		timeout: cfg.Timeout.D(), readIdle: config.DefaultReadIdleTimeout.D(),
+		preserveHost: cfg.PreserveHost,
+		maxInflight:  int64(cfg.MaxInflight),
 	}
 	if pl.balance == "" {
 		pl.balance = "round_robin"
@@ -83,6 +86,9 @@ func newPool(r *Registry, u *upstream, p *preparedUpstream, tr *transports, br *
 	}
 	if cfg.RetryBudget != nil {
 		pl.budget = *cfg.RetryBudget
+	}
+	if cfg.ReadIdleTimeout != nil {
+		pl.readIdle = max(cfg.ReadIdleTimeout.D(), 0)
 	}
 	if hc := cfg.HealthCheck; hc != nil {
 		pl.ignoreAllDown = hc.AllUnhealthy == "ignore"
@@ -327,6 +333,7 @@ func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
 // the attempt's context.
 type attemptState struct {
 	io.ReadCloser // the response body
+	p             *Pool
 	t             *target
 	up            *atomic.Int64 // set on the final response only
 	cancel        context.CancelFunc
@@ -336,6 +343,127 @@ type attemptState struct {
 	closed atomic.Bool
 	out    http.Request // the request as sent to t
 	url    url.URL      // out.URL
+	// stalled: a read of the body failed on the read idle timeout (the
+	// failure is recorded once).
+	stalled bool
+	idle    *idleWatch // Go's transport only (the lean client uses deadlines); nil: none
+}
+
+// idleWatch is the read idle timeout of an answer that came through Go's
+// transport, which offers no connection deadline: a timer that cancels the
+// attempt's context once a read of the body has waited for the timeout
+// without a byte. Only the time spent inside Read counts (the caller may
+// take long to write what it read to a slow client: the upstream is not
+// idle then), and a byte of a request body still streaming up counts as
+// activity too (a client-streaming gRPC call may legitimately get no
+// answer bytes for long). The timer is re-armed for what is left when it
+// fires early, not reset per read: a read costs two clock readings and
+// atomic stores.
+type idleWatch struct {
+	d       time.Duration // 0: off
+	timer   *time.Timer
+	last    atomic.Int64 // monotonic ns of the latest activity or read start
+	reading atomic.Bool
+	fired   atomic.Bool
+	req     activityBody // the request body, counting its reads as activity
+}
+
+// monoBase makes monotonic nanoseconds out of time.Since.
+var monoBase = time.Now()
+
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// activityBody is a request body whose reads (by the transport, sending
+// it) count as activity of the exchange for the read idle timeout.
+type activityBody struct {
+	rc io.ReadCloser
+	w  *idleWatch
+}
+
+func (b *activityBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.w.last.Store(monoNow())
+	}
+	return n, err
+}
+
+func (b *activityBody) Close() error { return b.rc.Close() }
+
+// Read reads the response body; a read that failed on the read idle
+// timeout returns a *ReadIdleError and records a failure of the target.
+func (a *attemptState) Read(p []byte) (int, error) {
+	w := a.idle
+	if w == nil || w.timer == nil {
+		n, err := a.ReadCloser.Read(p)
+		if err != nil && err != io.EOF && !a.stalled {
+			if _, ok := err.(*ReadIdleError); ok {
+				a.stall()
+			}
+		}
+		return n, err
+	}
+	w.last.Store(monoNow())
+	w.reading.Store(true)
+	n, err := a.ReadCloser.Read(p)
+	w.reading.Store(false)
+	if n > 0 {
+		w.last.Store(monoNow())
+	}
+	if err != nil && err != io.EOF && w.fired.Load() {
+		err = &ReadIdleError{Idle: w.d}
+		if !a.stalled {
+			a.stall()
+		}
+	}
+	return n, err
+}
+
+// watchIdle starts the read idle timer of a response body from Go's
+// transport (a.cancel cancels its request).
+func (a *attemptState) watchIdle() {
+	w := a.idle
+	w.last.Store(monoNow())
+	w.timer = time.AfterFunc(w.d, a.idleCheck)
+}
+
+func (a *attemptState) idleCheck() {
+	w := a.idle
+	if a.closed.Load() {
+		return
+	}
+	if !w.reading.Load() {
+		w.timer.Reset(w.d) // not waiting on the upstream now
+		return
+	}
+	if quiet := time.Duration(monoNow() - w.last.Load()); quiet < w.d {
+		w.timer.Reset(w.d - quiet)
+		return
+	}
+	w.fired.Store(true) // before the cancellation, which the read sees
+	a.cancel()
+}
+
+// stall records the read idle timeout of an answer whose headers counted
+// as a success: a failure of the target for passive health, the breaker and
+// portico_upstream_requests_total{code="error"}; and a log record.
+func (a *attemptState) stall() {
+	a.stalled = true
+	p, t := a.p, a.t
+	if p == nil {
+		return
+	}
+	now := p.reg.now().UnixNano()
+	if p.br != nil {
+		p.br.recordLate(now)
+	}
+	t.errCtr.Inc()
+	t.win.add(now, 0, 1)
+	p.reg.log.Warn("upstream read idle timeout: the answer's body stalled; exchange aborted",
+		"upstream", p.name, "target", t.url, "read_idle_timeout", p.readIdle)
+	if p.ejectAfter > 0 && t.consecFail.Add(1) >= p.ejectAfter {
+		p.eject(t, now)
+	}
 }
 
 func (a *attemptState) fire() {
@@ -358,6 +486,9 @@ func (a *attemptState) arrived() bool {
 func (a *attemptState) end() {
 	if !a.closed.CompareAndSwap(false, true) {
 		return
+	}
+	if a.idle != nil && a.idle.timer != nil {
+		a.idle.timer.Stop()
 	}
 	a.t.inflight.Add(-1)
 	if a.up != nil {
@@ -384,6 +515,17 @@ type attemptRWBody struct {
 }
 
 func (b attemptRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+// CloseWrite half-closes the upgraded connection (a client's half-close,
+// which ReverseProxy passes on): without it, ReverseProxy ends the whole
+// tunnel when the client stops sending, and the client misses what the
+// upstream still had to say.
+func (b attemptRWBody) CloseWrite() error {
+	if cw, ok := b.w.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return http.ErrNotSupported
+}
 
 func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body io.ReadCloser,
 	getBody func() (io.ReadCloser, error), probe bool) (*http.Response, error) {
@@ -415,12 +557,21 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 	case lean != nil:
 		// The lean client bounds the exchange with the connection's
 		// deadline: no context, timer or goroutine per attempt.
-		res, err = lean.roundTrip(out, &fields, deadline)
+		res, err = lean.roundTrip(out, &fields, deadline, p.readIdle)
 		timedOut = err == errAttemptTimeout
-	case !deadline.IsZero():
+	case !deadline.IsZero() || p.readIdle > 0:
 		var actx context.Context
 		actx, a.cancel = context.WithCancel(ctx)
-		a.timer = time.AfterFunc(p.timeout, a.fire)
+		if !deadline.IsZero() {
+			a.timer = time.AfterFunc(p.timeout, a.fire)
+		}
+		if p.readIdle > 0 {
+			a.idle = &idleWatch{d: p.readIdle}
+			if out.Body != nil && out.Body != http.NoBody {
+				a.idle.req = activityBody{rc: out.Body, w: a.idle}
+				out.Body = &a.idle.req
+			}
+		}
 		res, err = rt.RoundTrip(out.WithContext(actx))
 		timedOut = !a.arrived()
 	default:
@@ -433,7 +584,7 @@ func (p *Pool) attempt(ctx context.Context, req *http.Request, t *target, body i
 // req's context.
 func (a *attemptState) prepare(p *Pool, req *http.Request, t *target, body io.ReadCloser,
 	getBody func() (io.ReadCloser, error)) *http.Request {
-	a.t, a.out, a.url = t, *req, *req.URL
+	a.p, a.t, a.out, a.url = p, t, *req, *req.URL
 	out := &a.out
 	a.url.Scheme, a.url.Host = t.scheme, t.host
 	out.URL = &a.url
@@ -509,6 +660,9 @@ func (p *Pool) conclude(ctx context.Context, a *attemptState, res *http.Response
 		res.Body = attemptRWBody{attemptState: a, w: w}
 	} else {
 		res.Body = a
+		if a.idle != nil && res.StatusCode != http.StatusSwitchingProtocols && a.ReadCloser != http.NoBody {
+			a.watchIdle()
+		}
 	}
 	return res, nil
 }

@@ -157,6 +157,7 @@ func (c *Call) send(fields *headFields, invalid error) {
 	// arrived in time (see Wait).
 	x := &c.x
 	x.cancelOnly = true
+	x.idle = p.readIdle
 	x.deadline = p.deadline(tr.ctx, c.start)
 	if d, ok := tr.ctx.Deadline(); ok {
 		// The caller's deadline bounds the body as well, as its context's

@@ -578,3 +578,52 @@ func TestFailedBackendLeavesNoStaleValue(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestStalledBackendBody: a backend that sends its head and part of its
+// body, then goes silent, fails its call once the upstream's
+// read_idle_timeout passes (long before the endpoint's timeout): a required
+// one with 504 backend_timeout (the upstream was too slow, as nginx answers
+// its proxy_read_timeout), an optional one as partial.
+func TestStalledBackendBody(t *testing.T) {
+	release := make(chan struct{})
+	stall := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "100")
+		_, _ = io.WriteString(w, `{"v":`)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(stall.Close)
+	t.Cleanup(func() { close(release) })
+	ok := httptest.NewServer(jsonHandler(`{"v":1}`))
+	t.Cleanup(ok.Close)
+	idle := config.Duration(time.Second)
+	rts := applyPools(t, map[string]*config.Upstream{
+		"stall": {Targets: []config.Target{{URL: stall.URL}}, ReadIdleTimeout: &idle},
+		"ok":    {Targets: []config.Target{{URL: ok.URL}}},
+	})
+	for _, optional := range []bool{false, true} {
+		t.Run(fmt.Sprintf("optional=%v", optional), func(t *testing.T) {
+			h := newEndpoint(t, &config.Endpoint{Name: "e", Timeout: config.Duration(30 * time.Second), Backends: []*config.Backend{
+				{Upstream: "ok", Path: "/", Into: "ok"},
+				{Upstream: "stall", Path: "/", Into: "stall", Optional: optional},
+			}}, rts)
+			start := time.Now()
+			rec := do(h, gatewayRequest("GET", "/e"))
+			// 1 s of silence, cut by 1.25 s; the endpoint's 30 s is far.
+			if took := time.Since(start); took > 10*time.Second {
+				t.Fatalf("took %v: the stalled body was not cut by read_idle_timeout", took)
+			}
+			if optional {
+				if rec.Code != 200 || rec.Body.String() != `{"ok":{"v":1}}` || rec.Header().Get("Portico-Partial") != "stall" {
+					t.Fatalf("status %d partial %q body %s", rec.Code, rec.Header().Get("Portico-Partial"), rec.Body)
+				}
+				return
+			}
+			wantProblem(t, rec, 504, "backend_timeout", "stall")
+		})
+	}
+}

@@ -109,13 +109,15 @@ func (pc *h1Conn) Read(p []byte) (int, error) {
 // refresh keeps the read deadline of a body ahead of the read about to
 // wait on the socket: at most pc.bodyCap, else at least pc.idle and at most
 // 1.25 times pc.idle from now. It moves the deadline only once the one in
-// force is less than pc.idle ahead, so a body read at speed costs a clock
-// reading per read from the socket (the buffer serves the rest), and a
-// SetReadDeadline about every pc.idle/4 at most. An upstream silent for
-// pc.idle is thus never cut, and one silent for 1.25 times pc.idle always is.
+// force is outside that span (less than pc.idle ahead, or further than
+// 1.25 times it, as the caller's own deadline is when the body starts), so
+// a body read at speed costs a clock reading per read from the socket (the
+// buffer serves the rest), and a SetReadDeadline about every pc.idle/4 at
+// most. An upstream silent for pc.idle is thus never cut, and one silent
+// for 1.25 times pc.idle always is.
 func (pc *h1Conn) refresh() {
 	now := time.Now()
-	if !pc.dl.IsZero() && pc.dl.Sub(now) >= pc.idle {
+	if ahead := pc.dl.Sub(now); !pc.dl.IsZero() && ahead >= pc.idle && ahead <= pc.idle+pc.idle/4 {
 		return
 	}
 	next := now.Add(pc.idle + pc.idle/4)

@@ -189,6 +189,48 @@ func TestReadIdleTimeoutCallerDeadlineFirst(t *testing.T) {
 	}
 }
 
+// A caller's deadline far past the idle bound (a route or BFF endpoint
+// timeout) does not stand in for it: the body is still cut after about
+// read_idle_timeout of silence.
+func TestReadIdleTimeoutUnderAFarCallerDeadline(t *testing.T) {
+	for _, c := range readIdleCases {
+		t.Run(c.name, func(t *testing.T) {
+			env := newEnv(t, nil)
+			url := startUpstream(t, c, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "100")
+				_, _ = io.WriteString(w, "0123456789")
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+			})
+			p := env.apply(t, &config.Upstream{Targets: targets(url), Retries: ptr(0), HTTP1Client: c.client,
+				Timeout: config.Duration(5 * time.Second), ReadIdleTimeout: ptr(config.Duration(300 * time.Millisecond))})
+			for _, via := range []string{"RoundTrip", "Send"} {
+				if via == "Send" && !p.CanSend(http.MethodGet) {
+					continue
+				}
+				t.Run(via, func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer cancel()
+					start := time.Now()
+					var err error
+					if via == "Send" { // a BFF call: deadlines on the connection
+						_, _, err = waitBody(mustSend(t, p, newSendReq(t, ctx, http.MethodGet, "/")))
+					} else {
+						_, _, err = sendCtx(ctx, p, http.MethodGet, "")
+					}
+					var ie *ReadIdleError
+					if !errors.As(err, &ie) {
+						t.Fatalf("err %v, want the read idle timeout", err)
+					}
+					if d := time.Since(start); d > 5*time.Second {
+						t.Fatalf("took %v, want about 300-375ms", d)
+					}
+				})
+			}
+		})
+	}
+}
+
 // read_idle_timeout: 0 turns the bound off.
 func TestReadIdleTimeoutOff(t *testing.T) {
 	for _, c := range readIdleCases[:2] {

@@ -186,7 +186,7 @@ func New(deps Deps) *Telemetry {
 	}, []string{"version", "goversion"})
 	version := deps.Version
 	if version == "" {
-		version = "dev"
+		version = "devel" // as the CLI names a build without a version
 	}
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{

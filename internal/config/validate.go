@@ -708,6 +708,9 @@ func (v *validator) route(f string, r *Route) {
 			v.errf(wf+".weight", "must be greater than 0")
 		}
 	}
+	if r.WebSocket {
+		v.websocketUpstreams(f, r)
+	}
 	if rw := r.Rewrite; rw != nil {
 		v.rewrite(f+".rewrite", rw, m.Path)
 	}
@@ -720,6 +723,46 @@ func (v *validator) route(f string, r *Route) {
 	v.headerRules(f+".response_headers", r.ResponseHeaders)
 	v.compression(f+".compression", r.Compression)
 	v.compressionMin(f, r.Compression, r.CompressionMinBytes)
+}
+
+// websocketUpstreams refuses a WebSocket route that can reach an h2c://
+// target. Such a target speaks HTTP/2 with prior knowledge, where a
+// handshake's Upgrade and Connection headers do not exist (RFC 9113
+// section 8.2.2), so every handshake sent to it fails with 502. An
+// upstream with h2c:// targets among others is refused too: the balancer
+// would send them their share of handshakes, each failing, and nothing in
+// the config says which share. The same holds for each upstream of a
+// weighted split.
+func (v *validator) websocketUpstreams(f string, r *Route) {
+	names := make([]string, 0, 1+len(r.Upstreams))
+	if r.Upstream != "" {
+		names = append(names, r.Upstream)
+	}
+	for _, w := range r.Upstreams {
+		names = append(names, w.Name)
+	}
+	for k, name := range names {
+		u := v.cfg.Upstreams[name]
+		if u == nil || slices.Contains(names[:k], name) {
+			continue // unknown (reported as such) or said already
+		}
+		var h2c []string
+		for i, t := range u.Targets {
+			if p, err := url.Parse(t.URL); err == nil && p.Scheme == "h2c" {
+				h2c = append(h2c, "targets["+strconv.Itoa(i)+"]")
+			}
+		}
+		switch {
+		case len(h2c) == 0:
+		case len(h2c) == len(u.Targets):
+			v.errf(f+".websocket", "upstream %q has only h2c:// targets: HTTP/2 with prior knowledge has no "+
+				"HTTP/1.1 Upgrade, so every WebSocket handshake sent to it would fail with 502 (use http:// or https:// targets)", name)
+		default:
+			v.errf(f+".websocket", "upstream %q has h2c:// targets (%s): HTTP/2 with prior knowledge has no "+
+				"HTTP/1.1 Upgrade, so the WebSocket handshakes balanced to them would fail with 502 (use http:// or https:// targets)",
+				name, strings.Join(h2c, ", "))
+		}
+	}
 }
 
 func (v *validator) methods(f string, methods []string) {

@@ -1,21 +1,28 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/portico-gw/portico/internal/problem"
 )
 
 // gRPC pass-through needs little of its own: ReverseProxy already forwards
 // "te: trailers", streams both bodies (a gRPC response has no length, so it
 // is flushed as it comes) and copies the upstream's trailers (grpc-status,
 // grpc-message) as HTTP/2 trailers. What this file adds is the call's
-// deadline: gRPC over HTTP/2 sends it as grpc-timeout, and unlike the route
-// timeout it bounds the whole call, streams included.
+// deadline (gRPC over HTTP/2 sends it as grpc-timeout, and unlike the route
+// timeout it bounds the whole call, streams included; the upstream gets
+// what is left of it) and the limit on each request message
+// (grpcMessageLimit).
 
 // isGRPC reports whether r is a gRPC-family call for the proxy's purposes
 // (grpc-timeout, streaming): HTTP/2 with a Content-Type that starts with
@@ -81,6 +88,32 @@ func parseGRPCTimeout(s string) (d time.Duration, ok bool) {
 	return time.Duration(n) * unit, true
 }
 
+// formatGRPCTimeout writes d as a grpc-timeout value: at most 8 digits in
+// the finest unit that holds it, rounded up (as grpc-go does), so that a
+// deadline not yet passed never reads as 0. A passed one is sent as 1n:
+// the spec asks for a positive value, and the upstream sees it expired.
+func formatGRPCTimeout(d time.Duration) string {
+	if d <= 0 {
+		d = 1
+	}
+	const maxValue = 1e8 - 1
+	units := [...]struct {
+		d time.Duration
+		c byte
+	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}, {time.Hour, 'H'}}
+	var buf [maxGRPCTimeoutDigits + 1]byte
+	for _, u := range units {
+		v := d / u.d
+		if d%u.d != 0 {
+			v++ // d + u.d - 1 would overflow near the largest Duration
+		}
+		if v <= maxValue {
+			return string(append(strconv.AppendInt(buf[:0], int64(v), 10), u.c))
+		}
+	}
+	return "99999999H" // not reached: a Duration is at most 2562048H
+}
+
 // grpcTimeout returns the deadline the client asked for in grpc-timeout.
 // A malformed value is ignored (the upstream gets it as sent and judges for
 // itself) and logged at debug level.
@@ -108,6 +141,11 @@ const (
 	grpcDeadlineMessage  = "deadline exceeded at the gateway (grpc-timeout)"
 )
 
+// grpcResourceExhausted is the status a gRPC stream ends with when one of
+// its request messages is over the limit after the response headers went
+// out (grpcMessageLimit); before them the call gets it trailers-only.
+const grpcResourceExhausted = "8" // RESOURCE_EXHAUSTED
+
 // errGRPCDeadline is the cancellation cause when a call's grpc-timeout
 // passes. Unlike errRouteTimeout it does not match
 // context.DeadlineExceeded: the deadline is the client's choice, so the
@@ -130,11 +168,23 @@ type grpcBody struct {
 
 func (g *grpcBody) Read(p []byte) (int, error) {
 	n, err := g.rc.Read(p)
-	if err == nil || err == io.EOF || !(g.ex.timedOut.Load() || g.ex.grpcDeadlinePassed()) {
+	if err == nil || err == io.EOF {
 		return n, err
 	}
-	// Our timer fired, or the deadline passed and the upstream (which got
-	// the same grpc-timeout) reset the stream first.
+	var code, msg string
+	switch {
+	case g.ex.gmsg.exceeded.Load():
+		// A request message was over the limit: the transport reset the
+		// upstream's stream when the request body failed, which is the
+		// error read here.
+		code, msg = grpcResourceExhausted, g.ex.gmsg.err.Detail
+	case g.ex.timedOut.Load() || g.ex.grpcDeadlinePassed():
+		// Our timer fired, or the deadline passed and the upstream
+		// (which got the same grpc-timeout) reset the stream first.
+		code, msg = grpcDeadlineExceeded, grpcDeadlineMessage
+	default:
+		return n, err
+	}
 	// The transport applies received trailers from within Read, on this
 	// goroutine, and none came (the read failed): resp.Trailer is ours.
 	// Keys the upstream announced stay, so ReverseProxy's count of
@@ -142,9 +192,111 @@ func (g *grpcBody) Read(p []byte) (int, error) {
 	if g.resp.Trailer == nil {
 		g.resp.Trailer = make(http.Header, 2)
 	}
-	g.resp.Trailer["Grpc-Status"] = []string{grpcDeadlineExceeded}
-	g.resp.Trailer["Grpc-Message"] = []string{grpcDeadlineMessage}
+	g.resp.Trailer["Grpc-Status"] = []string{code}
+	g.resp.Trailer["Grpc-Message"] = []string{msg}
 	return n, io.EOF
 }
 
 func (g *grpcBody) Close() error { return g.rc.Close() }
+
+// grpcMessageLimit bounds each message of a gRPC request stream instead of
+// the stream: for a client-streaming or bidirectional call the request
+// body is the whole stream, and a limit on its total would cut a
+// long-lived stream of small messages (gRPC servers bound each received
+// message too; grpc-go at 4 MiB by default).
+//
+// It reads the stream as the gRPC over HTTP/2 spec frames it: each message
+// is a 1-byte compressed flag, a 4-byte big-endian length and that many
+// bytes. The walk costs a few comparisons per read and per message; no
+// message is buffered. The bytes of a length prefix are held back until
+// the prefix is whole, so that a message over the limit reaches the
+// upstream not even in part: the read that meets its prefix returns the
+// bytes before it, and the next read fails with err, on which the
+// transport resets the upstream stream (RST_STREAM CANCEL) instead of
+// ending it. The length checked is the one on the wire, compressed when
+// the flag says so.
+type grpcMessageLimit struct {
+	rc   io.ReadCloser
+	max  int64
+	err  *problem.Error // never nil
+	left int64          // bytes of the current message still to pass; 0 at a prefix
+	// held keeps the first bytes of a length prefix that a read ended
+	// inside of; they go out in front of the next read's bytes.
+	held  [grpcPrefixLen]byte
+	nheld int
+	// small serves callers whose buffer cannot hold a prefix (the
+	// transports never pass one; io.Reader allows it).
+	small              [grpcPrefixLen]byte
+	smallOff, smallEnd int
+	smallErr           error
+	exceeded           atomic.Bool // read by the handler, written by the transport
+}
+
+// grpcPrefixLen is the length of a gRPC message's prefix: the compressed
+// flag and the 4-byte length.
+const grpcPrefixLen = 5
+
+func (g *grpcMessageLimit) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if g.smallOff < g.smallEnd || (len(p) < grpcPrefixLen && len(p) > 0) {
+		if g.smallOff == g.smallEnd {
+			n, err := g.read(g.small[:])
+			g.smallOff, g.smallEnd, g.smallErr = 0, n, err
+			if n == 0 {
+				return 0, err
+			}
+		}
+		n := copy(p, g.small[g.smallOff:g.smallEnd])
+		g.smallOff += n
+		if g.smallOff == g.smallEnd {
+			return n, g.smallErr
+		}
+		return n, nil
+	}
+	return g.read(p)
+}
+
+// read is Read for a p that can hold a whole prefix.
+func (g *grpcMessageLimit) read(p []byte) (int, error) {
+	if g.exceeded.Load() {
+		return 0, g.err
+	}
+	c := copy(p, g.held[:g.nheld]) // len(p) > nheld: all of it
+	g.nheld = 0
+	n, err := g.rc.Read(p[c:])
+	n += c
+	for i := 0; i < n; {
+		if g.left > 0 {
+			k := min(g.left, int64(n-i))
+			i += int(k)
+			g.left -= k
+			continue
+		}
+		if n-i < grpcPrefixLen {
+			if err != nil {
+				// The stream ends inside a prefix: pass it on as it
+				// is, the upstream judges a malformed stream.
+				return n, err
+			}
+			g.nheld = copy(g.held[:], p[i:n])
+			return i, nil
+		}
+		length := int64(binary.BigEndian.Uint32(p[i+1 : i+grpcPrefixLen]))
+		if length > g.max {
+			g.exceeded.Store(true)
+			if i > 0 {
+				// The transport drops the bytes of a read that fails:
+				// the messages before this one go out first.
+				return i, nil
+			}
+			return 0, g.err
+		}
+		i += grpcPrefixLen
+		g.left = length
+	}
+	return n, err
+}
+
+func (g *grpcMessageLimit) Close() error { return g.rc.Close() }

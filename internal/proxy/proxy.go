@@ -24,10 +24,16 @@
 //
 // gRPC (HTTP/2 with Content-Type application/grpc*) passes through the same
 // way: trailers and both streams are ReverseProxy's. The proxy adds the
-// call's deadline: grpc-timeout, when shorter than the route timeout,
-// bounds the exchange until response headers, and then the stream too; past
-// it the call ends with grpc-status 4 (DEADLINE_EXCEEDED), in a
-// trailers-only answer before the headers, in the trailers after (grpc.go).
+// call's deadline: grpc-timeout, counted from reqctx.Info.Start (the
+// gateway's arrival time) and forwarded as what is left of it, bounds the
+// exchange until response headers when shorter than the route timeout,
+// and then the stream too; past it the call ends with grpc-status 4
+// (DEADLINE_EXCEEDED), in a trailers-only answer before the headers, in
+// the trailers after (grpc.go).
+// MaxBodyBytes bounds each request message of a gRPC call rather than its
+// stream; a message over it ends the call with grpc-status 8
+// (RESOURCE_EXHAUSTED) the same two ways, and resets the upstream's stream
+// before any of that message reaches it (grpcMessageLimit).
 //
 // What the handler expects of the inbound request (the gateway prepares it):
 //   - r.URL carries the cleaned path: Path decoded and RawPath escaped, as
@@ -35,7 +41,8 @@
 //     r.URL.EscapedPath() is the cleaned path with the client's escaping
 //     (a %2F stays %2F upstream).
 //   - reqctx.Info in the context, when there is one, supplies RequestID
-//     (sent upstream and returned) and Params (for rewrite templates); the
+//     (sent upstream and returned), Params (for rewrite templates) and
+//     Start (a gRPC call's grpc-timeout counts from it); the
 //     handler writes the chosen backend's name into Info.Upstream.
 //   - r.RemoteAddr is the peer's address (after the PROXY protocol, if any).
 package proxy
@@ -108,6 +115,14 @@ type Config struct {
 	// Content-Length is refused with 413 before the upstream is contacted;
 	// a body without one is counted while it streams and the exchange
 	// fails with 413 when it grows past the limit.
+	//
+	// For a gRPC call (problem.IsGRPC: HTTP/2, application/grpc, not
+	// gRPC-Web) it bounds each request message instead, by the length in
+	// the message's prefix, so a stream may carry any number of messages.
+	// A message over it is not forwarded: the upstream's stream is reset
+	// (RST_STREAM CANCEL) and the client gets grpc-status 8
+	// (RESOURCE_EXHAUSTED), trailers-only before the response headers, in
+	// the trailers after them.
 	MaxBodyBytes config.Size
 	// TrustedProxies are the peers whose X-Forwarded-For chain (and
 	// X-Forwarded-Proto and X-Forwarded-Host) is kept. From any other peer
@@ -170,11 +185,14 @@ type handler struct {
 	timeout   time.Duration
 	maxBody   int64
 	tooLarge  *problem.Error
-	trusted   []netip.Prefix
-	websocket bool
-	stripCORS bool
-	log       *slog.Logger
-	buffers   httputil.BufferPool
+	// msgTooLarge fails a gRPC call one of whose request messages is
+	// over maxBody (grpc-status 8 RESOURCE_EXHAUSTED).
+	msgTooLarge *problem.Error
+	trusted     []netip.Prefix
+	websocket   bool
+	stripCORS   bool
+	log         *slog.Logger
+	buffers     httputil.BufferPool
 }
 
 type backend struct {
@@ -227,6 +245,8 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 	if h.maxBody > 0 {
 		h.tooLarge = problem.New(http.StatusRequestEntityTooLarge, "body_too_large",
 			fmt.Sprintf("the request body exceeds %d bytes", h.maxBody))
+		h.msgTooLarge = problem.New(http.StatusRequestEntityTooLarge, "grpc_message_too_large",
+			fmt.Sprintf("a request message exceeds %d bytes", h.maxBody))
 	}
 	pool := deps.BufferPool
 	if pool == nil {
@@ -338,9 +358,10 @@ type exchange struct {
 	grpcExpired atomic.Bool
 	gatewayID   bool // the gateway already set X-Request-Id on the response
 	body        limitedBody
+	gmsg        grpcMessageLimit // a gRPC call's request stream under MaxBodyBytes
 	// vals backs the per-request header values the proxy sets, so they
 	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
-	vals [4]string
+	vals [5]string
 
 	// In the same allocation: forward's outbound URL and request body
 	// wrapper, and (for both paths) the client trace that passes 1xx
@@ -361,6 +382,7 @@ const (
 	valXFHost
 	valReqID
 	valRespID
+	valGRPCTimeout
 )
 
 // val stores v in slot i and returns it as a one-element header value.
@@ -431,7 +453,9 @@ func exchangeFrom(ctx context.Context) *exchange {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.maxBody > 0 && r.ContentLength > h.maxBody {
+	if h.maxBody > 0 && r.ContentLength > h.maxBody && !problem.IsGRPC(r) {
+		// A gRPC call's limit is per message (grpcMessageLimit): a
+		// stream longer than the limit may well be all small messages.
 		h.fail(w, r, nil, h.tooLarge)
 		return
 	}
@@ -445,8 +469,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	if in := reqctx.From(r.Context()); in != nil {
-		in.Upstream = b.name
+	info := reqctx.From(r.Context())
+	if info != nil {
+		info.Upstream = b.name
 	}
 	wh := w.Header()
 	for _, kv := range h.resSet {
@@ -459,9 +484,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{Context: r.Context(), b: b, w: w, gatewayID: len(wh["X-Request-Id"]) > 0, http10: !r.ProtoAtLeast(1, 1)}
 	ex.trace.Got1xxResponse = ex.got1xx // either path passes 1xx answers through it
 	var grpcTimeout time.Duration
-	hasGRPCTimeout := false
+	hasGRPCTimeout, grpcCall := false, false
 	if isGRPC(r) {
 		grpcTimeout, hasGRPCTimeout = h.grpcTimeout(r)
+		grpcCall = problem.IsGRPC(r) // not gRPC-Web, whose framing may be base64
 	}
 	if h.timeout > 0 || hasGRPCTimeout {
 		// A deadline would also cut the body short; the timer is stopped
@@ -473,9 +499,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		now := time.Now()
 		d := h.timeout
 		if hasGRPCTimeout {
-			ex.grpcDeadline = now.Add(grpcTimeout)
-			if d == 0 || grpcTimeout < d {
-				d = grpcTimeout
+			// The client's deadline runs from when it sent the call;
+			// the time the gateway already spent on it (auth, rate
+			// limits, a queue) is gone from it.
+			start := now
+			if info != nil && !info.Start.IsZero() && info.Start.Before(now) {
+				start = info.Start
+			}
+			ex.grpcDeadline = start.Add(grpcTimeout)
+			if left := ex.grpcDeadline.Sub(now); d == 0 || left < d {
+				d = left
 			}
 		}
 		ex.deadline = now.Add(d)
@@ -483,9 +516,15 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer ex.timer.Stop()
 	}
 	body := r.Body
-	if h.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
-		ex.body = limitedBody{rc: r.Body, n: h.maxBody, err: h.tooLarge}
-		body = &ex.body
+	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+		switch {
+		case grpcCall:
+			ex.gmsg = grpcMessageLimit{rc: r.Body, max: h.maxBody, err: h.msgTooLarge}
+			body = &ex.gmsg
+		case r.ContentLength < 0:
+			ex.body = limitedBody{rc: r.Body, n: h.maxBody, err: h.tooLarge}
+			body = &ex.body
+		}
 	}
 	if canForward(r) {
 		h.forward(w, r, ex, body)
@@ -552,6 +591,11 @@ func (h *handler) buildOutbound(ex *exchange, in, out *http.Request) {
 	if info != nil && info.RequestID != "" {
 		out.Header["X-Request-Id"] = ex.val(valReqID, info.RequestID)
 	}
+	if !ex.grpcDeadline.IsZero() {
+		// What is left of the call's deadline, so that the upstream does
+		// not work past it on the time the gateway spent.
+		out.Header["Grpc-Timeout"] = ex.val(valGRPCTimeout, formatGRPCTimeout(time.Until(ex.grpcDeadline)))
+	}
 	if len(out.Header["Upgrade"]) > 0 && !h.tunnels(in) {
 		// ReverseProxy put these back for an upgrade; refuse it by
 		// forwarding a plain request. Only a WebSocket handshake is ever
@@ -594,10 +638,15 @@ func (h *handler) shapeResponse(ex *exchange, resp *http.Response) error {
 		// writing a status below 100.
 		return errBadStatus
 	}
-	if !ex.grpcDeadline.IsZero() && isGRPCResponse(resp) {
-		// The call's deadline bounds the stream too (the route timeout
-		// alone would not): re-arm the timer for what is left of it.
-		ex.timer.Reset(time.Until(ex.grpcDeadline))
+	if (!ex.grpcDeadline.IsZero() || ex.gmsg.rc != nil) && isGRPCResponse(resp) {
+		if !ex.grpcDeadline.IsZero() {
+			// The call's deadline bounds the stream too (the route
+			// timeout alone would not): re-arm the timer for what is
+			// left of it.
+			ex.timer.Reset(time.Until(ex.grpcDeadline))
+		}
+		// Either may end the call after the headers went out; the
+		// status then goes in the trailers (grpcBody).
 		ex.gbody = grpcBody{rc: resp.Body, resp: resp, ex: ex}
 		resp.Body = &ex.gbody
 	}
@@ -630,6 +679,8 @@ func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case ex != nil && ex.body.exceeded.Load():
 		pe = problem.Wrap(h.tooLarge.Status, h.tooLarge.Code, h.tooLarge.Detail, err)
+	case ex != nil && ex.gmsg.exceeded.Load():
+		pe = problem.Wrap(h.msgTooLarge.Status, h.msgTooLarge.Code, h.msgTooLarge.Detail, err)
 	case ex != nil && (ex.grpcExpired.Load() || errors.Is(err, errGRPCDeadline) || ex.grpcDeadlinePassed()):
 		// Past the call's deadline any failure is DEADLINE_EXCEEDED, even
 		// when the upstream, which got the same grpc-timeout, reset the

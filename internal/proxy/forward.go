@@ -44,7 +44,18 @@ func (h *handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 	} else if body != nil {
 		ex.reqBody.rc = body
 		out.Body = &ex.reqBody
-		defer ex.reqBody.Close()
+		defer func() {
+			ex.reqBody.Close()
+			// With full duplex the server leaves the rest of the body to
+			// finishRequest, which discards it only after it stopped its
+			// background read; the discard reaching the end then starts
+			// one again, and the next request's read panics ("invalid
+			// concurrent Body.Read call", the connection dropped). Closed
+			// here, while the handler runs, the rest is discarded as it
+			// is without full duplex. (A read the transport still has in
+			// flight finishes first: the body serialises them.)
+			_ = r.Body.Close()
+		}()
 		// The transport may still be sending the body when the answer
 		// starts (an upstream that answers as it reads). Without full
 		// duplex the server would read up to 256 KiB of what is left of

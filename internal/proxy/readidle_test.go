@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,30 +17,12 @@ import (
 	upstreampkg "github.com/portico-gw/portico/internal/upstream"
 )
 
-// syncBuffer collects log output written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // idleFront is a gateway route to one upstream of a real upstream.Registry,
 // behind a listener that speaks HTTP/1.1 and h2c. It returns the front's
 // URL, the log and the Prometheus registry.
-func idleFront(t *testing.T, u *config.Upstream, route time.Duration) (string, *syncBuffer, *prometheus.Registry) {
+func idleFront(t *testing.T, u *config.Upstream, route time.Duration) (string, *lockedBuffer, *prometheus.Registry) {
 	t.Helper()
-	logs := new(syncBuffer)
+	logs := new(lockedBuffer)
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	prom := prometheus.NewRegistry()
 	reg := upstreampkg.NewRegistry(upstreampkg.Deps{Logger: log, Registerer: prom})

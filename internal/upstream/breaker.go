@@ -181,14 +181,7 @@ func (b *breaker) record(now int64, o outcome, probe bool) {
 	if fail == 0 {
 		return
 	}
-	b.mu.Lock()
-	if breakerState(b.state.Load()) == stateClosed && total >= b.cfg.minReq &&
-		float64(failures) >= b.cfg.ratio*float64(total) {
-		b.openLocked(now)
-		b.log.Warn("upstream circuit breaker opened", "requests", total, "failures", failures,
-			"for", time.Duration(b.cfg.openFor))
-	}
-	b.mu.Unlock()
+	b.tripIfOver(now, total, failures)
 }
 
 // recordLate adds a failure to an attempt already recorded as a success
@@ -200,6 +193,12 @@ func (b *breaker) recordLate(now int64) {
 		return
 	}
 	total, failures := b.win.addSum(now, 0, 1)
+	b.tripIfOver(now, total, failures)
+}
+
+// tripIfOver opens a closed breaker whose window, after a failure, holds
+// enough requests and too large a share of failures.
+func (b *breaker) tripIfOver(now, total, failures int64) {
 	b.mu.Lock()
 	if breakerState(b.state.Load()) == stateClosed && total >= b.cfg.minReq &&
 		float64(failures) >= b.cfg.ratio*float64(total) {

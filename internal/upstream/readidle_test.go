@@ -32,6 +32,15 @@ var readIdleCases = []readIdleCase{
 
 // startUpstream serves h over HTTP/1.1, or h2c with prior knowledge, and
 // returns the target URL.
+// stallAfterTen announces 100 bytes, sends 10 and goes silent until the
+// request ends.
+func stallAfterTen(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Length", "100")
+	_, _ = io.WriteString(w, "0123456789")
+	w.(http.Flusher).Flush()
+	<-r.Context().Done()
+}
+
 func startUpstream(t *testing.T, c readIdleCase, h http.HandlerFunc) string {
 	t.Helper()
 	s := httptest.NewUnstartedServer(h)
@@ -163,12 +172,7 @@ func TestReadIdleTimeoutCallerDeadlineFirst(t *testing.T) {
 	for _, c := range readIdleCases {
 		t.Run(c.name, func(t *testing.T) {
 			env := newEnv(t, nil)
-			url := startUpstream(t, c, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Length", "100")
-				_, _ = io.WriteString(w, "0123456789")
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-			})
+			url := startUpstream(t, c, stallAfterTen)
 			p := env.apply(t, &config.Upstream{Targets: targets(url), Retries: ptr(0), HTTP1Client: c.client,
 				Timeout: config.Duration(5 * time.Second), ReadIdleTimeout: ptr(config.Duration(2 * time.Second))})
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -196,12 +200,7 @@ func TestReadIdleTimeoutUnderAFarCallerDeadline(t *testing.T) {
 	for _, c := range readIdleCases {
 		t.Run(c.name, func(t *testing.T) {
 			env := newEnv(t, nil)
-			url := startUpstream(t, c, func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Length", "100")
-				_, _ = io.WriteString(w, "0123456789")
-				w.(http.Flusher).Flush()
-				<-r.Context().Done()
-			})
+			url := startUpstream(t, c, stallAfterTen)
 			p := env.apply(t, &config.Upstream{Targets: targets(url), Retries: ptr(0), HTTP1Client: c.client,
 				Timeout: config.Duration(5 * time.Second), ReadIdleTimeout: ptr(config.Duration(300 * time.Millisecond))})
 			for _, via := range []string{"RoundTrip", "Send"} {

@@ -746,13 +746,7 @@ func TestWebSocketPassThrough(t *testing.T) {
 			// tunnel outlives it.
 			<-time.After(3 * timeout)
 		}
-		if _, err := conn.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		echo := make([]byte, len(msg))
-		if _, err := io.ReadFull(br, echo); err != nil || string(echo) != string(msg) {
-			t.Fatalf("echo %q, %v; want %q", echo, err, msg)
-		}
+		wantEcho(t, conn, br, msg)
 	}
 }
 

@@ -217,9 +217,12 @@ routes:
 				// accept queue just as the listener closes is reset by the
 				// kernel (EOF or ECONNRESET before any response byte):
 				// refused in effect, and never a silent loss, as the client
-				// sees the error. Only after the drain delay, though.
+				// sees the error. Only after the drain delay, though. (Go's
+				// client names an EOF on a fresh connection "server closed
+				// idle connection", and has no error value for it.)
 				if s := sigNanos.Load(); s != 0 && time.Since(time.Unix(0, s)) >= drainDelay &&
-					(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+					(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+						strings.Contains(err.Error(), "server closed idle connection")) {
 					fastRefused.Add(1)
 					return
 				}

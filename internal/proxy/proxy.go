@@ -512,8 +512,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		ex.deadline = now.Add(d)
-		ex.timer = time.AfterFunc(d, ex.expire)
-		defer ex.timer.Stop()
+		if d <= 0 {
+			// The call's deadline passed before it got here (the
+			// gateway's own stages used it up): it ends now, cancelled
+			// before the transport sends anything, rather than on a
+			// timer that may lose the race with the send.
+			ex.expire()
+		} else {
+			ex.timer = time.AfterFunc(d, ex.expire)
+			defer ex.timer.Stop()
+		}
 	}
 	body := r.Body
 	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {

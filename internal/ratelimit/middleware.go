@@ -458,8 +458,7 @@ func (l *limiter) refund(ctx context.Context, st *reqState) {
 				// At most one line per second, as for failed decisions: a
 				// slow or flapping store fails refunds at the rate of the
 				// requests a later policy rejects.
-				if t := l.s.clock.Micros(); t-l.s.refundWarn.Load() >= 1_000_000 {
-					l.s.refundWarn.Store(t)
+				if l.s.refundWarn.due(l.s.clock.Micros()) {
 					l.s.log.Warn("rate-limit refund failed; the units stay consumed",
 						slog.String("route", l.route), slog.Any("error", err))
 				}
@@ -674,8 +673,7 @@ func (l *limiter) decideShadow(ctx context.Context, r *http.Request, st *reqStat
 			}
 			p.counters.shadow.Inc()
 			// One line per policy per second; the shadow counter has them all.
-			if t := l.s.clock.Micros(); t-p.counters.lastShadowLog.Load() >= 1_000_000 {
-				p.counters.lastShadowLog.Store(t)
+			if p.counters.shadowLog.due(l.s.clock.Micros()) {
 				l.s.log.Info("shadow rate-limit policy would reject", slog.String("policy", p.name),
 					slog.String("route", l.route), slog.Int64("retry_after_us", d.RetryAfter))
 			}
@@ -700,8 +698,7 @@ func (s *Service) decide(ctx context.Context, store Store, rt *runtime, subject 
 	if err != errBreakerOpen {
 		// At most one line per second: a failing store must not turn every
 		// request into a log line (the error counter counts them all).
-		if t := s.clock.Micros(); t-s.lastWarn.Load() >= 1_000_000 {
-			s.lastWarn.Store(t)
+		if s.storeWarn.due(s.clock.Micros()) {
 			s.log.Warn("rate-limit store failed", slog.Any("error", err))
 		}
 		for _, p := range pols {

@@ -105,7 +105,19 @@ type policy struct {
 
 type policyCounters struct {
 	allowed, limited, errored, fallback, shadow prometheus.Counter
-	lastShadowLog                               atomic.Int64 // µs
+	shadowLog                                   onceASecond
+}
+
+// onceASecond lets a log line through at most once a second, so a failing
+// store or a busy shadow policy does not turn every request into a line
+// (the counters count them all).
+type onceASecond struct{ last atomic.Int64 } // µs
+
+// due reports whether a line may be logged at now (µs), and if so counts
+// it as logged; of concurrent callers one wins.
+func (o *onceASecond) due(now int64) bool {
+	last := o.last.Load()
+	return now-last >= 1_000_000 && o.last.CompareAndSwap(last, now)
 }
 
 // runtime is one applied config: immutable once published.
@@ -132,8 +144,8 @@ type Service struct {
 	breaker      *breaker
 	neg          *negCache
 	decisions    *prometheus.CounterVec
-	lastWarn     atomic.Int64 // µs of the last store-failure log line
-	refundWarn   atomic.Int64 // µs of the last refund-failure log line
+	storeWarn    onceASecond // store failures
+	refundWarn   onceASecond // failed refunds
 
 	mu       sync.Mutex // guards counters and serializes Apply
 	counters map[string]*policyCounters

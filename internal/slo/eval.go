@@ -107,29 +107,7 @@ func (e *Engine) Evaluate(now time.Time) {
 			if cfg.webhook == "" || !leader {
 				continue
 			}
-			// What the fleet last announced decides whether to announce: a
-			// restarted node or a new lease holder does not repeat it.
-			// Per process, that is this node's own last state.
-			announced := st.announced[si]
-			if e.redis != nil {
-				v, err := e.fleetAlert(ctx, st.name, sev)
-				if err != nil {
-					e.logger.Warn("slo: reading alert state from redis", "slo", st.name, "err", err)
-					continue
-				}
-				announced = v
-			}
-			if firing[si] == announced {
-				continue
-			}
-			if e.redis != nil {
-				if err := e.setFleetAlert(ctx, st.name, sev, firing[si], cfg.window); err != nil {
-					e.logger.Warn("slo: storing alert state in redis", "slo", st.name, "err", err)
-					continue
-				}
-			}
-			st.announced[si] = firing[si]
-			e.send(cfg.webhook, Notification{
+			e.announce(ctx, st, cfg, si, Notification{
 				SLO: st.name, Route: cfg.route, Severity: sev, State: state, Objective: cfg.objective,
 				BudgetRemaining: status.BudgetRemaining, BurnRates: status.BurnRates, Time: now.UTC(), Node: e.nodeID,
 			})
@@ -161,28 +139,11 @@ func (e *Engine) resolveRetired(ctx context.Context, now time.Time, leader bool)
 			if cfg.webhook == "" || !leader {
 				continue
 			}
-			announced := st.announced[si]
-			if e.redis != nil {
-				v, err := e.fleetAlert(ctx, st.name, sev)
-				if err == nil && v {
-					err = e.setFleetAlert(ctx, st.name, sev, false, cfg.window)
-				}
-				if err != nil {
-					e.logger.Warn("slo: resolving a removed SLO's alert in redis", "slo", st.name, "err", err)
-					ok = false
-					continue
-				}
-				announced = v
-			}
-			if !announced {
-				continue
-			}
-			st.announced[si] = false
-			e.send(cfg.webhook, Notification{
+			ok = e.announce(ctx, st, cfg, si, Notification{
 				SLO: st.name, Route: cfg.route, Severity: sev, State: "resolved", Reason: "slo_removed",
 				Objective: cfg.objective, BudgetRemaining: st.status.BudgetRemaining, BurnRates: st.status.BurnRates,
 				Time: now.UTC(), Node: e.nodeID,
-			})
+			}) && ok
 		}
 		if !ok {
 			again = append(again, st)
@@ -193,6 +154,36 @@ func (e *Engine) resolveRetired(ctx context.Context, now time.Time, leader bool)
 		e.retired = append(e.retired, again...)
 		e.mu.Unlock()
 	}
+}
+
+// announce sends n, a severity's start ("firing") or end, to the webhook
+// unless that is what was last announced. What the fleet last announced
+// decides in fleet mode, so a restarted node or a new lease holder does not
+// repeat it; per process, it is this node's own last state. It reports
+// false when Redis could not be read or written (nothing was sent).
+func (e *Engine) announce(ctx context.Context, st *sloState, cfg *sloConfig, si int, n Notification) bool {
+	firing := n.State == "firing"
+	announced := st.announced[si]
+	if e.redis != nil {
+		v, err := e.fleetAlert(ctx, st.name, n.Severity)
+		if err != nil {
+			e.logger.Warn("slo: reading alert state from redis", "slo", st.name, "err", err)
+			return false
+		}
+		announced = v
+	}
+	if firing == announced {
+		return true
+	}
+	if e.redis != nil {
+		if err := e.setFleetAlert(ctx, st.name, n.Severity, firing, cfg.window); err != nil {
+			e.logger.Warn("slo: storing alert state in redis", "slo", st.name, "err", err)
+			return false
+		}
+	}
+	st.announced[si] = firing
+	e.send(cfg.webhook, n)
+	return true
 }
 
 func severityIndex(s string) int {

@@ -173,7 +173,7 @@ func (g *grpcBody) Read(p []byte) (int, error) {
 	}
 	var code, msg string
 	switch {
-	case g.ex.gmsg.exceeded.Load():
+	case g.ex.gmsg != nil && g.ex.gmsg.exceeded.Load():
 		// A request message was over the limit: the transport reset the
 		// upstream's stream when the request body failed, which is the
 		// error read here.

@@ -358,7 +358,7 @@ type exchange struct {
 	grpcExpired atomic.Bool
 	gatewayID   bool // the gateway already set X-Request-Id on the response
 	body        limitedBody
-	gmsg        grpcMessageLimit // a gRPC call's request stream under MaxBodyBytes
+	gmsg        *grpcMessageLimit // a gRPC call's request stream under MaxBodyBytes; nil otherwise (kept out of every other exchange)
 	// vals backs the per-request header values the proxy sets, so they
 	// cost no allocation of their own (each used as vals[i:i+1:i+1]).
 	vals [5]string
@@ -527,8 +527,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
 		switch {
 		case grpcCall:
-			ex.gmsg = grpcMessageLimit{rc: r.Body, max: h.maxBody, err: h.msgTooLarge}
-			body = &ex.gmsg
+			ex.gmsg = &grpcMessageLimit{rc: r.Body, max: h.maxBody, err: h.msgTooLarge}
+			body = ex.gmsg
 		case r.ContentLength < 0:
 			ex.body = limitedBody{rc: r.Body, n: h.maxBody, err: h.tooLarge}
 			body = &ex.body
@@ -646,7 +646,7 @@ func (h *handler) shapeResponse(ex *exchange, resp *http.Response) error {
 		// writing a status below 100.
 		return errBadStatus
 	}
-	if (!ex.grpcDeadline.IsZero() || ex.gmsg.rc != nil) && isGRPCResponse(resp) {
+	if (!ex.grpcDeadline.IsZero() || ex.gmsg != nil) && isGRPCResponse(resp) {
 		if !ex.grpcDeadline.IsZero() {
 			// The call's deadline bounds the stream too (the route
 			// timeout alone would not): re-arm the timer for what is
@@ -687,7 +687,7 @@ func (h *handler) handleError(w http.ResponseWriter, r *http.Request, err error)
 	switch {
 	case ex != nil && ex.body.exceeded.Load():
 		pe = problem.Wrap(h.tooLarge.Status, h.tooLarge.Code, h.tooLarge.Detail, err)
-	case ex != nil && ex.gmsg.exceeded.Load():
+	case ex != nil && ex.gmsg != nil && ex.gmsg.exceeded.Load():
 		pe = problem.Wrap(h.msgTooLarge.Status, h.msgTooLarge.Code, h.msgTooLarge.Detail, err)
 	case ex != nil && (ex.grpcExpired.Load() || errors.Is(err, errGRPCDeadline) || ex.grpcDeadlinePassed()):
 		// Past the call's deadline any failure is DEADLINE_EXCEEDED, even

@@ -7,6 +7,8 @@ import (
 )
 
 // The store breaker keeps a failing shared store out of the request path.
+// The Service has one per shard of the store (see ShardedStore), so a
+// failing Cluster master keeps only its own slots out.
 //
 //	closed ──3 consecutive failures──▶ open
 //	open ──probe time reached (250ms ± 25% after opening or the last probe)──▶ half-open

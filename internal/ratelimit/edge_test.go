@@ -58,8 +58,8 @@ func TestFailClosedCountedWhileOpen(t *testing.T) {
 			t.Fatalf("request %d: %d Retry-After %q", i, r.code, r.header.Get("Retry-After"))
 		}
 	}
-	if !e.svc.breaker.open() || fs.calls.Load() != 3 {
-		t.Fatalf("breaker open %v after %d store calls, want open after 3", e.svc.breaker.open(), fs.calls.Load())
+	if !e.svc.breakers[0].open() || fs.calls.Load() != 3 {
+		t.Fatalf("breaker open %v after %d store calls, want open after 3", e.svc.breakers[0].open(), fs.calls.Load())
 	}
 	if errs, fb := e.count("p", "error"), e.count("p", "fallback"); errs != 3 || fb != 6 {
 		t.Fatalf("error %v fallback %v, want 3 failed calls and 6 refusals", errs, fb)

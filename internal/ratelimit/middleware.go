@@ -763,13 +763,19 @@ func (s *Service) storeFor(lease bool) Store {
 	return s.store
 }
 
-// storeDecide asks store through the breaker (one breaker for the shared
-// store and its lease wrapper: they fail together).
+// storeDecide asks store through the breaker of subject's shard (the
+// shared store and its lease wrapper share their breakers: they fail
+// together).
 func (s *Service) storeDecide(ctx context.Context, store Store, subject string, checks []Check, out []algo.Decision, now int64) error {
 	if s.memory != nil {
 		return s.memory.DecideAt(now, subject, checks, out)
 	}
-	use, probe := s.breaker.allow()
+	shard := 0
+	if s.shardOf != nil {
+		shard = s.shardOf(subject)
+	}
+	b := s.breakers[shard]
+	use, probe := b.allow()
 	if !use {
 		return errBreakerOpen
 	}
@@ -779,13 +785,17 @@ func (s *Service) storeDecide(ctx context.Context, store Store, subject string, 
 	if err != nil && ctx.Err() != nil {
 		// The client left: the failure may be its own, not the store's,
 		// so it neither counts nor, for a probe, closes the breaker.
-		s.breaker.abandon(probe)
+		b.abandon(probe)
 		return err
 	}
-	wasOpen := s.breaker.open()
-	s.breaker.report(err == nil, probe)
-	if open := s.breaker.open(); open != wasOpen {
-		s.log.Warn("rate-limit store breaker", slog.Bool("open", open))
+	wasOpen := b.open()
+	b.report(err == nil, probe)
+	if open := b.open(); open != wasOpen {
+		attrs := []slog.Attr{slog.Bool("open", open)}
+		if len(s.breakers) > 1 {
+			attrs = append(attrs, slog.Int("shard", shard), slog.Int("shards", len(s.breakers)))
+		}
+		s.log.LogAttrs(ctx, slog.LevelWarn, "rate-limit store breaker", attrs...)
 	}
 	return err
 }

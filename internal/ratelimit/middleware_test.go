@@ -737,7 +737,7 @@ func TestBreakerTiming(t *testing.T) {
 	for range 3 {
 		e.do()
 	}
-	if !e.svc.breaker.open() {
+	if !e.svc.breakers[0].open() {
 		t.Fatal("breaker closed after 3 consecutive failures")
 	}
 	calls := fs.calls.Load()
@@ -752,13 +752,13 @@ func TestBreakerTiming(t *testing.T) {
 	if got := fs.calls.Load() - calls; got != 1 {
 		t.Fatalf("%d probes, want exactly 1", got)
 	}
-	if !e.svc.breaker.open() {
+	if !e.svc.breakers[0].open() {
 		t.Fatal("failed probe closed the breaker")
 	}
 	fs.down.Store(false)
 	e.clock.Advance(320 * time.Millisecond)
 	e.do()
-	if e.svc.breaker.open() {
+	if e.svc.breakers[0].open() {
 		t.Fatal("successful probe left the breaker open")
 	}
 	before := fs.calls.Load()

@@ -141,7 +141,8 @@ type Service struct {
 	storeTimeout time.Duration
 	nodes        func() int
 	wait         func(ctx context.Context, d time.Duration) error
-	breaker      *breaker
+	breakers     []*breaker       // one per shard of the shared store
+	shardOf      func(string) int // nil with one shard
 	neg          *negCache
 	decisions    *prometheus.CounterVec
 	storeWarn    onceASecond // store failures
@@ -169,12 +170,21 @@ func NewService(cfg config.RateLimits, deps Deps) (*Service, error) {
 	if s.wait == nil {
 		s.wait = timerWait
 	}
-	s.breaker = newBreaker(s.clock)
+	s.breakers = []*breaker{newBreaker(s.clock)}
 	s.local = NewMemory(MemoryConfig{MaxKeys: deps.MaxKeys, Clock: s.clock})
 	switch {
 	case deps.Store != nil:
 		s.store = deps.Store
 		s.leaseStore = deps.LeaseStore
+		if ss, ok := deps.Store.(ShardedStore); ok && ss.Shards() > 1 {
+			// The lease store keeps a subject's state on the same key, so
+			// the shard of Store is that of the lease store too.
+			s.breakers = make([]*breaker, ss.Shards())
+			for i := range s.breakers {
+				s.breakers[i] = newBreaker(s.clock)
+			}
+			s.shardOf = ss.Shard
+		}
 		s.storeTimeout = cfg.Store.Timeout.D()
 		if s.storeTimeout <= 0 {
 			s.storeTimeout = 20 * time.Millisecond

@@ -47,3 +47,16 @@ type Store interface {
 	Decide(ctx context.Context, subject string, checks []Check, out []algo.Decision) error
 	Refund(ctx context.Context, subject string, checks []Check) error
 }
+
+// A ShardedStore keeps each subject on one of several shards that fail
+// independently (the masters of a Redis Cluster, each owning slot ranges).
+// The Service keeps one breaker per shard, so a failing master sends only
+// its own subjects to on_store_error while the others still decide on the
+// store.
+type ShardedStore interface {
+	Store
+	// Shards is the number of shards, fixed for the store's life.
+	Shards() int
+	// Shard returns the shard of subject, in [0, Shards()).
+	Shard(subject string) int
+}

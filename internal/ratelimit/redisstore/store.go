@@ -44,6 +44,7 @@ type Store struct {
 	log     *slog.Logger
 	script  *rueidis.Lua
 	beat    *rueidis.Lua
+	shards  int // 1, or clusterShards with Redis Cluster
 
 	nodes atomic.Int64 // fleet size from the last heartbeat; 0 = unknown
 
@@ -59,7 +60,46 @@ type Store struct {
 	wg        sync.WaitGroup
 }
 
-var _ ratelimit.Store = (*Store)(nil)
+var _ ratelimit.ShardedStore = (*Store)(nil)
+
+// clusterShards is the number of shards a Redis Cluster store reports: slot
+// ranges of 256 slots, each with a breaker of its own in the core. A
+// cluster's masters own contiguous slot ranges (as created, and resharding
+// moves ranges), so nearly every range has one owner, and a failing master
+// opens the breakers of its own ranges only.
+const clusterShards = 64
+
+// Shards is 1 for one server and clusterShards for Redis Cluster.
+func (s *Store) Shards() int { return s.shards }
+
+// Shard returns the slot range of subject's keys.
+func (s *Store) Shard(subject string) int {
+	if s.shards <= 1 {
+		return 0
+	}
+	tag := subjectTag(subject)
+	return int(clusterSlot(tag[:])) * s.shards / clusterSlots
+}
+
+// clusterSlots is the number of Redis Cluster hash slots.
+const clusterSlots = 16384
+
+// clusterSlot is the Cluster hash slot of a key whose hash tag is tag:
+// CRC16 (XMODEM) mod 16384.
+func clusterSlot(tag []byte) uint16 {
+	var crc uint16
+	for _, c := range tag {
+		crc ^= uint16(c) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % clusterSlots
+}
 
 // New connects to Redis as cfg says: cfg.URL (redis:// or rediss://, with
 // user:pass@ for ACLs and /db) for one server, or cfg.Cluster (seed
@@ -88,6 +128,9 @@ func New(cfg config.Store, deps Deps) (*Store, error) {
 			"addr", opt.InitAddress[0], "error", err)
 	}
 	s := newStore(client, cfg.Timeout.D(), log)
+	if len(cfg.Cluster) > 0 {
+		s.shards = clusterShards
+	}
 	s.preload()
 	return s, nil
 }
@@ -112,6 +155,7 @@ func newStore(client rueidis.Client, timeout time.Duration, log *slog.Logger) *S
 	return &Store{
 		client:  client,
 		timeout: timeout,
+		shards:  1,
 		log:     log,
 		script:  rueidis.NewLuaScript(decideLua),
 		beat:    rueidis.NewLuaScript(heartbeatLua),
@@ -411,15 +455,22 @@ func (s *Store) call(ctx context.Context, keys, args []string) ([]rueidis.RedisM
 // quota (TestSubjectKeyChosenCollision). Finding a value for a given key
 // under SHA-256 takes about 2^64 tries.
 func subjectKey(subject string) string {
+	var b [4 + 16 + 1]byte
+	copy(b[:], "rl:{")
+	tag := subjectTag(subject)
+	copy(b[4:], tag[:])
+	b[20] = '}'
+	return string(b[:])
+}
+
+// subjectTag is the hash tag H of subjectKey.
+func subjectTag(subject string) (tag [16]byte) {
 	const hexd = "0123456789abcdef"
 	// Viewed, not copied: Sum256 only reads its input.
 	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(subject), len(subject)))
-	var b [4 + 16 + 1]byte
-	copy(b[:], "rl:{")
 	for i := 0; i < 8; i++ {
-		b[4+2*i] = hexd[sum[i]>>4]
-		b[5+2*i] = hexd[sum[i]&0xf]
+		tag[2*i] = hexd[sum[i]>>4]
+		tag[2*i+1] = hexd[sum[i]&0xf]
 	}
-	b[20] = '}'
-	return string(b[:])
+	return tag
 }

@@ -85,11 +85,20 @@ func (s *Store) Shard(subject string) int {
 const clusterSlots = 16384
 
 // clusterSlot is the Cluster hash slot of a key whose hash tag is tag:
-// CRC16 (XMODEM) mod 16384.
+// CRC16 (XMODEM) mod 16384. A byte at a time from a table: lease-mode
+// decisions ask for it on every request.
 func clusterSlot(tag []byte) uint16 {
 	var crc uint16
 	for _, c := range tag {
-		crc ^= uint16(c) << 8
+		crc = crc<<8 ^ crc16Table[byte(crc>>8)^c]
+	}
+	return crc % clusterSlots
+}
+
+// crc16Table is CRC16 (XMODEM, polynomial 0x1021) of each byte value.
+var crc16Table = func() (t [256]uint16) {
+	for i := range t {
+		crc := uint16(i) << 8
 		for range 8 {
 			if crc&0x8000 != 0 {
 				crc = crc<<1 ^ 0x1021
@@ -97,9 +106,10 @@ func clusterSlot(tag []byte) uint16 {
 				crc <<= 1
 			}
 		}
+		t[i] = crc
 	}
-	return crc % clusterSlots
-}
+	return t
+}()
 
 // New connects to Redis as cfg says: cfg.URL (redis:// or rediss://, with
 // user:pass@ for ACLs and /db) for one server, or cfg.Cluster (seed

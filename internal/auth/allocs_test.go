@@ -30,12 +30,17 @@ func TestCachedPathAllocations(t *testing.T) {
 	info := &reqctx.Info{}
 	tok := []string{"Bearer " + authtest.Sign(t, rsaKey1, e.claims(nil))}
 	key := []string{"k"}
+	keepAlive := []string{"keep-alive"}
 	tests := []struct {
 		name string
 		set  func(r *http.Request)
 	}{
 		{"cached JWT", func(r *http.Request) { r.Header["Authorization"] = tok }},
 		{"API key", func(r *http.Request) { r.Header["X-Api-Key"] = key }},
+		{"cached JWT, Connection: keep-alive", func(r *http.Request) {
+			r.Header["Authorization"] = tok
+			r.Header["Connection"] = keepAlive
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,7 +1,9 @@
 package auth
 
 import (
+	"encoding/json"
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -20,7 +22,9 @@ import (
 // keeps its last value (RFC 7515 section 5.2 and RFC 7519 section 4 allow
 // this or rejecting), invalid UTF-8 and lone surrogates become U+FFFD,
 // nesting deeper than 10000 fails, and a number that does not fit a
-// float64 fails.
+// float64 fails. One difference: an integer that a float64 cannot give
+// back digit for digit is a json.Number (its text), not the rounded
+// float64, so that ids forwarded or keyed on stay the token's own.
 
 // maxJSONDepth is encoding/json's nesting limit.
 const maxJSONDepth = 10000
@@ -133,11 +137,15 @@ func (d *jsonDecoder) value() (any, bool) {
 		if !ok {
 			return nil, false
 		}
-		f, err := strconv.ParseFloat(d.s[d.i:end], 64)
+		lit := d.s[d.i:end]
+		f, err := strconv.ParseFloat(lit, 64)
 		if err != nil {
 			return nil, false // out of range, as encoding/json
 		}
 		d.i = end
+		if inexactInteger(lit, f) {
+			return json.Number(lit), true
+		}
 		return f, true
 	}
 	return nil, false
@@ -262,6 +270,20 @@ func (d *jsonDecoder) literal(lit string) bool {
 	return true
 }
 
+// inexactInteger reports whether lit, an integer literal, would not come
+// back from f as the same digits: past 2^53 most integers have no float64
+// of their own, and a 64-bit user id rounded to its neighbour names
+// another user when it is forwarded or keyed on. Shorter literals, and
+// those with a fraction or exponent (whose value, not spelling, counts),
+// never are.
+func inexactInteger(lit string, f float64) bool {
+	if len(lit) < 16 || strings.ContainsAny(lit, ".eE") {
+		return false
+	}
+	var buf [32]byte
+	return string(strconv.AppendFloat(buf[:0], f, 'f', -1, 64)) != lit
+}
+
 // numberEnd returns the end of the number at d.i (RFC 8259 section 6).
 func (d *jsonDecoder) numberEnd() (int, bool) {
 	s, i := d.s, d.i
@@ -336,7 +358,10 @@ func (d *jsonDecoder) str() (string, bool) {
 // unquotes: s[start:i] is plain text already checked.
 func (d *jsonDecoder) strSlow(start, i int) (string, bool) {
 	s := d.s
-	b := make([]byte, 0, len(s)-start)
+	// Sized by this string, not by the rest of the input: claims are
+	// decoded before the signature is checked, and a token of many short
+	// escaped strings would otherwise allocate quadratically in its size.
+	b := make([]byte, 0, stringLen(s, i)+i-start)
 	b = append(b, s[start:i]...)
 	for i < len(s) {
 		switch c := s[i]; {
@@ -399,6 +424,22 @@ func (d *jsonDecoder) strSlow(start, i int) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// stringLen returns the raw length of the string text from s[i] to its
+// closing quote (or to the end of s when it has none), stepping over
+// escapes. It is the capacity strSlow needs but for invalid UTF-8, which
+// grows to U+FFFD (append then grows the buffer).
+func stringLen(s string, i int) int {
+	for j := i; j < len(s); j++ {
+		switch s[j] {
+		case '"':
+			return j - i
+		case '\\':
+			j++
+		}
+	}
+	return len(s) - i
 }
 
 // skipString validates the string at d.i (which is '"') and moves past it.

@@ -3,6 +3,7 @@ package auth
 import (
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -72,9 +73,37 @@ func checkJSONObject(t *testing.T, in string) {
 	if ok != wantOK {
 		t.Fatalf("%s: ok = %v, encoding/json: %v (%v)", short(in), ok, wantOK, err)
 	}
-	if ok && !reflect.DeepEqual(got, want) {
+	if ok && !reflect.DeepEqual(numbersAsFloats(t, got), want) {
 		t.Fatalf("%s: got %#v, encoding/json %#v", short(in), got, want)
 	}
+}
+
+// numbersAsFloats returns v with each json.Number as the float64
+// encoding/json gives, after checking it is one the decoder must keep as
+// text: an integer whose float64 does not give its digits back.
+func numbersAsFloats(t *testing.T, v any) any {
+	t.Helper()
+	switch x := v.(type) {
+	case json.Number:
+		f, err := strconv.ParseFloat(string(x), 64)
+		if err != nil || strings.ContainsAny(string(x), ".eE") || strconv.FormatFloat(f, 'f', -1, 64) == string(x) {
+			t.Fatalf("json.Number %s: the float64 %v would do", x, f)
+		}
+		return f
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = numbersAsFloats(t, e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = numbersAsFloats(t, e)
+		}
+		return out
+	}
+	return v
 }
 
 func checkJOSEHeader(t *testing.T, in string) {

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"math"
 	"math/big"
@@ -139,8 +140,19 @@ func parseTokenBuf(tok string, allowed algSet, buf []byte) (pt parsedToken, n in
 }
 
 func numClaim(claims map[string]any, name string) (float64, bool) {
-	f, ok := claims[name].(float64)
-	if !ok || math.IsNaN(f) || math.IsInf(f, 0) {
+	var f float64
+	switch v := claims[name].(type) {
+	case float64:
+		f = v
+	case json.Number: // an integer too long for a float64 (see inexactInteger)
+		var err error
+		if f, err = v.Float64(); err != nil {
+			return 0, false
+		}
+	default:
+		return 0, false
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, false
 	}
 	return f, true

@@ -204,6 +204,9 @@ func StripIdentityHeaders(names []string) func(http.Handler) http.Handler {
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			s.strip(r.Header)
+			if c := r.Header["Connection"]; len(c) > 0 {
+				s.stripConnection(r.Header, c)
+			}
 			if r.Trailer != nil {
 				s.strip(r.Trailer)
 				// The server fills the trailer in when the body ends,
@@ -238,6 +241,55 @@ func (s *identityStrip) strip(h http.Header) {
 			}
 		}
 	}
+}
+
+// stripConnection removes identity names from the Connection header. A
+// proxy deletes the fields named there (RFC 9110 section 7.6.1), and the
+// identity headers are set after this stage by the gateway itself: a client
+// naming them would make the upstream get none at all. It allocates only
+// when a name is found ("Connection: keep-alive" costs a scan).
+func (s *identityStrip) stripConnection(h http.Header, vals []string) {
+	if !s.namedIn(vals) {
+		return
+	}
+	var kept []string
+	for _, v := range vals {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.Trim(tok, " \t"); tok != "" && !s.isIdentity(tok) {
+				kept = append(kept, tok)
+			}
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Connection")
+		return
+	}
+	h["Connection"] = []string{strings.Join(kept, ", ")}
+}
+
+// namedIn reports whether a comma-separated list names an identity header.
+func (s *identityStrip) namedIn(vals []string) bool {
+	for _, v := range vals {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			if s.isIdentity(strings.Trim(tok, " \t")) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isIdentity reports whether a field name is one of the identity names, in
+// any case and with '_' for '-'.
+func (s *identityStrip) isIdentity(name string) bool {
+	for _, n := range s.names {
+		if sameFieldForCGI(name, n) {
+			return true
+		}
+	}
+	return false
 }
 
 // sameFieldForCGI reports whether a and b name the same CGI variable:

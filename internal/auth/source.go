@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ type keySource struct {
 	reg      *Registry
 	provider string
 	url      string // empty for a fixed key set
+	logURL   string // url without its password, for log lines
 
 	keys atomic.Pointer[keySet]
 
@@ -43,7 +45,17 @@ type keySource struct {
 }
 
 func newURLSource(r *Registry, provider, url string) *keySource {
-	return &keySource{reg: r, provider: provider, url: url, refresh: defaultRefresh, stopCh: make(chan struct{})}
+	return &keySource{reg: r, provider: provider, url: url, logURL: redactURL(url), refresh: defaultRefresh, stopCh: make(chan struct{})}
+}
+
+// redactURL hides the password of a URL with userinfo (a JWKS behind basic
+// auth), which would otherwise reach the log with every fetch line.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func newStaticSource(r *Registry, provider string, ks *keySet) *keySource {
@@ -163,15 +175,15 @@ func (s *keySource) fetchIf(ctx context.Context, minGap time.Duration, bound boo
 	switch {
 	case err != nil && !hadKeys:
 		log.Warn("auth: JWKS not available; tokens whose key id is unknown get 503 with Retry-After until the key set is fetched",
-			"provider", s.provider, "jwks_url", s.url, "error", err)
+			"provider", s.provider, "jwks_url", s.logURL, "error", err)
 	case err != nil:
 		log.Warn("auth: JWKS refresh failed; cached keys stay in use, but tokens signed by keys not seen before get 503 until a fetch succeeds",
-			"provider", s.provider, "jwks_url", s.url, "error", err)
+			"provider", s.provider, "jwks_url", s.logURL, "error", err)
 	case changed:
 		log.Info("auth: JWKS keys loaded; verified-token cache flushed",
-			"provider", s.provider, "jwks_url", s.url, "keys", len(ks.all))
+			"provider", s.provider, "jwks_url", s.logURL, "keys", len(ks.all))
 	case !wasOK:
-		log.Info("auth: JWKS reachable again", "provider", s.provider, "jwks_url", s.url)
+		log.Info("auth: JWKS reachable again", "provider", s.provider, "jwks_url", s.logURL)
 	}
 	return err
 }

@@ -5,6 +5,7 @@ package identity
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,14 +21,17 @@ type Identity struct {
 	Consumer string
 	// Scopes are the granted scopes (JWT "scope"/"scp" claim or the key's scopes).
 	Scopes []string
-	// Claims are the JWT's verified claims as decoded JSON; nil for API keys.
+	// Claims are the JWT's verified claims as decoded JSON (numbers are
+	// float64, but an integer a float64 cannot hold digit for digit is a
+	// json.Number); nil for API keys. Read them with Claim.
 	Claims map[string]any
 }
 
 // Claim returns a claim as a string: strings as they are, numbers and
 // booleans in their JSON form, arrays of those joined with single spaces.
 // The second result is false when the claim is absent or not representable.
-// "sub" and "consumer" are answered even when Claims is nil.
+// "sub", "consumer" (an API key's id), "scope" and "scp" are answered from
+// the identity's fields when Claims lacks them.
 func (id *Identity) Claim(name string) (string, bool) {
 	if id == nil {
 		return "", false
@@ -37,6 +41,8 @@ func (id *Identity) Claim(name string) (string, bool) {
 		switch name {
 		case "sub":
 			return id.Subject, id.Subject != ""
+		case "consumer":
+			return id.Consumer, id.Consumer != ""
 		case "scope", "scp":
 			return strings.Join(id.Scopes, " "), len(id.Scopes) > 0
 		}
@@ -70,6 +76,8 @@ func claimString(v any) (string, bool) {
 		return strconv.FormatInt(x, 10), true
 	case int:
 		return strconv.Itoa(x), true
+	case json.Number:
+		return string(x), true
 	case fmt.Stringer:
 		return x.String(), true
 	case []string:

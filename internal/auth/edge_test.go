@@ -284,7 +284,10 @@ func TestRepeatedCredentialIsRefused(t *testing.T) {
 // never sees that provider's token, also when another provider accepted
 // the request (the token was invalid, lacked a scope, or came after the
 // winner), but a credential that is not its token stays, and so does a
-// token that the winning provider forwards.
+// token that the winning provider forwards. With forward_token: true a
+// token is forwarded only when its provider accepted the request: beside
+// an API key that won, a forged (or never checked) token would reach an
+// upstream that trusts what the gateway forwards.
 func TestForwardTokenFalseWhoeverWins(t *testing.T) {
 	e := newEnv(t)
 	jwks := authtest.NewJWKSServer(t, rsaKey1)
@@ -302,6 +305,8 @@ func TestForwardTokenFalseWhoeverWins(t *testing.T) {
 	tokenThenKey := e.front(set, "tk", []string{"hidden", "partners"}, scoped)
 	keyThenToken := e.front(set, "kt", []string{"partners", "hidden", "hidden-cookie"}, scoped)
 	shownFirst := e.front(set, "sh", []string{"shown", "hidden"}, scoped)
+	shownThenKey := e.front(set, "sk", []string{"shown", "partners"}, scoped)
+	keyThenShown := e.front(set, "ks", []string{"partners", "shown"}, scoped)
 	good := authtest.Sign(t, rsaKey1, e.claims(nil))
 	noScope := authtest.Sign(t, rsaKey1, e.claims(map[string]any{"scope": "feed:read"}))
 	tests := []struct {
@@ -317,6 +322,10 @@ func TestForwardTokenFalseWhoeverWins(t *testing.T) {
 			"Cookie": {"a=1; session=" + good + "; b=2"}}, "partners", "", "a=1; b=2"},
 		{"Basic credentials are not the token", tokenThenKey, http.Header{"Authorization": {"Basic dXNlcjpwdw=="}, "X-Api-Key": {"k-acme"}}, "partners", "Basic dXNlcjpwdw==", ""},
 		{"the winner forwards the same header", shownFirst, http.Header{"Authorization": {"Bearer " + good}}, "shown", "Bearer " + good, ""},
+		{"forwarding provider: forged token, key wins", shownThenKey, http.Header{"Authorization": {"Bearer " + forged(t, e)}, "X-Api-Key": {"k-acme"}}, "partners", "", ""},
+		{"forwarding provider: unchecked token after the winning key", keyThenShown, http.Header{"Authorization": {"Bearer " + good}, "X-Api-Key": {"k-acme"}}, "partners", "", ""},
+		{"forwarding provider: two tokens, key wins", keyThenShown, http.Header{"Authorization": {"Bearer " + good, "Bearer " + forged(t, e)}, "X-Api-Key": {"k-acme"}}, "partners", "", ""},
+		{"forwarding provider: Basic credentials stay", keyThenShown, http.Header{"Authorization": {"Basic dXNlcjpwdw=="}, "X-Api-Key": {"k-acme"}}, "partners", "Basic dXNlcjpwdw==", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

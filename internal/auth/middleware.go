@@ -119,24 +119,26 @@ func (p *jwtProvider) invalidProblem(r reason) (code, detail string) {
 	return "invalid_token", "invalid token"
 }
 
-// stripAfterAccept removes the token when forward_token is false, whichever
-// provider accepted the request: a token that failed, lacked a scope or was
-// never tried must not reach an upstream that was meant to see none. It is
+// stripAfterAccept removes the token when this provider accepted the
+// request and forward_token is false, and whenever another provider
+// accepted it: a token that failed, lacked a scope or was never tried was
+// not verified, and an upstream that trusts what the gateway forwards would
+// take a forged token sent beside a valid API key for a checked one. It is
 // kept when the winner forwards the same credential, and a credential that
 // is not a token of this provider (Authorization: Basic) is left alone.
 func (p *jwtProvider) stripAfterAccept(r *http.Request, winner provider) {
-	if p.forward {
+	if winner == provider(p) {
+		if !p.forward {
+			p.from.strip(r)
+		}
 		return
 	}
-	if winner != provider(p) {
-		if w, ok := winner.(*jwtProvider); ok && w.forward && w.from == p.from {
-			return
-		}
-		if _, ok := p.from.get(r); !ok {
-			return
-		}
+	if w, ok := winner.(*jwtProvider); ok && w.forward && w.from == p.from {
+		return
 	}
-	p.from.strip(r)
+	if _, ok := p.from.get(r); ok {
+		p.from.strip(r)
+	}
 }
 
 func (p *jwtProvider) identityHeaders() []string {

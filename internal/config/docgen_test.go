@@ -115,7 +115,7 @@ var fieldDocs = map[string]fieldDoc{
 	"AuthProvider.algorithms":     {desc: "jwt: accepted algorithms; HS* only with secret, and only HS* with secret.", def: "[RS256, ES256, EdDSA] ([HS256] with secret)"},
 	"AuthProvider.leeway":         {desc: "jwt: clock skew allowed on exp and nbf.", def: "30s"},
 	"AuthProvider.token_from":     {desc: "jwt: where the token is read; exactly one of header, cookie, query.", def: "{header: Authorization}"},
-	"AuthProvider.forward_token":  {desc: "jwt: pass Authorization on to the upstream (false strips it).", def: "true"},
+	"AuthProvider.forward_token":  {desc: "jwt: pass the token on to the upstream when this provider accepted the request (false strips it always).", def: "true"},
 	"AuthProvider.forward_claims": {desc: "jwt: claim name to request header; inbound copies are always stripped; array claims are joined with spaces."},
 	"AuthProvider.header":         {desc: "api_key: header carrying the key.", def: "X-API-Key (when query is not set)"},
 	"AuthProvider.query":          {desc: "api_key: query parameter carrying the key, instead of a header."},

@@ -39,7 +39,9 @@ type Deps struct {
 	// Upstreams maps upstream names to their round trippers (the gateway's
 	// *upstream.Pool). A round tripper receives requests whose URL carries
 	// the path and query; scheme and host are placeholders ("http" and the
-	// upstream name) that the pool replaces with a target.
+	// upstream name) that the pool replaces with a target. The request's
+	// Host is the client's, which the pool replaces with the target's
+	// unless the upstream has preserve_host.
 	Upstreams map[string]http.RoundTripper
 	// Now is the clock; nil means time.Now. Deadlines are computed from it.
 	Now func() time.Time
@@ -395,9 +397,10 @@ func (f *fetcher) request(ctx context.Context, in *Input) (*http.Request, error)
 		u.Path = path
 	}
 	// Only the request itself is new for every call, since it carries ctx;
-	// the template stays on the stack.
+	// the template stays on the stack. Host is the client's: a pool with
+	// preserve_host keeps it, the others send their target's.
 	out := http.Request{
-		Method: f.method, URL: u, Host: f.upstream,
+		Method: f.method, URL: u, Host: in.Request.Host,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: cs.header(in.hdr, in.hdrN),
 	}
@@ -434,12 +437,14 @@ func (f *fetcher) answer(cs *callState, out *http.Request, resp *http.Response, 
 	ct := resp.Header.Get("Content-Type")
 	isJS := isJSON(ct)
 	val, inBody, err := f.shape(&cs.scan, ct, isJS, body, cs.value[:0])
-	if errors.Is(err, errInvalidUTF8) {
+	if errors.Is(err, errInvalidUTF8) || errors.Is(err, errLoneSurrogate) {
 		// JSON between systems is UTF-8 (RFC 8259 section 8.1): a stray
 		// byte passed on would make the whole merged response unparsable
-		// to strict clients. It becomes U+FFFD, as in a text body (and in
-		// a string encoding/json decodes); rare, so a copy.
+		// to strict clients, and so would the escape of half a surrogate
+		// pair. Each becomes U+FFFD, as in a text body (and in a string
+		// encoding/json decodes); rare, so a copy.
 		body = bytes.ToValidUTF8(body, []byte("\uFFFD"))
+		replaceLoneSurrogates(body)
 		val, inBody, err = f.shape(&cs.scan, ct, isJS, body, cs.value[:0])
 	}
 	// An unshaped body is its own value (a sub-slice, no copy); only a
@@ -1109,7 +1114,9 @@ func (e *endpoint) classify(b *backend, err error, bctx, reqCtx context.Context)
 	switch {
 	case errors.As(err, &se):
 		status, code := http.StatusBadGateway, "backend_error"
-		if se.status >= 400 && se.status < 500 {
+		// 499 is the gateway's own mark for a client gone (no body, not
+		// counted as a failure), which a backend's answer must not borrow.
+		if se.status >= 400 && se.status < 500 && se.status != problem.StatusClientClosed {
 			status, code = se.status, "backend_rejected"
 		}
 		return &problem.Error{Status: status, Code: code, Cause: err, Extra: extra,
@@ -1142,7 +1149,7 @@ func (e *endpoint) classify(b *backend, err error, bctx, reqCtx context.Context)
 func (e *endpoint) respond(w http.ResponseWriter, st *runState) {
 	s := &st.scan
 	out := append(st.out[:0], '{')
-	s.names, s.nameEnds = s.names[:0], s.nameEnds[:0]
+	s.resetNames()
 	first := true
 	var partial []string
 	for i, b := range e.backends {
@@ -1208,7 +1215,15 @@ func mergeMembers(s *scanner, val, out []byte, first bool) ([]byte, bool) {
 		if s.skipValue() != nil {
 			return out, first
 		}
-		if s.firstName(0, 0, s.keyBytes(ks, ke, esc)) {
+		key := s.keyBytes(ks, ke, esc)
+		// As in shapeObject: the common small object's check inlined.
+		var isNew bool
+		if s.scans(0) {
+			isNew = s.firstScanned(0, 0, key)
+		} else {
+			isNew = s.firstIndexed(0, 0, key)
+		}
+		if isNew {
 			if !first {
 				out = append(out, ',')
 			}

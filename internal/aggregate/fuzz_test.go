@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
@@ -42,7 +43,7 @@ func FuzzFieldPath(f *testing.F) {
 }
 
 func FuzzTemplate(f *testing.F) {
-	for _, s := range []string{"/users/{claims.sub}", "/feed/{id}?limit=20", "/s?u={user.id}&q={query.q}", "/{header.X-A}/x", "/{", "/}", "/{}", "/a?b#c", "/%zz"} {
+	for _, s := range []string{"/users/{claims.sub}", "/feed/{id}?limit=20", "/s?u={user.id}&q={query.q}", "/{header.X-A}/x", "/{", "/}", "/{}", "/a?b#c", "/%zz", "/géo|x/{query.q}"} {
 		f.Add(s, "a/b?c&d=e f")
 	}
 	f.Fuzz(func(t *testing.T, s, v string) {
@@ -64,6 +65,8 @@ func FuzzTemplate(f *testing.F) {
 				q.Set(p.text, v)
 			case srcHeader:
 				r.Header[p.text] = []string{v}
+			case srcHost:
+				r.Host = v
 			case srcDep:
 				m := dep
 				for _, k := range p.keys[:len(p.keys)-1] {
@@ -100,6 +103,15 @@ func FuzzTemplate(f *testing.F) {
 		if _, err := url.ParseRequestURI(string(out)); err != nil {
 			t.Fatalf("template %q with %q rendered an invalid target %q: %v", s, v, out, err)
 		}
+		// The path goes out as rendered: a URL whose escaped form it is
+		// not would re-escape its decoded path, and a value's %2F would
+		// become a '/'.
+		path, _, _ := strings.Cut(string(out), "?")
+		if p, err := url.PathUnescape(path); err == nil {
+			if u := (&url.URL{Path: p, RawPath: path}); u.EscapedPath() != path && strings.Contains(path, "%") {
+				t.Fatalf("template %q with %q rendered the path %q, sent as %q", s, v, path, u.EscapedPath())
+			}
+		}
 	})
 }
 
@@ -107,7 +119,7 @@ func FuzzShape(f *testing.F) {
 	seeds := []string{
 		`{"items":[{"id":1,"text":"t","author":{"name":"n"}}],"next":"x"}`,
 		`[{"id":1},{"id":2}]`, `{"a":{"b":[{"c":1}]}}`, `"s"`, `12.5e3`, `null`,
-		`{"a":"\u00e9\ud83d\ude00"}`, `{"a":[[[]]]}`, `{"a" 1}`, `[1,]`, `{"a":1,"r":2,"a":3}`,
+		`{"a":"\u00e9\ud83d\ude00"}`, `{"a\udc00":"\ud83d","b":"\\ud800"}`, `{"a":[[[]]]}`, `{"a" 1}`, `[1,]`, `{"a":1,"r":2,"a":3}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), "items[].id", "items[].text", uint8(1|4))
@@ -135,6 +147,12 @@ func FuzzShape(f *testing.F) {
 			return
 		}
 		out, err := sh.apply(&scanner{}, data, nil)
+		if errors.Is(err, errLoneSurrogate) {
+			// Replaced in a copy, as the endpoint does, the text shapes.
+			data = bytes.Clone(data)
+			replaceLoneSurrogates(data)
+			out, err = sh.apply(&scanner{}, data, nil)
+		}
 		// encoding/json's Valid does not check UTF-8, which RFC 8259
 		// section 8.1 requires and the scanner checks.
 		valid := json.Valid(data) && utf8.Valid(data)
@@ -152,6 +170,10 @@ func FuzzShape(f *testing.F) {
 		}
 		if !json.Valid(out) {
 			t.Fatalf("%+v on %q gave invalid JSON %q", sp, data, out)
+		}
+		// Nor may it hold what strict clients refuse (a lone surrogate).
+		if _, err := (&scanner{}).validate(out); err != nil {
+			t.Fatalf("%+v on %q gave %q: %v", sp, data, out, err)
 		}
 		// Shaping is idempotent for fields and drop alone: a second pass
 		// changes nothing.

@@ -37,17 +37,93 @@ type scanner struct {
 	// the output keys emitted so far, per open object.
 	names    []byte
 	nameEnds []int
+	// sets index the names of an object once it has more than
+	// maxScannedNames of them, the innermost last: compared with every
+	// earlier name, the keys of a large object (a dictionary-shaped body)
+	// cost time quadratic in their number.
+	sets []nameSet
 }
+
+// nameSet holds the names emitted in the object whose frame (its first
+// index in nameEnds) is frame; that object's names are kept here, not in
+// the arena, once it has one.
+type nameSet struct {
+	frame int
+	m     map[string]struct{}
+}
+
+// maxScannedNames is how many names an object's duplicate check compares
+// one by one before indexing them: the common small object allocates
+// nothing.
+const maxScannedNames = 64
 
 func (s *scanner) reset(in, out []byte) {
 	s.in, s.pos, s.depth, s.out = in, 0, 0, out
+	s.resetNames()
+}
+
+// resetNames empties the dedupe arena and its sets.
+func (s *scanner) resetNames() {
 	s.names, s.nameEnds = s.names[:0], s.nameEnds[:0]
+	if len(s.sets) > 0 {
+		clear(s.sets)
+		s.sets = s.sets[:0]
+	}
+}
+
+// endFrame drops the names of the object that began at frame.
+func (s *scanner) endFrame(frame, frameBytes int) {
+	s.names, s.nameEnds = s.names[:frameBytes], s.nameEnds[:frame]
+	if n := len(s.sets); n > 0 && s.sets[n-1].frame == frame {
+		s.sets[n-1] = nameSet{}
+		s.sets = s.sets[:n-1]
+	}
 }
 
 // errInvalidUTF8 is a string's byte that is not UTF-8. The caller
 // replaces such bytes with U+FFFD and scans again (see fetcher.answer),
 // as encoding/json does in a decoded string.
 var errInvalidUTF8 = errors.New("invalid UTF-8 in string")
+
+// errLoneSurrogate is a \u escape of half a UTF-16 surrogate pair, which
+// encodes no character: strict clients refuse the whole document for it
+// (RFC 8259 section 8.2 leaves their behaviour open). The caller replaces
+// it with \ufffd and scans again (see fetcher.answer).
+var errLoneSurrogate = errors.New("unpaired surrogate escape in string")
+
+// pairedSurrogate reports whether esc, which starts with the \u escape of
+// a surrogate, holds a high surrogate followed by the escape of a low one.
+func pairedSurrogate(esc []byte) bool {
+	if len(esc) < 12 || esc[6] != '\\' || esc[7] != 'u' || !isHex4(esc[8:12]) {
+		return false
+	}
+	hi, lo := hex4(esc[2:6]), hex4(esc[8:12])
+	return hi < 0xDC00 && lo >= 0xDC00 && lo < 0xE000
+}
+
+// replaceLoneSurrogates rewrites, in place, every \u escape of an
+// unpaired surrogate in the JSON text b as \ufffd (the same length).
+// Outside strings valid JSON has no backslash, so every one starts an
+// escape.
+func replaceLoneSurrogates(b []byte) {
+	for i := 0; i+1 < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if b[i+1] != 'u' || i+6 > len(b) || !isHex4(b[i+2:i+6]) {
+			i++ // a two-byte escape, or invalid JSON the scan reports
+			continue
+		}
+		if r := hex4(b[i+2 : i+6]); r >= 0xD800 && r < 0xE000 {
+			if pairedSurrogate(b[i:]) {
+				i += 6
+			} else {
+				copy(b[i+2:i+6], "fffd")
+			}
+		}
+		i += 5
+	}
+}
 
 func (s *scanner) fail(msg string) error {
 	return &syntaxError{off: s.pos, msg: msg}
@@ -278,7 +354,11 @@ func (s *scanner) shapeObject(n *node) error {
 				if c != nil && c.rename != "" {
 					name = c.renameB
 				}
-				emit = s.firstName(frame, frameBytes, name)
+				if s.scans(frame) {
+					emit = s.firstScanned(frame, frameBytes, name)
+				} else {
+					emit = s.firstIndexed(frame, frameBytes, name)
+				}
 			}
 			if !emit {
 				err = s.skipValue()
@@ -310,7 +390,7 @@ func (s *scanner) shapeObject(n *node) error {
 			}
 		}
 	}
-	s.names, s.nameEnds = s.names[:frameBytes], s.nameEnds[:frame]
+	s.endFrame(frame, frameBytes)
 	s.depth--
 	s.out = append(s.out, '}')
 	return nil
@@ -319,12 +399,65 @@ func (s *scanner) shapeObject(n *node) error {
 // firstName records name as emitted in the current object and reports
 // whether it was new there.
 func (s *scanner) firstName(frame, frameBytes int, name []byte) bool {
+	if s.scans(frame) {
+		return s.firstScanned(frame, frameBytes, name)
+	}
+	return s.firstIndexed(frame, frameBytes, name)
+}
+
+// scans reports whether the names of the object at frame are compared one
+// by one: it has fewer than maxScannedNames and no set is open. The hot
+// caller (shapeObject) asks it itself, so that firstScanned is inlined
+// there.
+func (s *scanner) scans(frame int) bool {
+	return len(s.sets) == 0 && len(s.nameEnds)-frame < maxScannedNames
+}
+
+// firstScanned is firstName comparing the object's names one by one.
+func (s *scanner) firstScanned(frame, frameBytes int, name []byte) bool {
 	start := frameBytes
 	for _, end := range s.nameEnds[frame:] {
 		if string(s.names[start:end]) == string(name) {
 			return false
 		}
 		start = end
+	}
+	s.names = append(s.names, name...)
+	s.nameEnds = append(s.nameEnds, len(s.names))
+	return true
+}
+
+// firstIndexed is firstName for an object past maxScannedNames names, or
+// inside one.
+func (s *scanner) firstIndexed(frame, frameBytes int, name []byte) bool {
+	if n := len(s.sets); n > 0 && s.sets[n-1].frame == frame {
+		m := s.sets[n-1].m
+		if _, dup := m[string(name)]; dup {
+			return false
+		}
+		m[string(name)] = struct{}{}
+		return true
+	}
+	ends := s.nameEnds[frame:]
+	start := frameBytes
+	for _, end := range ends {
+		if string(s.names[start:end]) == string(name) {
+			return false
+		}
+		start = end
+	}
+	if len(ends) >= maxScannedNames {
+		// A frame with a set appends no more names, so the frames of
+		// the objects inside it still begin past its own.
+		m := make(map[string]struct{}, 2*len(ends))
+		start = frameBytes
+		for _, end := range ends {
+			m[string(s.names[start:end])] = struct{}{}
+			start = end
+		}
+		m[string(name)] = struct{}{}
+		s.sets = append(s.sets, nameSet{frame: frame, m: m})
+		return true
 	}
 	s.names = append(s.names, name...)
 	s.nameEnds = append(s.nameEnds, len(s.names))
@@ -535,6 +668,13 @@ func (s *scanner) skipString() (bool, error) {
 			case 'u':
 				if s.pos+6 > len(s.in) || !isHex4(s.in[s.pos+2:s.pos+6]) {
 					return esc, s.fail("invalid \\u escape")
+				}
+				// D800-DFFF (the digits are hex): half of a surrogate pair.
+				if s.in[s.pos+2]|0x20 == 'd' && s.in[s.pos+3] >= '8' {
+					if !pairedSurrogate(s.in[s.pos:]) {
+						return esc, errLoneSurrogate
+					}
+					s.pos += 6
 				}
 				s.pos += 6
 			default:

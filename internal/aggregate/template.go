@@ -17,6 +17,7 @@ const (
 	srcClaim          // {claims.X}
 	srcQuery          // {query.X}
 	srcHeader         // {header.X}
+	srcHost           // {header.Host}: the request's host, which is not among its header fields
 	srcDep            // {OTHER.field.path}: OTHER's raw response
 )
 
@@ -80,18 +81,55 @@ func parseTemplate(s, after string) (*template, error) {
 			if !inQuery && strings.Contains(lit, "?") {
 				inQuery = true
 			}
-			t.parts = append(t.parts, part{src: srcLiteral, text: lit})
 			check = append(check, lit...)
+			t.parts = append(t.parts, part{src: srcLiteral, text: escapeLiteral(lit)})
 			i += j
 		}
 	}
-	// The literal parts are sent as written, so they must already be a valid
-	// origin-form request target.
+	// The literal parts are sent as written (but for the bytes escapeLiteral
+	// encodes), so they must already be a valid origin-form request target.
 	u, err := url.ParseRequestURI(string(check))
 	if err != nil || u.Fragment != "" || strings.Contains(string(check), "#") {
 		return nil, fmt.Errorf("path %q is not a valid request path", s)
 	}
 	return t, nil
+}
+
+// escapeLiteral percent-encodes the bytes of a literal that a request
+// target never carries raw (controls, space, '"', '<', '>', '\', '^', '`',
+// '|', non-ASCII), keeping all else as written. Left raw, one such byte
+// makes the rendered path an invalid escaped form; the URL then re-escapes
+// its decoded path, and a value's "%2F" would go out as a real '/'.
+func escapeLiteral(lit string) string {
+	n := 0
+	for i := 0; i < len(lit); i++ {
+		if rawInTarget(lit[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return lit
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(lit)+2*n)
+	for i := 0; i < len(lit); i++ {
+		if c := lit[i]; rawInTarget(c) {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		} else {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+// rawInTarget reports whether c may not appear unescaped in a request
+// target (RFC 3986 section 2; '#', '{' and '}' never reach here).
+func rawInTarget(c byte) bool {
+	switch c {
+	case ' ', '"', '<', '>', '\\', '^', '`', '|':
+		return true
+	}
+	return c < 0x20 || c >= 0x7f
 }
 
 func parsePlaceholder(inner, after string) (part, error) {
@@ -111,7 +149,13 @@ func parsePlaceholder(inner, after string) (part, error) {
 	case "query":
 		return part{src: srcQuery, text: name}, nil
 	case "header":
-		return part{src: srcHeader, text: textproto.CanonicalMIMEHeaderKey(name)}, nil
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		if name == "Host" {
+			// The server moves Host out of the header (into Request.Host),
+			// so read there it would always be missing.
+			return part{src: srcHost, text: name}, nil
+		}
+		return part{src: srcHeader, text: name}, nil
 	}
 	if after == "" || prefix != after {
 		return part{}, fmt.Errorf("placeholder {%s}: %q is not claims, query, header or the backend named in after", inner, prefix)
@@ -182,6 +226,10 @@ func (t *template) render(dst []byte, in *Input, s *scanner) ([]byte, error) {
 				return dst, &missingError{what: placeholderName(p)}
 			}
 			v = vs[0]
+		case srcHost:
+			if v = in.Request.Host; v == "" {
+				return dst, &missingError{what: placeholderName(p)}
+			}
 		case srcDep:
 			r := in.dep
 			if r == nil {
@@ -235,7 +283,7 @@ func placeholderName(p *part) string {
 		return "claim " + p.text
 	case srcQuery:
 		return "query parameter " + p.text
-	case srcHeader:
+	case srcHeader, srcHost:
 		return "header " + p.text
 	case srcDep:
 		return p.text + "." + strings.Join(p.keys, ".")

@@ -80,6 +80,7 @@ func TestShape(t *testing.T) {
 		{"pick into renamed array elements", shapeSpec{Rename: map[string]string{"items[].text": "body"}, Pick: "items[].body"}, feed, `["hi","yo"]`},
 		{"pick keeps drop below it", shapeSpec{Drop: []string{"user.secret"}, Pick: "user"}, `{"user":{"id":1,"secret":"s"}}`, `{"id":1}`},
 		{"drop missing path is harmless", shapeSpec{Drop: []string{"a.b.c"}}, `{"a":{"b":7},"d":[]}`, `{"a":{"b":7},"d":[]}`},
+		{"drop of a key meets an array: nothing dropped (as documented)", shapeSpec{Drop: []string{"items.secret"}}, `{"items":[{"secret":1}]}`, `{"items":[{"secret":1}]}`},
 		{"fields empty object and array", shapeSpec{Fields: []string{"a.b", "c[].d"}}, `{"a":{},"c":[],"e":1}`, `{"a":{},"c":[]}`},
 		{"whitespace and unicode kept in values", shapeSpec{Fields: []string{"s"}},
 			"{\n \"s\" : \"h\\u00e9 \\ud83d\\ude00 ✓\" ,\"t\":1}", `{"s":"h\u00e9 \ud83d\ude00 ✓"}`},

@@ -638,12 +638,22 @@ func appendHeaderFields(dst []headerField, fixed []string, r *http.Request, info
 	if info != nil && info.ClientIP.IsValid() {
 		set("X-Forwarded-For", info.ClientIP.String())
 	}
-	proto := "http"
+	// As on a route: what a trusted proxy says of the client's scheme and
+	// host (it terminated TLS, say), else what this hop saw.
+	proto, host := "http", r.Host
 	if r.TLS != nil {
 		proto = "https"
 	}
+	if info != nil && info.PeerTrusted {
+		if v := src["X-Forwarded-Proto"]; len(v) > 0 {
+			proto = v[0]
+		}
+		if v := src["X-Forwarded-Host"]; len(v) > 0 {
+			host = v[0]
+		}
+	}
 	set("X-Forwarded-Proto", proto)
-	set("X-Forwarded-Host", r.Host)
+	set("X-Forwarded-Host", host)
 	set("Accept-Encoding", "gzip")
 	set("Accept", "application/json")
 	return dst, n

@@ -323,6 +323,39 @@ func TestForwardedHeaders(t *testing.T) {
 	})
 }
 
+// TestForwardedProtoFromTrustedPeer: behind a trusted proxy that
+// terminated TLS, backends get the scheme and host it forwarded, as a
+// route's upstream does; from any other peer the client's claims are
+// ignored.
+func TestForwardedProtoFromTrustedPeer(t *testing.T) {
+	bothModes(t, func(t *testing.T, serve serveFunc) {
+		var got http.Header
+		rts := serve(t, map[string]http.HandlerFunc{
+			"svc": func(w http.ResponseWriter, r *http.Request) {
+				got = r.Header.Clone()
+				jsonHandler(`{}`)(w, r)
+			},
+		})
+		h := newEndpoint(t, &config.Endpoint{Name: "e", Backends: []*config.Backend{{Upstream: "svc", Path: "/x", Into: "x"}}}, rts)
+		for _, tc := range []struct {
+			trusted     bool
+			proto, host string
+		}{{false, "http", "gw.internal"}, {true, "https", "api.example.com"}} {
+			r := gatewayRequest("GET", "/e")
+			r.Host = "gw.internal"
+			r.Header.Set("X-Forwarded-Proto", "https")
+			r.Header.Set("X-Forwarded-Host", "api.example.com")
+			reqctx.From(r.Context()).PeerTrusted = tc.trusted
+			if rec := do(h, r); rec.Code != 200 {
+				t.Fatalf("status %d", rec.Code)
+			}
+			if p, h := got.Get("X-Forwarded-Proto"), got.Get("X-Forwarded-Host"); p != tc.proto || h != tc.host {
+				t.Errorf("peer trusted %v: X-Forwarded-Proto %q, X-Forwarded-Host %q; want %q and %q", tc.trusted, p, h, tc.proto, tc.host)
+			}
+		}
+	})
+}
+
 func TestGzipAndNonJSON(t *testing.T) {
 	bothModes(t, func(t *testing.T, serve serveFunc) {
 		rts := serve(t, map[string]http.HandlerFunc{

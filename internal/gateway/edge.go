@@ -17,11 +17,18 @@ import (
 // clientIP returns the address the request came from: the peer, or, when the
 // peer is a trusted proxy, the rightmost X-Forwarded-For address that is not
 // itself trusted (so a client cannot choose its own address by prepending).
-func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
+// peerTrusted reports whether the peer itself is a trusted proxy.
+func clientIP(r *http.Request, trusted []netip.Prefix) (client netip.Addr, peerTrusted bool) {
 	peer := peerAddr(r.RemoteAddr)
 	if len(trusted) == 0 || !inPrefixes(peer, trusted) {
-		return peer
+		return peer, false
 	}
+	return forwardedClient(r, peer, trusted), true
+}
+
+// forwardedClient walks X-Forwarded-For from its right end, sent by the
+// trusted peer.
+func forwardedClient(r *http.Request, peer netip.Addr, trusted []netip.Prefix) netip.Addr {
 	values := r.Header.Values("X-Forwarded-For")
 	for i := len(values) - 1; i >= 0; i-- {
 		list := values[i]

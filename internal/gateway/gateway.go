@@ -373,7 +373,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// HTTP/2 clients get GOAWAY from Shutdown.
 		w.Header().Set("Connection", "close")
 	}
-	info.ClientIP = clientIP(r, rt.trusted)
+	info.ClientIP, info.PeerTrusted = clientIP(r, rt.trusted)
 	r = r.WithContext(ctx)
 
 	decoded, escaped, err := router.CleanPath(r.URL.EscapedPath())

@@ -31,6 +31,9 @@ type Info struct {
 	Route string
 	// ClientIP is the client address after applying trusted_proxies (gateway).
 	ClientIP netip.Addr
+	// PeerTrusted reports that the peer is in trusted_proxies, so the
+	// X-Forwarded-Proto and X-Forwarded-Host it sent are believed (gateway).
+	PeerTrusted bool
 	// Params are the path parameters of the matched route (gateway).
 	Params []Param
 	// Identity is set by the auth stage when a credential was accepted.

@@ -77,7 +77,7 @@ func New(deps Deps) http.Handler {
 	s.csp = dashboardCSP(dashboardHTML)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /metrics", s.metrics)
@@ -152,10 +152,10 @@ func requestID(r *http.Request) string {
 
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.deps.Ready != nil && !s.deps.Ready() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
+		writeJSON(w, r, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, r, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 func (s *server) metrics(w http.ResponseWriter, r *http.Request) {
@@ -175,7 +175,7 @@ func (s *server) view(get func() func() any) http.Handler {
 			problem.WriteStatus(w, r, http.StatusServiceUnavailable, "unavailable", "this view is not available")
 			return
 		}
-		writeJSON(w, http.StatusOK, f())
+		writeJSON(w, r, http.StatusOK, f())
 	})
 }
 
@@ -188,7 +188,7 @@ func (s *server) reload(w http.ResponseWriter, r *http.Request) {
 	err := s.deps.Reload()
 	if err == nil {
 		s.deps.Logger.Info("admin: config reloaded", "remote", r.RemoteAddr, "request_id", requestID(r))
-		writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "duration_ms": float64(time.Since(start).Microseconds()) / 1e3})
+		writeJSON(w, r, http.StatusOK, map[string]any{"status": "reloaded", "duration_ms": float64(time.Since(start).Microseconds()) / 1e3})
 		return
 	}
 	s.deps.Logger.Warn("admin: reload failed", "remote", r.RemoteAddr, "request_id", requestID(r), "err", err)
@@ -294,11 +294,14 @@ func dashboardCSP(page []byte) string {
 		" script-src" + hashOf("<script>", "</script>") + "; style-src 'unsafe-inline'"
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"error":"encoding the view failed"}`)
+		// A view JSON cannot hold (a NaN or an infinity): an error like
+		// every other, with the request id to find it by.
+		problem.Write(w, r, &problem.Error{Status: http.StatusInternalServerError, Code: "view_encoding",
+			Detail: "the view could not be encoded as JSON", Cause: err})
+		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -184,5 +185,28 @@ func TestNoTokenAndMissingViews(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestViewThatCannotBeEncoded: a view JSON cannot hold (a NaN from a rate
+// with nothing to divide) is answered like every other admin error:
+// problem+json carrying the request id.
+func TestViewThatCannotBeEncoded(t *testing.T) {
+	srv := httptest.NewServer(New(Deps{Stats: func() any { return map[string]float64{"rps": math.NaN()} }}))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/admin/stats", nil)
+	req.Header.Set("X-Request-Id", "view-nan-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 500 || resp.Header.Get("Content-Type") != "application/problem+json" ||
+		body["request_id"] != "view-nan-1" || body["status"] != float64(500) {
+		t.Errorf("status %d %q: %v", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -104,6 +105,16 @@ func (e *Engine) Evaluate(now time.Time) {
 				e.logger.Warn("slo alert "+state, "slo", st.name, "severity", sev, "route", cfg.route,
 					"burn_1h", rates[w1h], "burn_6h", rates[w6h], "burn_1d", rates[w1d], "budget_remaining", status.BudgetRemaining)
 			}
+			if to := st.firingTo[si]; to != "" && to != cfg.webhook && leader {
+				// A reload moved the alerts elsewhere (or turned them off):
+				// the old receiver would keep a page that never ends, and
+				// the new one must get "firing" before any "resolved".
+				e.withdraw(ctx, st, cfg, si, to, Notification{
+					SLO: st.name, Route: cfg.route, Severity: sev, State: "resolved", Reason: "webhook_changed",
+					Objective: cfg.objective, BudgetRemaining: status.BudgetRemaining, BurnRates: status.BurnRates,
+					Time: now.UTC(), Node: e.nodeID,
+				})
+			}
 			if cfg.webhook == "" || !leader {
 				continue
 			}
@@ -114,6 +125,16 @@ func (e *Engine) Evaluate(now time.Time) {
 		}
 		st.status = status
 	}
+	// A reload that removed an SLO while it was being evaluated deleted its
+	// series before the loop set them again: delete them once more, or they
+	// would stay exported, frozen, until the process ends.
+	e.mu.Lock()
+	for _, st := range active {
+		if !slices.Contains(e.active, st) {
+			e.deleteSeries(st.name)
+		}
+	}
+	e.mu.Unlock()
 	e.resolveRetired(ctx, now, leader)
 }
 
@@ -182,8 +203,28 @@ func (e *Engine) announce(ctx context.Context, st *sloState, cfg *sloConfig, si 
 		}
 	}
 	st.announced[si] = firing
+	st.firingTo[si] = ""
+	if firing {
+		st.firingTo[si] = cfg.webhook
+	}
 	e.send(cfg.webhook, n)
 	return true
+}
+
+// withdraw sends n, a "resolved", to the webhook that was last sent the
+// severity's "firing" and is no longer the SLO's, and records the severity
+// as not announced, so the current webhook (if any) is told afresh. In
+// fleet mode only the node that sent "firing" knows the old webhook.
+func (e *Engine) withdraw(ctx context.Context, st *sloState, cfg *sloConfig, si int, to string, n Notification) {
+	if e.redis != nil {
+		if err := e.setFleetAlert(ctx, st.name, n.Severity, false, cfg.window); err != nil {
+			e.logger.Warn("slo: storing alert state in redis", "slo", st.name, "err", err)
+			return // tried again at the next evaluation
+		}
+	}
+	st.announced[si] = false
+	st.firingTo[si] = ""
+	e.send(to, n)
 }
 
 func severityIndex(s string) int {

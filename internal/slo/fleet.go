@@ -102,6 +102,9 @@ func (e *Engine) flushLocked(ctx context.Context, nowMin int64) error {
 type fleetCache struct {
 	counts      map[int64][2]uint64
 	finalBefore int64 // minutes before this one are complete in counts
+	// from is the oldest minute counts covers; a reload that lengthens the
+	// window moves the span's start before it, and those minutes are read.
+	from int64
 }
 
 func (f *fleetCache) get(m int64) (uint64, uint64) {
@@ -115,7 +118,10 @@ func (f *fleetCache) get(m int64) (uint64, uint64) {
 func (e *Engine) refreshFleet(ctx context.Context, st *sloState, cfg *sloConfig, nowMin int64) error {
 	span := int64(ringMinutes(cfg.window) - 10)
 	lo := nowMin - span + 1
-	from := max(lo, st.fleet.finalBefore)
+	from := lo
+	if st.fleet.counts != nil && st.fleet.from <= lo {
+		from = max(lo, st.fleet.finalBefore)
+	}
 	if st.fleet.counts == nil {
 		st.fleet.counts = map[int64][2]uint64{}
 	}
@@ -150,6 +156,7 @@ func (e *Engine) refreshFleet(ctx context.Context, st *sloState, cfg *sloConfig,
 		}
 	}
 	st.fleet.finalBefore = nowMin - finalAge + 1
+	st.fleet.from = lo
 	return nil
 }
 

@@ -224,3 +224,48 @@ func TestFleetRemovedSLOResolvesOnce(t *testing.T) {
 		t.Errorf("%d webhooks, want 2 firing and 2 resolved: %+v", len(h.got), h.got)
 	}
 }
+
+// TestFleetReloadWidensWindow: a reload that lengthens an SLO's window
+// (past the 3 days every SLO keeps anyway) must count the fleet's older
+// minutes, which the cache had never read.
+func TestFleetReloadWidensWindow(t *testing.T) {
+	rc := redisClient(t)
+	prefix := fmt.Sprintf("portico-test:slo:%d:", rand.Uint64())
+	defer cleanKeys(t, rc, prefix)
+	clk := newClock()
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Registerer: prometheus.NewRegistry(), Redis: rc,
+		NodeID: "node-0", KeyPrefix: prefix})
+	defer e.Close()
+	slo := func(window time.Duration) []*config.SLO {
+		return []*config.SLO{{Name: "feed", Route: "mobile/feed", Objective: 99, Window: config.Duration(window)}}
+	}
+	if err := e.Apply(slo(7 * 24 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	obs := e.Observer("mobile/feed")
+	for i := 0; i < 10; i++ {
+		obs(503, 0, clk.Now()) // five days before the reload
+	}
+	for i := 0; i < 90; i++ {
+		obs(200, 0, clk.Now())
+	}
+	if err := e.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(5 * 24 * time.Hour)
+	if err := e.Apply(slo(3 * 24 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	e.Evaluate(clk.Now())
+	if st := e.Snapshot()[0]; st.Good+st.Bad != 0 {
+		t.Fatalf("3d window counts %+v from five days ago", st)
+	}
+	clk.Advance(time.Minute)
+	if err := e.Apply(slo(7 * 24 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	e.Evaluate(clk.Now())
+	if st := e.Snapshot()[0]; st.Good != 90 || st.Bad != 10 {
+		t.Errorf("after widening the window to 7d: good %d bad %d, want 90 and 10 from Redis", st.Good, st.Bad)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/portico-gw/portico/internal/config"
@@ -55,14 +56,30 @@ func promDuration(d time.Duration) string {
 	return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
 }
 
+// leMatcher selects the histogram bucket whose upper bound is d. The
+// exposition writes a whole number of seconds as "1", which Prometheus 2
+// stores as sent, while Prometheus 3 stores every le in its float form,
+// "1.0": an exact match on either spelling finds no series on the other
+// version, and the rules would silently never alert. Other bounds are
+// spelled alike by both.
+func leMatcher(d time.Duration) string {
+	le := strconv.FormatFloat(d.Seconds(), 'g', -1, 64)
+	if strings.ContainsAny(le, ".e") {
+		return "le=" + q(le)
+	}
+	return "le=~" + q(le+"([.]0)?")
+}
+
 // errorRatio is the PromQL error ratio of c's route over range rng.
 func errorRatio(c *sloConfig, rng string) string {
 	sel := "route=" + q(c.route)
-	bad := fmt.Sprintf(`sum(rate(portico_requests_total{%s,code=~"5.."}[%s]))`, sel, rng)
+	// "or vector(0)": a route that has not answered a 5xx since the process
+	// started has no such series, and an empty sum would make the whole
+	// ratio empty, hiding its slow requests.
+	bad := fmt.Sprintf(`(sum(rate(portico_requests_total{%s,code=~"5.."}[%s])) or vector(0))`, sel, rng)
 	if c.latency > 0 {
-		le := strconv.FormatFloat(c.latency.Seconds(), 'g', -1, 64)
-		bad = fmt.Sprintf(`(%s + (sum(rate(portico_request_duration_seconds_count{%s}[%s])) - sum(rate(portico_request_duration_seconds_bucket{%s,le=%s}[%s]))))`,
-			bad, sel, rng, sel, q(le), rng)
+		bad = fmt.Sprintf(`(%s + (sum(rate(portico_request_duration_seconds_count{%s}[%s])) - sum(rate(portico_request_duration_seconds_bucket{%s,%s}[%s]))))`,
+			bad, sel, rng, sel, leMatcher(c.latency), rng)
 	}
 	return fmt.Sprintf(`%s / sum(rate(portico_requests_total{%s}[%s]))`, bad, sel, rng)
 }

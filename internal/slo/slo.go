@@ -43,7 +43,8 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// HTTPClient sends webhooks; nil means a client with a 5 s timeout.
+	// HTTPClient sends webhooks; nil means a client with a 5 s timeout that
+	// follows only the redirects that keep the POST and its body (307, 308).
 	HTTPClient *http.Client
 	// Redis enables fleet mode; nil keeps counts in this process only.
 	Redis rueidis.Client
@@ -119,8 +120,12 @@ type sloState struct {
 	// evaluated, and as last announced by webhook from this node.
 	firing    [2]bool
 	announced [2]bool
-	fleet     fleetCache
-	status    SLOStatus
+	// firingTo is the webhook this node last sent "firing" to, "" when the
+	// severity was resolved since: a reload that changes alert_webhook
+	// ends the page at the receiver that has it.
+	firingTo [2]string
+	fleet    fleetCache
+	status   SLOStatus
 }
 
 type routeTrack struct {
@@ -169,7 +174,7 @@ func NewEngine(deps Deps) *Engine {
 		e.now = time.Now
 	}
 	if e.client == nil {
-		e.client = &http.Client{Timeout: 5 * time.Second}
+		e.client = &http.Client{Timeout: 5 * time.Second, CheckRedirect: keepPOST}
 	}
 	if e.nodeID == "" {
 		host, _ := os.Hostname()
@@ -205,6 +210,20 @@ func NewEngine(deps Deps) *Engine {
 		}()
 	}
 	return e
+}
+
+// keepPOST stops at a redirect that would turn the webhook's POST into a
+// bodiless GET (301, 302, 303): a receiver answering that GET with a 200
+// would pass for a delivery, and the alert would be lost unseen. The
+// redirect's status is then the answer, retried and logged as a failure.
+func keepPOST(req *http.Request, via []*http.Request) error {
+	if req.Method != http.MethodPost {
+		return http.ErrUseLastResponse
+	}
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	return nil
 }
 
 // Apply installs the SLOs of a (re)loaded config: Prepare, then Commit.

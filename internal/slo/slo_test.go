@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -529,6 +531,7 @@ func TestRulesPromtool(t *testing.T) {
 	slos := []*config.SLO{
 		{Name: "mobile-feed-availability", Route: "mobile/feed", Objective: 99.9, Window: config.Duration(28 * 24 * time.Hour), Latency: config.Duration(300 * time.Millisecond)},
 		{Name: "posts", Route: `posts-"api"`, Objective: 99.5, Window: config.Duration(36 * time.Hour)},
+		{Name: "users-latency", Route: "users", Objective: 99, Latency: config.Duration(time.Second)}, // le matched as "1" or "1.0"
 	}
 	out, err := Rules(slos)
 	if err != nil {
@@ -536,7 +539,7 @@ func TestRulesPromtool(t *testing.T) {
 	}
 	for _, want := range []string{
 		`le=\"0.3\"`, "portico:slo_error_ratio:rate5m", "portico:slo_error_ratio:rate3d", "PorticoSLOBurnRatePage",
-		"PorticoSLOBurnRateTicket", "14.4 * 0.001", "[28d]", "[36h]", `code=~\"5..\"`,
+		"PorticoSLOBurnRateTicket", "14.4 * 0.001", "[28d]", "[36h]", `code=~\"5..\"`, `le=~\"1([.]0)?\"`,
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("rules lack %q", want)
@@ -578,4 +581,178 @@ func TestLoopEvaluatesAndStops(t *testing.T) {
 		t.Errorf("after the loop ran: %+v", st)
 	}
 	e.Close() // goleak in TestMain checks the loop is gone
+}
+
+// TestReloadChangingWebhookMovesFiringAlerts: a reload that points a firing
+// SLO at another receiver resolves the alerts at the old one (reason
+// webhook_changed) and announces them to the new one; turning the webhook
+// off resolves them where they were announced.
+func TestReloadChangingWebhookMovesFiringAlerts(t *testing.T) {
+	clk := newClock()
+	a, b := newHook(), newHook()
+	defer a.srv.Close()
+	defer b.srv.Close()
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})
+	defer e.Close()
+	apply := func(webhook string) {
+		t.Helper()
+		if err := e.Apply([]*config.SLO{{Name: "s", Route: "r", Objective: 99, AlertWebhook: webhook}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(a.srv.URL)
+	obs := e.Observer("r")
+	for i := 0; i < 100; i++ {
+		obs(503, 0, clk.Now()) // both severities fire
+	}
+	e.Evaluate(clk.Now())
+	a.wait(t, 2)
+	apply(b.srv.URL)
+	clk.Advance(10 * time.Second)
+	e.Evaluate(clk.Now())
+	e.Evaluate(clk.Now())
+	b.wait(t, 2)
+	apply("")
+	clk.Advance(10 * time.Second)
+	e.Evaluate(clk.Now())
+	a.wait(t, 4)
+	b.wait(t, 4)
+	e.Close() // a duplicate in flight would be in by now
+	check := func(name string, got []Notification) {
+		t.Helper()
+		if len(got) != 4 {
+			t.Fatalf("%s got %d webhooks, want 4: %+v", name, len(got), got)
+		}
+		for i, n := range got {
+			want, reason := "firing", ""
+			if i >= 2 {
+				want, reason = "resolved", "webhook_changed"
+			}
+			if n.State != want || n.Reason != reason {
+				t.Errorf("%s webhook %d = %+v, want %s %q", name, i, n, want, reason)
+			}
+		}
+	}
+	all := func(h *hook) []Notification {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		ns := append([]Notification(nil), h.got...)
+		sort.SliceStable(ns, func(i, j int) bool { return ns[i].Time.Before(ns[j].Time) })
+		return ns
+	}
+	check("old receiver", all(a))
+	check("new receiver", all(b))
+}
+
+// reloadOnLog runs f when the engine logs msg the first time: a reload
+// arriving in the middle of an evaluation, at a known point.
+type reloadOnLog struct {
+	slog.Handler
+	msg  string
+	once sync.Once
+	f    func()
+}
+
+func (h *reloadOnLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h *reloadOnLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(h.f)
+	}
+	return nil
+}
+
+// TestReloadDuringEvaluationLeavesNoSeries: an SLO removed while an
+// evaluation is under way loses all its portico_slo_* series, not only
+// those the evaluation had not set yet.
+func TestReloadDuringEvaluationLeavesNoSeries(t *testing.T) {
+	clk := newClock()
+	h := &reloadOnLog{Handler: slog.DiscardHandler, msg: "slo alert firing"}
+	e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now, Logger: slog.New(h)})
+	defer e.Close()
+	h.f = func() {
+		if err := e.Apply(nil); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := e.Apply([]*config.SLO{{Name: "gone", Route: "r", Objective: 99}}); err != nil {
+		t.Fatal(err)
+	}
+	obs := e.Observer("r")
+	for i := 0; i < 100; i++ {
+		obs(503, 0, clk.Now())
+	}
+	e.Evaluate(clk.Now()) // logs the page firing, and the reload removes the SLO
+	for name, g := range map[string]*prometheus.GaugeVec{"budget": e.budgetG, "burn": e.burnG, "firing": e.firingG} {
+		if n := testutil.CollectAndCount(g); n != 0 {
+			t.Errorf("%d %s series left for the removed SLO", n, name)
+		}
+	}
+}
+
+// TestWebhookRedirects: a redirect that keeps the POST (307, 308) is
+// followed; one that would turn it into a bodiless GET (301, 302, 303) is
+// a failed delivery, not a GET whose 200 passes for one.
+func TestWebhookRedirects(t *testing.T) {
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			var mu sync.Mutex
+			var atNew []string
+			old, arrived := make(chan struct{}, 10), make(chan struct{}, 10)
+			mux := http.NewServeMux()
+			mux.HandleFunc("/old", func(w http.ResponseWriter, r *http.Request) {
+				old <- struct{}{}
+				http.Redirect(w, r, "/new", code)
+			})
+			mux.HandleFunc("/new", func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				atNew = append(atNew, r.Method+" "+strconv.FormatBool(json.Valid(body)))
+				mu.Unlock()
+				arrived <- struct{}{}
+			})
+			srv := httptest.NewServer(mux)
+			defer srv.Close()
+			clk := newClock()
+			e := NewEngine(Deps{EvaluateEvery: -1, Now: clk.Now})
+			defer e.Close()
+			if err := e.Apply([]*config.SLO{{Name: "a", Route: "r", Objective: 99, AlertWebhook: srv.URL + "/old"}}); err != nil {
+				t.Fatal(err)
+			}
+			obs := e.Observer("r")
+			for i := 0; i < 100; i++ {
+				obs(503, 0, clk.Now())
+			}
+			e.Evaluate(clk.Now())
+			follows := code == 307 || code == 308
+			// Each severity's first attempt, then (when not followed) the
+			// first retry, which proves the first attempt is over.
+			want := 2
+			if !follows {
+				want = 3
+			}
+			for range want {
+				select {
+				case <-old:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the webhook was not tried")
+				}
+			}
+			for i := 0; follows && i < 2; i++ {
+				select {
+				case <-arrived:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the redirect was not followed")
+				}
+			}
+			e.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if follows && (len(atNew) != 2 || atNew[0] != "POST true" || atNew[1] != "POST true") {
+				t.Errorf("after a %d: %q, want the two notifications POSTed on", code, atNew)
+			}
+			if !follows && len(atNew) != 0 {
+				t.Errorf("after a %d: %q reached the redirect's target", code, atNew)
+			}
+		})
+	}
 }

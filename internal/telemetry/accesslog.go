@@ -1,7 +1,8 @@
 package telemetry
 
 import (
-	"bufio"
+	"bytes"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -48,11 +49,46 @@ func newAccessLog(out io.Writer, size int, dropped prometheus.Counter) *accessLo
 	return a
 }
 
+// maxBatch is how many bytes the writer gathers into one write.
+const maxBatch = 64 << 10
+
 func (a *accessLog) run() {
 	defer close(a.done)
-	bw := bufio.NewWriterSize(a.out, 64<<10)
+	batch := make([]byte, 0, maxBatch)
+	// Not a bufio.Writer: its first write error is final, which would stop
+	// the log silently until a restart. A failed write costs the lines it
+	// carried (counted as dropped); the next one is tried afresh, so a disk
+	// that was full or a pipe reader that restarted gets lines again.
+	torn := false // a failed write cut a line: the next batch ends it first
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		n, err := a.out.Write(batch)
+		if err != nil || n < len(batch) {
+			n = min(max(n, 0), len(batch))
+			lost := bytes.Count(batch[n:], []byte{'\n'})
+			if torn && n == 0 {
+				lost-- // the newline that ends the torn line is no log line
+			}
+			a.dropped.Add(float64(lost))
+			torn = (torn && n == 0) || (n > 0 && batch[n-1] != '\n')
+		} else {
+			torn = false
+		}
+		if cap(batch) > 4*maxBatch {
+			batch = make([]byte, 0, maxBatch) // do not keep a huge line's batch
+		}
+		batch = batch[:0]
+		if torn {
+			batch = append(batch, '\n')
+		}
+	}
 	write := func(b *[]byte) {
-		_, _ = bw.Write(*b)
+		if len(batch)+len(*b) > maxBatch && !(torn && len(batch) == 1) {
+			flush()
+		}
+		batch = append(batch, *b...)
 		a.put(b)
 	}
 	for {
@@ -62,7 +98,7 @@ func (a *accessLog) run() {
 			// Flush when the queue is empty so lines appear promptly at low
 			// traffic and are batched into large writes at high traffic.
 			if len(a.ch) == 0 {
-				_ = bw.Flush()
+				flush()
 			}
 		case <-a.stop:
 			for {
@@ -70,7 +106,7 @@ func (a *accessLog) run() {
 				case b := <-a.ch:
 					write(b)
 				default:
-					_ = bw.Flush()
+					flush()
 					return
 				}
 			}
@@ -105,13 +141,30 @@ func (a *accessLog) send(b *[]byte) {
 	}
 }
 
-// close stops accepting lines and waits until the queued ones are written.
-func (a *accessLog) close() {
+// closeWait bounds how long close waits for the queued lines (a variable
+// for tests): a stdout that nobody reads must not keep a stopping process
+// from exiting.
+var closeWait = 5 * time.Second
+
+// errLogBlocked is close's answer when the writer did not finish in time.
+var errLogBlocked = errors.New("access log: the writer is blocked; lines still queued are lost")
+
+// close stops accepting lines and waits until the queued ones are written,
+// or closeWait passed.
+func (a *accessLog) close() error {
+	err := error(nil)
 	a.once.Do(func() {
 		a.closed.Store(true)
 		close(a.stop)
-		<-a.done
+		t := time.NewTimer(closeWait)
+		defer t.Stop()
+		select {
+		case <-a.done:
+		case <-t.C:
+			err = errLogBlocked
+		}
 	})
+	return err
 }
 
 // SetAccessLog turns the access log on or off (logging.access_log, followed

@@ -12,6 +12,7 @@
 package telemetry
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -397,8 +398,10 @@ func (t *Telemetry) counter(rs *routeState, method, status int) prometheus.Count
 }
 
 // Close flushes the access log and the trace exporter and stops the writer
-// goroutine. Requests must have stopped.
+// goroutine. Requests must have stopped. A log writer that stays blocked
+// (a stdout nobody reads) is given up on after 5 s, with an error, so that
+// the process can still exit.
 func (t *Telemetry) Close() error {
-	t.alog.close()
-	return t.tracing.Load().shutdown()
+	err := t.alog.close()
+	return errors.Join(err, t.tracing.Load().shutdown())
 }

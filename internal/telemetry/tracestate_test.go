@@ -90,3 +90,45 @@ func TestTracestateFollowsTraceparent(t *testing.T) {
 		})
 	}
 }
+
+// TestTracestateSplitOverHeaderLines: a tracestate sent as several header
+// lines is one list (W3C Trace Context level 1, section 3.3; RFC 9110
+// section 5.3), and a continued trace passes all its entries on, in order,
+// with export on or off.
+func TestTracestateSplitOverHeaderLines(t *testing.T) {
+	for _, export := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no export", true: "export"}[export], func(t *testing.T) {
+			got := make(chan string, 1)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got <- strings.Join(r.Header.Values("Tracestate"), ",")
+			}))
+			defer up.Close()
+			tel := New(Deps{AccessLog: io.Discard})
+			if export {
+				recv := httptest.NewServer(&otlpReceiver{})
+				defer recv.Close()
+				if err := tel.ApplyTracing(&config.Tracing{OTLPEndpoint: recv.URL}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			gw := httptest.NewServer(tel.Middleware("posts-api")(proxyTo(t, tel, up.URL)))
+			defer gw.Close()
+			req, _ := http.NewRequest("GET", gw.URL, nil)
+			req.Header.Set("Traceparent", inbound)
+			req.Header.Add("Tracestate", "vendor=opaque,other=v")
+			req.Header.Add("Tracestate", "third=3")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err := tel.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if ts := <-got; ts != "vendor=opaque,other=v,third=3" {
+				t.Errorf("upstream tracestate %q, want all three entries", ts)
+			}
+		})
+	}
+}

@@ -122,6 +122,12 @@ func (tr *tracer) start(r *http.Request, route string, info *reqctx.Info) (*http
 		}
 		return r, nil
 	}
+	if ts := r.Header["Tracestate"]; len(ts) > 1 {
+		// Several header lines are one list (W3C Trace Context, section
+		// 3.3); the propagator reads the first line only, and the
+		// upstream would lose the others' entries.
+		r.Header["Tracestate"] = []string{strings.Join(ts, ",")}
+	}
 	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		// A new trace: the client's tracestate belongs to no trace the

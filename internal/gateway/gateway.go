@@ -196,7 +196,11 @@ func (g *Gateway) closeRegistries() {
 		g.store.close()
 	}
 	if g.tel != nil {
-		_ = g.tel.Close()
+		if err := g.tel.Close(); err != nil {
+			// A blocked access-log writer or a trace exporter that could
+			// not flush: what was still queued is lost, and says so.
+			g.log.Warn("closing telemetry", "err", err.Error())
+		}
 	}
 }
 

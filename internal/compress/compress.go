@@ -298,6 +298,14 @@ func (w *writer) start(next []byte) error {
 		if len(sample) < 512 && len(next) > 0 {
 			sample = append(sample, next[:min(len(next), 512-len(sample))]...)
 		}
+		if _, typed := h["Content-Type"]; typed || len(sample) == 0 {
+			// Sniffing suppressed (a nil or empty Content-Type), or a
+			// flush before any byte: the type is unknown, and net/http
+			// would send none. Labelled text/plain and encoded, a binary
+			// stream would arrive mislabelled.
+			w.pass()
+			return w.flushBuf()
+		}
 		ct := http.DetectContentType(sample)
 		h.Set("Content-Type", ct)
 		if !Compressible(ct) {
@@ -419,7 +427,7 @@ func (w *writer) finish() {
 		}
 		// Below the minimum: send as is, with its exact length.
 		h := w.rw.Header()
-		if h.Get("Content-Type") == "" && len(w.buf) > 0 {
+		if _, typed := h["Content-Type"]; !typed && len(w.buf) > 0 {
 			h.Set("Content-Type", http.DetectContentType(w.buf))
 		}
 		if h.Get("Content-Length") == "" && !w.head {

@@ -1,10 +1,14 @@
 package compress
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +104,86 @@ func TestHTTPVaryMergedWithUpstream(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A handler that flushes before writing (the proxy does for every answer
+// of unknown length) sends the header before any byte could be sniffed.
+// Without a Content-Type the type is unknown then: the answer must not be
+// labelled text/plain and encoded, as a binary stream would arrive
+// mislabelled. (net/http itself sends no Content-Type then.)
+func TestHTTPFlushBeforeBodyWithoutType(t *testing.T) {
+	t.Parallel()
+	png := append([]byte("\x89PNG\r\n\x1a\n"), bytes.Repeat([]byte{0}, 4096)...)
+	tests := []struct {
+		name string
+		set  func(http.Header)
+	}{
+		{"no Content-Type", func(http.Header) {}},
+		{"sniffing suppressed", func(h http.Header) { h["Content-Type"] = nil }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tc.set(w.Header())
+				w.WriteHeader(http.StatusOK)
+				http.NewResponseController(w).Flush()
+				_, _ = w.Write(png)
+			}))
+			resp, body := get(t, srv, "Accept-Encoding", "gzip")
+			if ce, ct := resp.Header.Get("Content-Encoding"), resp.Header.Get("Content-Type"); ce != "" || ct != "" {
+				t.Fatalf("Content-Encoding %q, Content-Type %q on a body of unknown type", ce, ct)
+			}
+			if !bytes.Equal(body, png) {
+				t.Fatal("body changed")
+			}
+		})
+	}
+}
+
+// A WebSocket handshake proxied through the stage (every coding accepted,
+// no minimum) reaches the client as the upstream's 101, and the tunnel
+// behind it carries bytes both ways: the proxy hijacks the connection
+// through the wrapper (http.ResponseController and Unwrap).
+func TestHTTPUpgradeThroughTheStage(t *testing.T) {
+	t.Parallel()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		line, _ := brw.ReadString('\n')
+		_, _ = brw.WriteString("echo " + line)
+		_ = brw.Flush()
+	}))
+	defer up.Close()
+	target, _ := url.Parse(up.URL)
+	gw := httptest.NewServer(middleware(t, all, 0)(httputil.NewSingleHostReverseProxy(target)))
+	defer gw.Close()
+	c, err := net.Dial("tcp", gw.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: gw.test\r\nAccept-Encoding: gzip, br, zstd\r\n"+
+		"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Content-Encoding") != "" || resp.Header.Get("Vary") != "" {
+		t.Fatalf("status %d, Content-Encoding %q, Vary %q", resp.StatusCode, resp.Header.Get("Content-Encoding"), resp.Header.Get("Vary"))
+	}
+	_, _ = io.WriteString(c, "hello\n")
+	if line, err := br.ReadString('\n'); line != "echo hello\n" {
+		t.Fatalf("through the tunnel: %q, %v", line, err)
 	}
 }

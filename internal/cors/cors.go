@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -314,8 +315,10 @@ func (p *policy) preflight(w http.ResponseWriter, r *http.Request, origin string
 		// Reflect rather than send "*", which means a literal header
 		// named "*" when credentials are on.
 		h["Access-Control-Allow-Headers"] = []string{strings.Join(requested, ", ")}
-	case p.allowHdrs != nil:
-		h["Access-Control-Allow-Headers"] = p.allowHdrs[:1:1]
+	default:
+		if v := p.allowHeaders(requested); v != nil {
+			h["Access-Control-Allow-Headers"] = v
+		}
 	}
 	if p.maxAge != nil {
 		h["Access-Control-Max-Age"] = p.maxAge[:1:1]
@@ -341,8 +344,36 @@ func (p *policy) firstDeniedHeader(lines []string) string {
 	return ""
 }
 
+// allowHeaders is the Access-Control-Allow-Headers value of an allowed
+// preflight: the configured names, plus any safelisted name the browser
+// asked for. It asks for one only when the value is not safelisted
+// (Content-Type: application/json), and then fails the preflight unless
+// the answer names it (Fetch standard, CORS-preflight fetch).
+func (p *policy) allowHeaders(requested []string) []string {
+	var extra []string
+	for _, line := range requested {
+		for _, name := range strings.Split(line, ",") {
+			name = strings.ToLower(strings.TrimSpace(name))
+			if safelisted(name) && !p.headers[name] && !slices.Contains(extra, name) {
+				extra = append(extra, name)
+			}
+		}
+	}
+	switch {
+	case extra == nil:
+		if p.allowHdrs == nil {
+			return nil
+		}
+		return p.allowHdrs[:1:1]
+	case p.allowHdrs != nil:
+		extra = append(p.allowHdrs[:1:1], extra...)
+	}
+	return []string{strings.Join(extra, ", ")}
+}
+
 // safelisted are the CORS-safelisted request headers (Fetch standard);
-// browsers list them in a preflight only in unusual cases.
+// browsers list them in a preflight only when their value is not
+// safelisted (a JSON Content-Type, a multi-range Range).
 func safelisted(name string) bool {
 	switch name {
 	case "accept", "accept-language", "content-language", "content-type", "range":

@@ -159,3 +159,45 @@ func TestWebSocketHandshakeOrigin(t *testing.T) {
 		})
 	}
 }
+
+// A browser lists a safelisted header in Access-Control-Request-Headers
+// only when its value is not safelisted (Content-Type: application/json,
+// a multi-range Range), and then fails the preflight unless
+// Access-Control-Allow-Headers names it (Fetch standard, CORS-preflight
+// fetch step 7.6). The stage allows such names, so it must also say so.
+func TestHTTPPreflightNamesSafelistedHeadersAskedFor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		headers   []string
+		requested string
+	}{
+		{"json body, listed headers", []string{"Authorization"}, "authorization,content-type"},
+		{"json body, no headers configured", nil, "content-type"},
+		{"several safelisted", []string{"X-Trace"}, "accept, Content-Type,range, x-trace"},
+		{"listed in the config too", []string{"Content-Type"}, "content-type"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv, reached := serveHTTP(t, &config.CORS{Origins: []string{"https://app.example.com"}, Headers: tc.headers, Methods: []string{"POST"}})
+			resp := do(t, srv, "OPTIONS", "Origin", "https://app.example.com",
+				"Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", tc.requested)
+			if resp.StatusCode != http.StatusNoContent || reached.Load() != 0 {
+				t.Fatalf("status %d, upstream reached %d times", resp.StatusCode, reached.Load())
+			}
+			allowed := map[string]int{}
+			for _, line := range resp.Header.Values("Access-Control-Allow-Headers") {
+				for name := range strings.SplitSeq(line, ",") {
+					allowed[strings.ToLower(strings.TrimSpace(name))]++
+				}
+			}
+			for name := range strings.SplitSeq(tc.requested, ",") {
+				if name = strings.ToLower(strings.TrimSpace(name)); allowed[name] != 1 {
+					t.Errorf("Allow-Headers %q names %q %d times, want once: the browser fails the preflight",
+						resp.Header.Values("Access-Control-Allow-Headers"), name, allowed[name])
+				}
+			}
+		})
+	}
+}

@@ -110,7 +110,7 @@ func TestPreflight(t *testing.T) {
 		allowHdr string
 	}{
 		{"allowed", appCfg, []string{"Origin", "https://app.example.com", "Access-Control-Request-Method", "PUT",
-			"Access-Control-Request-Headers", "authorization, X-Trace, content-type"}, 204, "", "Authorization, X-Trace"},
+			"Access-Control-Request-Headers", "authorization, X-Trace, content-type"}, 204, "", "Authorization, X-Trace, content-type"},
 		{"allowed without headers", appCfg, []string{"Origin", "https://a.example.org", "Access-Control-Request-Method", "GET"}, 204, "", "Authorization, X-Trace"},
 		{"origin denied", appCfg, []string{"Origin", "https://evil.test", "Access-Control-Request-Method", "GET"}, 403, "cors_origin_denied", ""},
 		{"method denied", appCfg, []string{"Origin", "https://app.example.com", "Access-Control-Request-Method", "DELETE"}, 403, "cors_method_denied", ""},

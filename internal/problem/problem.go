@@ -86,8 +86,12 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// noStore is shared by every error response; capped so an append copies.
+var noStore = []string{"no-store"}
+
 // Write renders e to w. Headers the caller set before (Allow, Retry-After,
-// WWW-Authenticate) are kept. A gRPC request gets the status as grpc-status
+// WWW-Authenticate, Cache-Control) are kept; without a Cache-Control the
+// answer gets "no-store". A gRPC request gets the status as grpc-status
 // instead of a body.
 func Write(w http.ResponseWriter, r *http.Request, e *Error) {
 	status := e.Status
@@ -112,6 +116,13 @@ func Write(w http.ResponseWriter, r *http.Request, e *Error) {
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Del("Content-Encoding")
+	if _, ok := h["Cache-Control"]; !ok {
+		// The answer holds for this request only (its request_id, a
+		// route missing until a reload, a busy upstream), and 404, 405,
+		// 414 and 501 are heuristically cacheable (RFC 9111 section
+		// 4.2.2). A value the caller set (response_headers) stays.
+		h["Cache-Control"] = noStore[:1:1]
+	}
 	if e.RetryAfter > 0 && h.Get("Retry-After") == "" {
 		h.Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
 	}

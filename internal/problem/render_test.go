@@ -79,3 +79,36 @@ type fakeAddr string
 
 func (a fakeAddr) Network() string { return "tcp" }
 func (a fakeAddr) String() string  { return string(a) }
+
+// TestHTTPErrorsAreNotStored: the gateway's errors describe one request at
+// one moment (a route missing until the next reload, a full upstream, the
+// request id in the body), yet 404, 405, 414 and 501 are heuristically
+// cacheable (RFC 9111 section 4.2.2) and shared caches do store them
+// without a Cache-Control. A Cache-Control the caller set (response_headers)
+// stays.
+func TestHTTPErrorsAreNotStored(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cc := r.URL.Query().Get("cc"); cc != "" {
+			w.Header().Set("Cache-Control", cc)
+		}
+		status, _ := strconv.Atoi(r.URL.Query().Get("status"))
+		Write(w, r, New(status, "x", "no"))
+	}))
+	defer srv.Close()
+	for _, tc := range []struct{ query, want string }{
+		{"status=404", "no-store"},
+		{"status=405", "no-store"},
+		{"status=503", "no-store"},
+		{"status=404&cc=max-age%3D5", "max-age=5"},
+	} {
+		resp, err := srv.Client().Get(srv.URL + "/?" + tc.query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if got := strings.Join(resp.Header.Values("Cache-Control"), ", "); got != tc.want {
+			t.Errorf("%s: Cache-Control %q, want %q", tc.query, got, tc.want)
+		}
+	}
+}

@@ -316,6 +316,12 @@ func (w *writer) start(next []byte) error {
 	addVary(h)
 	h.Del("Content-Length")
 	h.Del("Accept-Ranges") // byte ranges of the encoded body are not offered
+	// Digests of the upstream's bytes (RFC 9530, and RFC 3230's Digest)
+	// would not match the encoded ones: a client checking them would
+	// refuse a sound body.
+	h.Del("Content-Digest")
+	h.Del("Repr-Digest")
+	h.Del("Digest")
 	h.Set("Content-Encoding", w.coding)
 	// The encoded representation is another one: a strong validator of
 	// the identity body must not claim byte equality with it.

@@ -187,3 +187,30 @@ func TestHTTPUpgradeThroughTheStage(t *testing.T) {
 		t.Fatalf("through the tunnel: %q, %v", line, err)
 	}
 }
+
+// The upstream's digests are of its identity bytes: on an encoded answer
+// they would fail a client's integrity check, so they go; an answer
+// passed as is keeps them.
+func TestHTTPDigestsDroppedWhenEncoding(t *testing.T) {
+	t.Parallel()
+	srv := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Digest", "sha-256=:AAAA:")
+		w.Header().Set("Repr-Digest", "sha-256=:BBBB:")
+		w.Header().Set("Digest", "SHA-256=CCCC")
+		_, _ = w.Write(jsonBody)
+	}))
+	resp, _ := get(t, srv, "Accept-Encoding", "gzip")
+	if resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("not encoded: %v", resp.Header)
+	}
+	for _, k := range []string{"Content-Digest", "Repr-Digest", "Digest"} {
+		if v := resp.Header.Get(k); v != "" {
+			t.Errorf("encoded answer carries the identity body's %s %q", k, v)
+		}
+	}
+	resp, _ = get(t, srv, "Accept-Encoding", "identity")
+	if resp.Header.Get("Content-Digest") == "" || resp.Header.Get("Digest") == "" {
+		t.Errorf("an answer passed as is lost its digests: %v", resp.Header)
+	}
+}

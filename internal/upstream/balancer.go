@@ -35,6 +35,9 @@ type pickCtx struct {
 	now          int64
 	tried        uint64 // bit i: target i was tried by this request (i < 64)
 	ignoreHealth bool   // panic mode: all targets down, all_unhealthy: ignore
+	// ignoreEjection: every healthy target is ejected (others went down
+	// after the ejections); a failing target beats none.
+	ignoreEjection bool
 }
 
 func (c pickCtx) ok(i int) bool {
@@ -45,7 +48,7 @@ func (c pickCtx) ok(i int) bool {
 		return true
 	}
 	t := c.targets[i]
-	return t.healthy.Load() && t.ejectedUntil.Load() <= c.now
+	return t.healthy.Load() && (t.ejectedUntil.Load() <= c.now || c.ignoreEjection)
 }
 
 // newBalancer is the one place a balance name becomes an implementation.
@@ -133,7 +136,7 @@ func (b *leastRequest) draw() int {
 }
 
 // drawTries bounds the redraws when draws hit ineligible targets before
-// falling back to a scan.
+// falling back to a weighted draw among the eligible ones.
 const drawTries = 4
 
 func (b *leastRequest) pick(_ *http.Request, c pickCtx) int {
@@ -152,33 +155,57 @@ func (b *leastRequest) pick(_ *http.Request, c pickCtx) int {
 		}
 	}
 	if x < 0 {
-		return b.scan(c)
+		if x = b.among(c, -1); x < 0 {
+			return -1
+		}
 	}
+	y := -1
 	for range drawTries {
-		if y := b.draw(); y != x && c.ok(y) {
-			if c.targets[y].inflight.Load() < c.targets[x].inflight.Load() {
-				return y
-			}
+		if i := b.draw(); i != x && c.ok(i) {
+			y = i
+			break
+		}
+	}
+	if y < 0 {
+		if y = b.among(c, x); y < 0 {
 			return x
 		}
 	}
-	return b.scan(c)
+	if c.targets[y].inflight.Load() < c.targets[x].inflight.Load() {
+		return y
+	}
+	return x
 }
 
-// scan returns the eligible target with the fewest requests in flight per
-// unit of weight, for when random draws keep hitting ineligible targets.
-func (b *leastRequest) scan(c pickCtx) int {
-	best := -1
+// among draws an eligible target other than skip with probability
+// proportional to its weight, or returns -1 when there is none: for when
+// random draws keep hitting ineligible targets. Each of the two draws of
+// pick keeps its distribution whichever way it was made, so an idle pool's
+// shares follow the weights however many targets are out (a scan for the
+// least loaded would send all of an idle pool's traffic to one target).
+func (b *leastRequest) among(c pickCtx, skip int) int {
+	total := 0
 	for i, w := range b.weights {
-		if !c.ok(i) {
-			continue
-		}
-		if best < 0 || (c.targets[i].inflight.Load()+1)*int64(b.weights[best]) <
-			(c.targets[best].inflight.Load()+1)*int64(w) {
-			best = i
+		if i != skip && c.ok(i) {
+			total += w
 		}
 	}
-	return best
+	if total == 0 {
+		return -1
+	}
+	r := rand.IntN(total)
+	last := -1
+	for i, w := range b.weights {
+		if i == skip || !c.ok(i) {
+			continue
+		}
+		if r < w {
+			return i
+		}
+		r -= w
+		last = i
+	}
+	return last // a target that turned ineligible since the sum
 }
 
 // weightedRandom picks each eligible target with probability weight/total.

@@ -225,6 +225,9 @@ type h1Exchange struct {
 	// above then enforce. Set for a caller that may read an answer after
 	// its context's deadline passed (Call.Wait).
 	cancelOnly bool
+	// noDial: send takes an idle connection or fails with errMustDial,
+	// rather than dial on the caller's goroutine (Call.send).
+	noDial bool
 }
 
 // send takes a connection for req and writes req on it, within x.deadline.
@@ -247,7 +250,7 @@ func (c *h1Client) send(x *h1Exchange, req *http.Request, fields *headFields) er
 		// The resend dials: the server that closed one idle connection has
 		// often closed the others too (a restart), and one of those would
 		// fail the resend as well.
-		pc, reused, err := c.get(ctx, host, x.deadline, x.again)
+		pc, reused, err := c.get(ctx, host, x.deadline, x.again, x.noDial)
 		if err != nil {
 			return err
 		}
@@ -367,7 +370,9 @@ func (c *h1Client) read(ctx context.Context, x *h1Exchange, req *http.Request) (
 				return nil, true, err
 			}
 		}
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+		if resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			// Final, as Go's transport reads it: a status below 100 too
+			// (the proxy fails it), rather than a wait for another answer.
 			break
 		}
 		// An informational answer (103 Early Hints) goes to the trace hook
@@ -482,9 +487,14 @@ func (b *h1Body) Close() error {
 	return nil
 }
 
+// errMustDial is send's error, asked not to dial, when no idle
+// connection to the host is left.
+var errMustDial = errors.New("upstream: no idle connection to send on")
+
 // get returns an idle connection to host (reused) or dials a new one,
-// within deadline unless it is zero; with fresh, it always dials.
-func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fresh bool) (pc *h1Conn, reused bool, err error) {
+// within deadline unless it is zero; with fresh, it always dials; with
+// noDial (and not fresh), it fails with errMustDial instead.
+func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fresh, noDial bool) (pc *h1Conn, reused bool, err error) {
 	now := time.Now()
 	for !fresh {
 		c.mu.Lock()
@@ -504,6 +514,9 @@ func (c *h1Client) get(ctx context.Context, host string, deadline time.Time, fre
 		}
 		pc.bodiless = false
 		return pc, true, nil
+	}
+	if noDial && !fresh {
+		return nil, false, errMustDial
 	}
 	addr := host
 	if !strings.Contains(addr, ":") || strings.HasSuffix(addr, "]") {

@@ -303,7 +303,10 @@ func (p *Pool) final(rb *replay, res *http.Response, err error) (*http.Response,
 }
 
 // pick asks the balancer for an untried eligible target, then for any
-// eligible one, then (panic mode) for any target at all.
+// eligible one; when none is, for a healthy one although ejected (passive
+// ejection never takes the last eligible target, but active checks may
+// take the others down while it is ejected: it still beats a 503), then
+// (panic mode) for any target at all. Each step prefers untried targets.
 func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
 	c := pickCtx{targets: p.targets, now: now, tried: tried}
 	if i := p.bal.pick(req, c); i >= 0 {
@@ -315,11 +318,20 @@ func (p *Pool) pick(req *http.Request, now int64, tried uint64) int {
 			return i
 		}
 	}
+	c.ignoreEjection, c.tried = true, tried
+	if i := p.pickAny(req, c); i >= 0 {
+		return i
+	}
 	if !p.ignoreAllDown {
 		return -1
 	}
 	c.ignoreHealth, c.tried = true, tried
-	if i := p.bal.pick(req, c); i >= 0 {
+	return p.pickAny(req, c)
+}
+
+// pickAny picks an untried target c allows, else any that c allows.
+func (p *Pool) pickAny(req *http.Request, c pickCtx) int {
+	if i := p.bal.pick(req, c); i >= 0 || c.tried == 0 {
 		return i
 	}
 	c.tried = 0
@@ -766,7 +778,9 @@ func (p *Pool) retryable(ctx context.Context, req *http.Request, res *http.Respo
 			return false
 		}
 	}
-	if !rb.canReplay(dial) {
+	if !rb.canReplay(dial) || p.budget <= 0 {
+		// retry_budget: 0 allows none; the floor below is for a quiet
+		// upstream under a budget, not for one without.
 		return false
 	}
 	reqs, rets := p.up.budget.sum(now)

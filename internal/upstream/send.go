@@ -64,6 +64,10 @@ type Call struct {
 	err     error // the first attempt failed before its answer could be read
 	ended   bool  // the trip ended in Send: tr.res, tr.err are its result
 	waited  bool
+	// dialed, when set, is closed once the goroutine that dials the
+	// attempt's connection and writes its request is done (err is then
+	// its result).
+	dialed chan struct{}
 }
 
 // CanSend reports whether Send takes requests with method: bodiless GET,
@@ -95,7 +99,9 @@ func (p *Pool) allLean() bool {
 
 // Send writes req to one of the pool's targets and returns without waiting
 // for the answer, which Wait reads; so one goroutine can have all the
-// requests of a fan-out on their way before it reads the first answer.
+// requests of a fan-out on their way before it reads the first answer. A
+// request that needs a new connection is written by a goroutine that
+// dials it, so that a slow dial does not delay the caller's next Send.
 // When req cannot be sent so (see CanSend; also a request whose header
 // asks to upgrade or to expect 100-continue), ok is false and nothing
 // happened: the caller uses RoundTrip.
@@ -173,12 +179,27 @@ func (c *Call) send(fields *headFields, invalid error) {
 		c.err = invalid // never sent, as RoundTrip would not
 		return
 	}
+	x.noDial = true
 	c.err = p.tr.h1.send(x, out, fields)
+	if c.err == errMustDial {
+		// A dial takes a round trip, and up to connect_timeout when the
+		// target's host went away: on a goroutine of its own, so that the
+		// calls the caller sends next are not held up behind it. Warm
+		// connections, the common case, never come here.
+		x.noDial = false
+		f := *fields
+		done := make(chan struct{})
+		c.dialed = done
+		go func() {
+			defer close(done)
+			c.err = p.tr.h1.send(x, out, &f)
+		}()
+	}
 }
 
 // lateGrace is how long Wait, called after a deadline passed, waits for
-// an answer of which nothing has arrived (or, where the socket cannot be
-// looked at, for the rest of one that has begun to arrive).
+// an answer where the socket cannot be looked at. Where it can, an answer
+// of which nothing has arrived fails at once: what comes now is late.
 const lateGrace = time.Millisecond
 
 // arrivedGrace is how long Wait, called after a deadline passed, gives an
@@ -188,14 +209,21 @@ const lateGrace = time.Millisecond
 // pass before the read of an answer that came in time even starts.
 const arrivedGrace = 100 * time.Millisecond
 
+// arrivalSlack is the precision of the kernel's record of when an answer
+// arrived (lastReceived): its clock ticks every 1 to 10 ms. An answer
+// recorded as arriving within it after its deadline is taken.
+const arrivalSlack = 10 * time.Millisecond
+
 var errWaitedTwice = errors.New("upstream: Call.Wait called twice")
 
 // Wait reads the answer to the request Send wrote, retrying as RoundTrip
-// does, and returns what RoundTrip would have returned; but for one thing:
-// called after a deadline passed (the attempt's or the caller's), it takes
-// an answer that is already there, since it cannot tell whether it came in
-// time, and fails at once otherwise. Only the time the caller kept it
-// waiting made it late.
+// does, and returns what RoundTrip would have returned. Called after a
+// deadline passed (the attempt's or the caller's), it takes an answer that
+// arrived before the deadline (only the time the caller kept it waiting
+// made it late) and fails one that arrived after it, as RoundTrip would
+// have, or that has not arrived. When it comes is the kernel's record of
+// the connection's last received data (Linux, within arrivalSlack); where
+// there is none, an answer that is there is taken.
 func (c *Call) Wait() (*http.Response, error) {
 	if c.waited {
 		return nil, errWaitedTwice
@@ -223,19 +251,32 @@ func (c *Call) Step() bool {
 // attempt.
 func (c *Call) step() {
 	p, tr, x := c.p, &c.tr, &c.x
+	if c.dialed != nil {
+		<-c.dialed
+		c.dialed = nil
+	}
 	var res *http.Response
 	err := c.err
 	if err == nil {
 		if now := time.Now(); !x.deadline.IsZero() && !now.Before(x.deadline) && tr.ctx.Err() != context.Canceled {
 			// The deadline (the attempt's or the caller's) passed while
 			// the caller was busy, reading other answers: an answer that
-			// arrived meanwhile is still taken, one that did not fails at
-			// once. Past the caller's own deadline, so does its body.
+			// arrived before it is still taken, one that came after it or
+			// not at all fails at once. Past the caller's own deadline, so
+			// does its body.
 			late := now.Add(arrivedGrace)
 			if x.pc.br.Buffered() == 0 {
 				x.pc.setDeadline(late) // a look at the socket needs a deadline ahead
-				if yes, _ := arrived(x.pc.conn); !yes {
+				if yes, known := arrived(x.pc.conn); !yes {
 					late = now.Add(lateGrace)
+					if known {
+						// Not there: what comes from now on is late.
+						late = aLongTimeAgo
+					}
+				} else if at, ok := lastReceived(x.pc.conn, now); ok && at.After(x.deadline.Add(arrivalSlack)) {
+					// It came after the deadline, and RoundTrip would
+					// have failed it there: fail it as late.
+					late = aLongTimeAgo
 				}
 			}
 			x.deadline = late

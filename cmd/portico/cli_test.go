@@ -18,6 +18,10 @@ func TestExitCodes(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("version: 1\nrouts: []\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("version: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args   []string
 		code   int
@@ -36,6 +40,12 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"validate", "-c", bad}, 1, bad + ":2:"},
 		{[]string{"run", "-c", bad}, 1, bad + ":2:"},
 		{[]string{"validate", "--config", bad}, 1, bad + ":2:"},
+		// A second file without its own -c, and a flag after it, were
+		// silently dropped: the good file alone validated.
+		{[]string{"validate", "-c", good, bad}, 2, `unexpected argument "` + bad + `"`},
+		{[]string{"run", "-c", bad, good, "--watch"}, 2, `unexpected argument "` + good + `"`},
+		{[]string{"slo", "rules", "-c", good, bad}, 2, `unexpected argument "` + bad + `"`},
+		{[]string{"validate", good}, 2, `unexpected argument "` + good + `"`},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -55,22 +57,21 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, accessLog bool, read
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := socialfeed.WriteConfigs(dir); err != nil {
+	if err := writeDemoConfigs(dir, accessLog); err != nil {
 		return err
 	}
 	cfg, err := config.Load(dir)
 	if err != nil {
 		return err
 	}
-	if !accessLog {
-		off := false
-		cfg.Logging.AccessLog = &off
-	}
 	token, err := idp.Token("alice", "feed:read posts:read", 24*time.Hour)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, gateway.Options{Paths: []string{dir}, Logger: logger, AccessLog: stdout, Version: buildVersion()}, false,
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return serve(ctx, cfg, gateway.Options{Paths: []string{dir}, Logger: logger, AccessLog: stdout, Version: buildVersion()}, hup, false,
 		func(gw *gateway.Gateway, ls *gateway.Listeners) {
 			waitReady(ls.Public.Addr().String())
 			printDemo(stdout, ls, token, dir)
@@ -78,6 +79,32 @@ func runDemo(ctx context.Context, stdout, stderr io.Writer, accessLog bool, read
 				ready(gw, token)
 			}
 		})
+}
+
+// writeDemoConfigs writes the demo's config files into dir with the access
+// log as --access-log asks. The choice goes into the files rather than the
+// loaded config so that a reload (which the demo invites) keeps it.
+func writeDemoConfigs(dir string, accessLog bool) error {
+	if err := socialfeed.WriteConfigs(dir); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "platform.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	const off, on = "\n  access_log: false\n", "\n  access_log: true\n"
+	want, other := off, on
+	if accessLog {
+		want, other = on, off
+	}
+	if !bytes.Contains(b, []byte(want)) {
+		if !bytes.Contains(b, []byte(other)) {
+			return fmt.Errorf("%s sets no logging.access_log for --access-log to change", path)
+		}
+		b = bytes.Replace(b, []byte(other), []byte(want), 1)
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 func waitReady(addr string) {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/portico-gw/portico/internal/config"
 	"github.com/portico-gw/portico/internal/gateway"
 )
 
@@ -51,5 +52,25 @@ func TestDemoCommandsPasteIntoAnyShell(t *testing.T) {
 	}
 	if curls == 0 {
 		t.Fatalf("no curl commands printed:\n%s", out.String())
+	}
+}
+
+// TestDemoAccessLogFlag: `portico demo --access-log` turns the access log on
+// and the default leaves it off, also after a reload (which reads the
+// files again). The demo's platform file says access_log: false, which the
+// flag used to leave in force, so the flag did nothing.
+func TestDemoAccessLogFlag(t *testing.T) {
+	for _, want := range []bool{true, false} {
+		dir := t.TempDir()
+		if err := writeDemoConfigs(dir, want); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Logging.AccessLog; got == nil || *got != want {
+			t.Errorf("--access-log=%v: logging.access_log is %v", want, got)
+		}
 	}
 }

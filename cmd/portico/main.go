@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -145,6 +146,13 @@ func parseFlags(fs *flag.FlagSet, synopsis string, args []string, stdout, stderr
 		usage(stderr) // after the error line flag printed
 		return 2, false
 	}
+	if fs.NArg() > 0 {
+		// Parsing stops at the first argument that is not a flag, so
+		// `-c a.yaml b.yaml --watch` would drop b.yaml and --watch unseen.
+		fmt.Fprintf(stderr, "unexpected argument %q (every config file or directory needs its own -c)\n", fs.Arg(0))
+		usage(stderr)
+		return 2, false
+	}
 	return 0, true
 }
 
@@ -207,18 +215,34 @@ func cmdSLORules(args []string, stdout, stderr io.Writer) int {
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: parseLevel(level)}))
+}
+
+func parseLevel(level string) slog.Level {
 	switch level {
 	case "debug":
-		l = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		l = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		l = slog.LevelError
-	default:
-		l = slog.LevelInfo
+		return slog.LevelError
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	return slog.LevelInfo
+}
+
+// configLevel is the process log's level: logging.level of the config in
+// force, read at each log call, so that every kind of reload (SIGHUP,
+// --watch, POST /admin/reload) changes it as it changes the rest.
+type configLevel struct {
+	start slog.Level // until the gateway exists
+	gw    atomic.Pointer[gateway.Gateway]
+}
+
+func (l *configLevel) Level() slog.Level {
+	if gw := l.gw.Load(); gw != nil {
+		return parseLevel(gw.Config().Logging.Level)
+	}
+	return l.start
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
@@ -229,12 +253,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
+	// SIGHUP is caught from here on: its default action ends the process,
+	// and a reload asked for while the gateway starts (connecting to Redis,
+	// say) must not kill it. serve reloads once for it when it listens.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := config.Load(paths...)
 	if err != nil {
 		fmt.Fprintln(stderr, strings.TrimRight(err.Error(), "\n"))
 		return 1
 	}
-	logger := newLogger(stderr, cfg.Logging.Level)
+	level := &configLevel{start: parseLevel(cfg.Logging.Level)}
+	logger := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 	// The first SIGTERM or SIGINT starts the drain; the default action is
 	// restored before it starts, so a second one ends the process at once
 	// instead of waiting out shutdown_timeout.
@@ -251,7 +282,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		case <-ctx.Done():
 		}
 	}()
-	err = serve(ctx, cfg, gateway.Options{Paths: paths, Logger: logger, AccessLog: stdout, Version: buildVersion()}, watch, nil)
+	err = serve(ctx, cfg, gateway.Options{Paths: paths, Logger: logger, AccessLog: stdout, Version: buildVersion()}, hup, watch,
+		func(gw *gateway.Gateway, _ *gateway.Listeners) { level.gw.Store(gw) })
 	if err != nil {
 		logger.Error("portico stopped", "err", err.Error())
 		return 1
@@ -259,9 +291,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve runs a gateway until ctx is done: SIGHUP reloads, --watch reloads on
-// file changes. ready, when set, is called with the gateway once it listens.
-func serve(ctx context.Context, cfg *config.Config, opts gateway.Options, watch bool, ready func(*gateway.Gateway, *gateway.Listeners)) error {
+// serve runs a gateway until ctx is done: a value on hup (SIGHUP, caught
+// by the caller; nil for none) reloads, --watch reloads on file changes.
+// ready, when set, is called with the gateway once it listens.
+func serve(ctx context.Context, cfg *config.Config, opts gateway.Options, hup <-chan os.Signal, watch bool, ready func(*gateway.Gateway, *gateway.Listeners)) error {
 	gw, err := gateway.New(cfg, opts)
 	if err != nil {
 		return err
@@ -271,9 +304,6 @@ func serve(ctx context.Context, cfg *config.Config, opts gateway.Options, watch 
 	if err != nil {
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

@@ -50,6 +50,14 @@ type proc struct {
 // log line, which names the listen and admin addresses.
 func startPortico(t *testing.T, bin, cfg string) *proc {
 	t.Helper()
+	p := launchPortico(t, bin, cfg)
+	p.waitServing(t)
+	return p
+}
+
+// launchPortico runs `portico run -c cfg` without waiting for anything.
+func launchPortico(t *testing.T, bin, cfg string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(bin, "run", "-c", cfg), notify: make(chan struct{}, 1), exited: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -79,13 +87,19 @@ func startPortico(t *testing.T, bin, cfg string) *proc {
 			t.Logf("portico stderr:\n%s", p.log())
 		}
 	})
+	return p
+}
+
+// waitServing waits for the "portico serving" log line and takes the
+// listen and admin addresses from it.
+func (p *proc) waitServing(t *testing.T) {
+	t.Helper()
 	line := p.waitLog(t, "portico serving", 30*time.Second)
 	var rec struct{ Listen, Admin string }
 	if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Listen == "" || rec.Admin == "" {
 		t.Fatalf("serving line %q: %v", line, err)
 	}
 	p.listen, p.admin = rec.Listen, rec.Admin
-	return p
 }
 
 func (p *proc) log() string {
@@ -338,4 +352,128 @@ func TestProcessVersion(t *testing.T) {
 	if len(f) != 4 || f[0] != "portico" || f[1] != "v9.8.7" || !strings.HasPrefix(f[2], "go") || !strings.Contains(f[3], "/") {
 		t.Fatalf("portico version printed %q", out)
 	}
+}
+
+// TestProcessSIGHUPWhileStarting: a SIGHUP that arrives before the gateway
+// listens must not end the process (SIGHUP's default action); it is kept
+// and reloads the config once the gateway serves. The config is a FIFO, so
+// the test knows when portico is reading it and can signal right then.
+func TestProcessSIGHUPWhileStarting(t *testing.T) {
+	bin := buildPortico(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	t.Cleanup(up.Close)
+	dir := t.TempDir()
+	staged := filepath.Join(dir, "staged.yaml")
+	writeConfig(t, staged, up.URL, "", "/a")
+	content, err := os.ReadFile(staged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "portico.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	// feed writes the config into the FIFO once portico opens it to read;
+	// opened reports that moment. A reader opened here on cleanup frees a
+	// writer still waiting for one.
+	feed := func() (opened, done <-chan error) {
+		o, d := make(chan error, 1), make(chan error, 1)
+		go func() {
+			w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			o <- err
+			if err != nil {
+				d <- err
+				return
+			}
+			_, err = w.Write(content)
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			d <- err
+		}()
+		return o, d
+	}
+	opened, done := feed()
+	t.Cleanup(func() {
+		if r, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
+			r.Close()
+		}
+	})
+
+	p := launchPortico(t, bin, fifo)
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-p.exited:
+		t.Fatalf("portico exited (%v) before reading its config", p.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("portico did not open its config")
+	}
+	// Portico is in the middle of loading its config: ask for a reload now.
+	p.signal(t, syscall.SIGHUP)
+	if err := <-done; err != nil {
+		t.Fatalf("writing the config: %v", err)
+	}
+	p.waitServing(t)
+	if s := statusOf(t, "http://"+p.listen+"/a"); s != 200 {
+		t.Fatalf("/a: %d", s)
+	}
+	// The SIGHUP kept from start-up reloads, reading the FIFO again.
+	_, done = feed()
+	p.waitLog(t, "config reloaded", 30*time.Second)
+	if err := <-done; err != nil {
+		t.Fatalf("writing the config again: %v", err)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.waitExit(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+}
+
+// TestProcessReloadAppliesLogLevel: logging.level reloads like the rest of
+// the config. It was read once at start, so a reload to level error still
+// logged at info: here the drain's info lines must be gone after it.
+func TestProcessReloadAppliesLogLevel(t *testing.T) {
+	bin := buildPortico(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	t.Cleanup(up.Close)
+	cfg := filepath.Join(t.TempDir(), "portico.yaml")
+	writeConfig(t, cfg, up.URL, "", "/a")
+	p := startPortico(t, bin, cfg)
+
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := strings.Replace(string(b), "logging:\n", "logging:\n  level: error\n", 1)
+	if err := os.WriteFile(cfg, []byte(quiet), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP)
+	// The reload is seen in the metrics, whatever the log level.
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(get(t, "http://"+p.admin+"/metrics"), `portico_config_reloads_total{result="success"} 1`) {
+		if time.Now().After(deadline) {
+			t.Fatal("no successful reload counted")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.waitExit(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0", code)
+	}
+	if l := p.findLog(`"msg":"draining"`); l != "" {
+		t.Errorf("logged at info after a reload to level error: %s", l)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	r := <-getAsync(url)
+	if r.err != nil {
+		t.Fatalf("GET %s: %v", url, r.err)
+	}
+	return r.body
 }

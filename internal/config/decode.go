@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
@@ -45,7 +46,7 @@ type decoder struct {
 	errs    *Errors
 	pos     map[string]pos
 	failed  map[string]bool
-	anchors map[string]ast.Node
+	anchors map[string][]anchorDef // by name, in document order
 	fields  map[reflect.Type]map[string]int
 	depth   int
 	work    int  // values decoded, see maxWork
@@ -104,9 +105,6 @@ func (d *decoder) resolve(n ast.Node) ast.Node {
 	for range maxDepth {
 		switch t := n.(type) {
 		case *ast.AnchorNode:
-			if name, ok := t.Name.(*ast.StringNode); ok {
-				d.anchors[name.Value] = t.Value
-			}
 			n = t.Value
 		case *ast.TagNode:
 			n = t.Value
@@ -115,8 +113,8 @@ func (d *decoder) resolve(n ast.Node) ast.Node {
 			if t.Value != nil {
 				name = t.Value.GetToken().Value
 			}
-			target, ok := d.anchors[name]
-			if !ok {
+			target := aliasTarget(d.anchors[name], t.GetToken().Position)
+			if target == nil {
 				return nil
 			}
 			n = target
@@ -125,6 +123,30 @@ func (d *decoder) resolve(n ast.Node) ast.Node {
 		}
 	}
 	return nil
+}
+
+// anchorDef is one definition of an anchor name and where it starts.
+type anchorDef struct {
+	line, col int
+	node      ast.Node
+}
+
+// aliasTarget returns the node an alias at p refers to: the latest
+// definition of its name before p, as YAML has it when a name is defined
+// twice. An alias before every definition gets the first one, as it
+// always has here.
+func aliasTarget(defs []anchorDef, p *token.Position) ast.Node {
+	if len(defs) == 0 {
+		return nil
+	}
+	target := defs[0].node
+	for _, def := range defs[1:] {
+		if p == nil || def.line > p.Line || def.line == p.Line && def.col > p.Column {
+			break
+		}
+		target = def.node
+	}
+	return target
 }
 
 func kindOf(n ast.Node) string {
@@ -319,24 +341,31 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 	case reflect.Int, reflect.Int64, reflect.Int32:
 		var n int64
 		var err error
+		text := ""
 		switch t := node.(type) {
 		case *ast.IntegerNode:
+			text = t.GetToken().Value
 			switch x := t.Value.(type) {
 			case int64:
 				n = x
 			case uint64:
 				if x > math.MaxInt64 {
-					err = fmt.Errorf("overflow")
+					err = strconv.ErrRange
 				}
 				n = int64(x)
 			}
 		default:
-			text, _, ok := d.scalar(node, field)
-			if !ok {
+			var ok bool
+			if text, _, ok = d.scalar(node, field); !ok {
 				d.typeError(orig, node, field, "an integer")
 				return
 			}
 			n, err = strconv.ParseInt(strings.TrimSpace(text), 10, 64)
+		}
+		if errors.Is(err, strconv.ErrRange) {
+			// Otherwise it reads "expected an integer, got an integer".
+			d.fail(node, field, "integer %s out of range", strings.TrimSpace(text))
+			return
 		}
 		if err != nil {
 			d.typeError(orig, node, field, "an integer")
@@ -367,6 +396,10 @@ func (d *decoder) decode(node ast.Node, v reflect.Value, field string, allocNull
 			var err error
 			if ok {
 				f, err = strconv.ParseFloat(strings.TrimSpace(text), 64)
+			}
+			if errors.Is(err, strconv.ErrRange) {
+				d.fail(node, field, "number %s out of range", strings.TrimSpace(text))
+				return
 			}
 			if !ok || err != nil {
 				d.typeError(orig, node, field, "a number")

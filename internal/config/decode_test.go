@@ -16,7 +16,14 @@ func TestWrongTypes(t *testing.T) {
 		{"int gets string", "rate_limits: {expected_nodes: many}", `rate_limits.expected_nodes: expected an integer, got "many"`},
 		{"int gets float", "rate_limits: {expected_nodes: 1.5}", `rate_limits.expected_nodes: expected an integer, got a number`},
 		{"int gets bool", "rate_limits: {expected_nodes: true}", `rate_limits.expected_nodes: expected an integer, got a boolean`},
-		{"int overflow", "rate_limits: {expected_nodes: 99999999999999999999}", `rate_limits.expected_nodes: expected an integer`},
+		{"int overflow", "rate_limits: {expected_nodes: 99999999999999999999}", `rate_limits.expected_nodes: integer 99999999999999999999 out of range`},
+		// Above int64 but within uint64 the parser gives an integer node,
+		// which read "expected an integer, got an integer".
+		{"int overflow uint64", "rate_limits: {expected_nodes: 9223372036854775808}", `test.yaml:2:31: rate_limits.expected_nodes: integer 9223372036854775808 out of range`},
+		{"int underflow", "rate_limits: {expected_nodes: -9223372036854775809}", `rate_limits.expected_nodes: integer -9223372036854775809 out of range`},
+		{"int overflow from env", "rate_limits: {expected_nodes: \"${HUGE}\"}", `test.yaml:2:31: rate_limits.expected_nodes: integer 99999999999999999999 out of range`},
+		{"float overflow", "tracing: {otlp_endpoint: \"http://x\", sample_ratio: 1e400}", `tracing.sample_ratio: number 1e400 out of range`},
+		{"size overflow", "server: {max_body_bytes: 99999999999999999999}", `server.max_body_bytes: invalid size "99999999999999999999": too large`},
 		{"float gets string", "tracing: {otlp_endpoint: \"http://x\", sample_ratio: half}", `tracing.sample_ratio: expected a number, got "half"`},
 		{"float gets inf", "tracing: {otlp_endpoint: \"http://x\", sample_ratio: .inf}", `tracing.sample_ratio: must be a finite number`},
 		{"bool gets int", "logging: {access_log: 1}", `logging.access_log: expected a boolean (true or false), got an integer`},
@@ -77,5 +84,29 @@ routes:
 	_, err := load1(t, "version: 1\nupstreams:\n  a:\n    <<: [1]\n    targets: [{url: \"http://x\"}]\n"+minimalRoute[len("upstreams:\n"):])
 	if err == nil || !strings.Contains(err.Error(), "a merge key (<<) needs a mapping or a list of mappings") {
 		t.Errorf("merge of a scalar: %v", err)
+	}
+}
+
+// TestRedefinedAnchor: an alias refers to the latest definition of its
+// anchor name before it, as YAML has it. Anchors were collected up front
+// and the last definition in the file won, so upstream a got 2s here.
+func TestRedefinedAnchor(t *testing.T) {
+	c := mustLoad(t, `version: 1
+x-fast: &t {timeout: 1s}
+upstreams:
+  a: {<<: *t, targets: [{url: "http://127.0.0.1:7001"}]}
+  b: {timeout: &d 3s, targets: [{url: "http://127.0.0.1:7002"}]}
+  c: {timeout: *d, targets: [{url: "http://127.0.0.1:7003"}]}
+  d: {timeout: &d 4s, targets: [{url: "http://127.0.0.1:7004"}]}
+  e: {timeout: *d, targets: [{url: "http://127.0.0.1:7005"}]}
+  f: {<<: *t, targets: [{url: "http://127.0.0.1:7006"}]}
+x-slow: &t {timeout: 2s}
+routes:
+  - {name: r, match: {path: /}, upstream: a, public: true}
+`)
+	for name, want := range map[string]string{"a": "1s", "c": "3s", "e": "4s", "f": "1s"} {
+		if got := c.Upstreams[name].Timeout.String(); got != want {
+			t.Errorf("upstreams.%s.timeout = %s, want %s", name, got, want)
+		}
 	}
 }

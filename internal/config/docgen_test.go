@@ -83,8 +83,8 @@ var fieldDocs = map[string]fieldDoc{
 	"Upstream.circuit_breaker":   {desc: "Per-upstream circuit breaker; off unless present."},
 	"Upstream.tls":               {desc: "TLS settings for https:// targets (custom CA, client certificate for mTLS)."},
 
-	"Target.url":    {desc: "http://, https:// or h2c:// (cleartext HTTP/2) URL of the target."},
-	"Target.weight": {desc: "Relative weight; 0 means the default.", def: "1"},
+	"Target.url":    {desc: "http://, https:// or h2c:// (cleartext HTTP/2) URL of the target; each URL once per upstream."},
+	"Target.weight": {desc: "Relative weight, at most 1000000; 0 means the default.", def: "1"},
 
 	"HealthCheck.path":                {desc: "Path probed on each target.", def: "/healthz"},
 	"HealthCheck.interval":            {desc: "Time between probes.", def: "5s"},
@@ -151,19 +151,19 @@ var fieldDocs = map[string]fieldDoc{
 	"ClientTLS.server_name": {desc: "Name to verify, when it differs from the address."},
 
 	"Policy.algorithm":      {desc: "Counting algorithm.", enum: []string{"fixed_window", "sliding_window_log", "sliding_window_counter", "token_bucket", "leaky_bucket"}},
-	"Policy.limit":          {desc: "Window algorithms: requests per window (sliding_window_log: at most 1000)."},
-	"Policy.window":         {desc: "Window algorithms: the window length."},
+	"Policy.limit":          {desc: "Window algorithms: requests per window, at most 2^40 (sliding_window_log: at most 1000)."},
+	"Policy.window":         {desc: "Window algorithms: the window length, at most about 407d."},
 	"Policy.rate":           {desc: "Bucket algorithms: tokens added per `per`."},
 	"Policy.per":            {desc: "Bucket algorithms: the refill period of `rate`."},
-	"Policy.burst":          {desc: "Bucket algorithms: capacity.", def: "token_bucket: rate; leaky_bucket: 1"},
+	"Policy.burst":          {desc: "Bucket algorithms: capacity, at most 2^40; refilling all of it at rate/per must take under about 35 years.", def: "token_bucket: rate; leaky_bucket: 1"},
 	"Policy.max_delay":      {desc: "leaky_bucket only: early requests wait up to this instead of a 429.", def: "0s"},
 	"Policy.key":            {desc: "What is counted: ip, header:NAME, claim:NAME, consumer, route, global, joined with +."},
 	"Policy.mode":           {desc: "Overrides rate_limits.mode.", def: "rate_limits.mode", enum: []string{"exact", "lease"}},
 	"Policy.on_store_error": {desc: "Overrides rate_limits.on_store_error.", def: "rate_limits.on_store_error", enum: []string{"local", "fail_open", "fail_closed"}},
 	"Policy.shadow":         {desc: "Count and log, never block.", def: "false"},
-	"Policy.cost":           {desc: "Units one request takes.", def: "1"},
+	"Policy.cost":           {desc: "Units one request takes; at most limit (burst for buckets).", def: "1"},
 	"Policy.on_missing_key": {desc: "A request without the key's part: deny (429), skip (unlimited) or shared (one shared bucket). A deny policy keyed on a claim or consumer cannot be used without auth.", def: "deny", enum: []string{"deny", "skip", "shared"}},
-	"Policy.overrides":      {desc: "Per consumer (API key id) or claim value: other numbers, e.g. plans."},
+	"Policy.overrides":      {desc: "Per consumer (API key id) or claim value: other numbers, e.g. plans. Needs a key with consumer or claim:NAME."},
 
 	"PolicyOverride.limit":  {desc: "Window algorithms: replaces limit."},
 	"PolicyOverride.window": {desc: "Window algorithms: replaces window."},
@@ -196,7 +196,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Match.query":   {desc: "Query parameters that must have these exact values."},
 
 	"WeightedUpstream.name":   {desc: "An upstream name."},
-	"WeightedUpstream.weight": {desc: "Relative share, greater than 0."},
+	"WeightedUpstream.weight": {desc: "Relative share, from 1 to 1000000."},
 
 	"Rewrite.path":         {desc: "New path; may use the {param}s of match.path and, on a prefix route, {*} for the rest."},
 	"Rewrite.strip_prefix": {desc: "Prefix of match.path removed before forwarding; not /."},
@@ -234,7 +234,7 @@ var fieldDocs = map[string]fieldDoc{
 	"Backend.upstream": {desc: "The upstream called."},
 	"Backend.method":   {desc: "Method of the call.", def: "GET"},
 	"Backend.path":     {desc: "Path template: {param}, {claims.X}, {query.X}, {header.X}, and {OTHER.field} for the backend named in after."},
-	"Backend.into":     {desc: "Key under which the shaped result goes in the response; empty merges it into the top level."},
+	"Backend.into":     {desc: "Key under which the shaped result goes in the response, one backend per key; empty merges it into the top level."},
 	"Backend.fields":   {desc: "Field paths kept (items[].id); applied first."},
 	"Backend.drop":     {desc: "Field paths removed; after fields."},
 	"Backend.rename":   {desc: "Field path to new key name; after drop."},
@@ -246,7 +246,7 @@ var fieldDocs = map[string]fieldDoc{
 	"SLO.name":          {desc: "Unique SLO name; the metrics label."},
 	"SLO.route":         {desc: "A route name or BFF/ENDPOINT."},
 	"SLO.objective":     {desc: "Percent of good requests, strictly between 0 and 100, e.g. 99.9. Bad: 5xx including the gateway's own 502/503/504."},
-	"SLO.window":        {desc: "Error-budget window.", def: "28d"},
+	"SLO.window":        {desc: "Error-budget window, at least 1m.", def: "28d"},
 	"SLO.latency":       {desc: "Optional: slower requests are bad too.", def: "0s (off)"},
 	"SLO.alert_webhook": {desc: "http(s) URL that receives alert notifications."},
 }

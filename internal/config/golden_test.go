@@ -19,6 +19,8 @@ func testEnv(name string) (string, bool) {
 		"EMPTY":               "",
 		"RETRIES":             "3",
 		"JWT_SECRET":          "0123456789abcdef0123456789abcdef",
+		"HUGE":                "99999999999999999999",
+		"TOKEN_FROM_FILE":     "s3cret-admin-token\n",
 	}
 	v, ok := env[name]
 	return v, ok

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -322,7 +323,7 @@ func (l *loader) file(name string, data []byte) {
 		errs:    l.errs,
 		pos:     l.pos,
 		failed:  l.failed,
-		anchors: map[string]ast.Node{},
+		anchors: map[string][]anchorDef{},
 		fields:  l.fields,
 	}
 	var docs []*ast.DocumentNode
@@ -334,7 +335,8 @@ func (l *loader) file(name string, data []byte) {
 	if bytes.IndexByte(data, '&') >= 0 {
 		// Anchors are collected up front: one defined under a key the
 		// decoder skips (an x- key, an unknown key) must still serve its
-		// aliases. A redefined anchor name keeps its last definition.
+		// aliases. An alias takes the latest definition of its name
+		// before it, as in YAML.
 		for _, doc := range docs {
 			ast.Walk(anchorCollector(d.anchors), doc.Body)
 		}
@@ -450,13 +452,23 @@ func tooDeep(data []byte) (line, col int, deep bool) {
 	return 0, 0, false
 }
 
-// anchorCollector records every anchor of a document by name.
-type anchorCollector map[string]ast.Node
+// anchorCollector records every anchor definition of a document by name,
+// in document order.
+type anchorCollector map[string][]anchorDef
 
 func (a anchorCollector) Visit(n ast.Node) ast.Visitor {
 	if an, ok := n.(*ast.AnchorNode); ok {
 		if name, ok := an.Name.(*ast.StringNode); ok {
-			a[name.Value] = an.Value
+			def := anchorDef{node: an.Value}
+			if p := an.GetToken().Position; p != nil {
+				def.line, def.col = p.Line, p.Column
+			}
+			defs := append(a[name.Value], def)
+			// The walk goes in document order; sorting keeps that certain.
+			slices.SortStableFunc(defs, func(x, y anchorDef) int {
+				return cmp.Or(cmp.Compare(x.line, y.line), cmp.Compare(x.col, y.col))
+			})
+			a[name.Value] = defs
 		}
 	}
 	return a
@@ -483,6 +495,12 @@ func (l *loader) rateLimits(d *decoder, e *ast.MappingValueNode) {
 	for _, sub := range d.entries(m, field) {
 		key, ok := d.key(sub, field)
 		if !ok {
+			continue
+		}
+		if _, known := d.fieldIndex(rv.Type(), key); !known {
+			// A typo (polices) is reported as an unknown key, not as a
+			// second file claiming the settings.
+			d.unknownKey(rv.Type(), key, sub, joinField(field, key))
 			continue
 		}
 		if key != "policies" && !claimed {

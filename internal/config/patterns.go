@@ -136,6 +136,10 @@ func isMethod(s string) bool {
 	return true
 }
 
+// maxFieldPathSegments mirrors the aggregation stage's bound on a field
+// path's length, which it enforces when it compiles.
+const maxFieldPathSegments = 64
+
 // checkFieldPath validates a JSON field path such as items[].author.name:
 // dot-separated keys, each optionally followed by [] (every array item); a
 // path may start with [] for a top-level array.
@@ -143,7 +147,11 @@ func checkFieldPath(p string) error {
 	if p == "" {
 		return errors.New("empty field path")
 	}
-	for i, seg := range strings.Split(p, ".") {
+	segs := strings.Split(p, ".")
+	if len(segs) > maxFieldPathSegments {
+		return fmt.Errorf("field path %q has more than %d segments", p, maxFieldPathSegments)
+	}
+	for i, seg := range segs {
 		key := seg
 		for strings.HasSuffix(key, "[]") {
 			key = key[:len(key)-2]

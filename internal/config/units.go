@@ -90,7 +90,8 @@ func ParseSize(s string) (Size, error) {
 	}
 	n, err := strconv.ParseInt(in[:i], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("invalid size %q", s)
+		// Only digits were parsed, so the one possible error is range.
+		return 0, fmt.Errorf("invalid size %q: too large", s)
 	}
 	var mult int64
 	switch strings.TrimSpace(in[i:]) {

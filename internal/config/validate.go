@@ -182,6 +182,13 @@ func (v *validator) admin() {
 	if ok && a.Token == "" && !v.failed["admin.token"] && !isLoopback(host) {
 		v.errf("admin.listen", "%q is not a loopback address, so admin.token is required", a.Listen)
 	}
+	// Header values lose surrounding whitespace and cannot hold control
+	// characters, so such a token (often a secret file's trailing newline,
+	// through ${VAR}) would refuse every request.
+	if t := a.Token; t != strings.TrimSpace(t) || !httpguts.ValidHeaderFieldValue(t) {
+		v.errf("admin.token", "has surrounding whitespace or control characters (a trailing newline from a secret file?): "+
+			"no Authorization header can carry it, so every admin request would be refused")
+	}
 }
 
 func isLoopback(host string) bool {
@@ -207,20 +214,36 @@ func (v *validator) tracing() {
 	}
 }
 
+// MaxWeight bounds target and split weights: the balancers sum weights in
+// an int and draw below the sum, so a sum that overflows would make every
+// pick panic.
+const MaxWeight = 1_000_000
+
 func (v *validator) upstream(f, name string, u *Upstream) {
 	v.name(f, "upstream", name)
 	if len(u.Targets) == 0 {
 		v.errf(f+".targets", "at least one target is required")
 	}
+	urls := map[string]int{}
 	for i, t := range u.Targets {
 		tf := idx(f+".targets", i)
 		if t.URL == "" {
 			v.errf(tf+".url", "is required")
 		} else {
 			v.url(tf+".url", t.URL, "http", "https", "h2c")
+			// The upstream pool keys health and ejection state by URL and
+			// refuses a repeat when it compiles; a heavier share is weight.
+			if first, dup := urls[t.URL]; dup {
+				v.errf(tf+".url", "%q is listed twice (first at %s; use weight for a larger share)", t.URL, v.where(idx(f+".targets", first)+".url"))
+			} else {
+				urls[t.URL] = i
+			}
 		}
-		if t.Weight < 0 {
+		switch {
+		case t.Weight < 0:
 			v.errf(tf+".weight", "must not be negative")
+		case t.Weight > MaxWeight:
+			v.errf(tf+".weight", "must be at most %d", MaxWeight)
 		}
 	}
 	v.enum(f+".balance", u.Balance, "round_robin", "least_request", "random", "consistent_hash")
@@ -374,7 +397,7 @@ func (v *validator) apiKey(f string, a *AuthProvider) {
 	if len(a.Keys) == 0 {
 		v.errf(f+".keys", "at least one key is required")
 	}
-	ids := map[string]int{}
+	ids, hashes := map[string]int{}, map[string]int{}
 	for i, k := range a.Keys {
 		kf := idx(f+".keys", i)
 		if k.ID == "" {
@@ -386,6 +409,11 @@ func (v *validator) apiKey(f string, a *AuthProvider) {
 		}
 		if !isHex64(k.SHA256) {
 			v.errf(kf+".sha256", "must be the 64 hex digits of the key's SHA-256 (plaintext keys never go in config)")
+		} else if first, dup := hashes[strings.ToLower(k.SHA256)]; dup {
+			// One key cannot name two consumers; the auth stage refuses it.
+			v.errf(kf+".sha256", "the same key as keys[%d] (at %s)", first, v.where(idx(f+".keys", first)+".sha256"))
+		} else {
+			hashes[strings.ToLower(k.SHA256)] = i
 		}
 	}
 }
@@ -505,9 +533,22 @@ func (v *validator) policy(f, name string, p *Policy) {
 	if p.Cost < 1 {
 		v.errf(f+".cost", "must be at least 1")
 	}
+	v.policyBounds(f, p, nil)
+	if limit, what := p.Limit, "limit"; windowed || p.Burst > 0 {
+		if !windowed {
+			limit, what = p.Burst, "burst"
+		}
+		if limit > 0 && p.Cost > limit {
+			v.errf(f+".cost", "%d exceeds the %s %d: no request could ever pass", p.Cost, what, limit)
+		}
+	}
+	if len(p.Overrides) > 0 && checkKeyExpr(p.Key) == nil && !needsIdentity(p.Key) {
+		v.errf(f+".overrides", "overrides are chosen by consumer or claim value, so key must include consumer or claim:NAME (it is %q)", p.Key)
+	}
 	for _, who := range sortedKeys(p.Overrides) {
 		o := p.Overrides[who]
 		of := f + ".overrides." + who
+		v.policyBounds(of, p, o)
 		if windowed {
 			if o.Rate != 0 || o.Per != 0 || o.Burst != 0 {
 				v.errf(of, "%s overrides take limit and window", p.Algorithm)
@@ -525,6 +566,91 @@ func (v *validator) policy(f, name string, p *Policy) {
 			if o.Rate < 0 || o.Burst < 0 {
 				v.errf(of, "rate and burst must not be negative")
 			}
+		}
+	}
+}
+
+// The rate limiter keeps its arithmetic exact (below 2^53) and refuses a
+// policy outside these bounds when it compiles; they are checked here too,
+// so that a config that validates also runs.
+const (
+	maxPolicyLimit    = int64(1) << 40 // limit; burst and rate for buckets
+	maxPolicyWindowUS = int64(1) << 45 // window, or per/rate for buckets, in µs (about 407d)
+	maxPolicyProduct  = int64(1) << 50 // burst times per/rate, and max_delay, in µs (about 35 years)
+)
+
+// policyBounds checks the numbers a policy compiles to: the policy's own
+// when o is nil, else those of override o (its unset values come from the
+// policy, as the rate limiter takes them), reported at f. Values that are
+// zero or negative are reported elsewhere.
+func (v *validator) policyBounds(f string, p *Policy, o *PolicyOverride) {
+	const longWindow = "is longer than the rate limiter supports (about 407d)"
+	switch p.Algorithm {
+	case "fixed_window", "sliding_window_log", "sliding_window_counter":
+		limit, window := p.Limit, p.Window
+		if o != nil {
+			limit, window = o.Limit, o.Window
+		}
+		if limit > maxPolicyLimit {
+			v.errf(f+".limit", "must be at most %d", maxPolicyLimit)
+		}
+		if us := window.D().Microseconds(); window > 0 && us < 1 {
+			v.errf(f+".window", "must be at least 1µs")
+		} else if us > maxPolicyWindowUS {
+			v.errf(f+".window", "%s %s", window, longWindow)
+		}
+	case "token_bucket", "leaky_bucket":
+		rate, per, burst := p.Rate, p.Per, p.Burst
+		at := func(key string) string { return f + "." + key }
+		if o != nil {
+			// As the rate limiter compiles an override: a token bucket
+			// whose burst followed its rate follows the new rate.
+			followsRate := p.Algorithm == "token_bucket" && p.Burst == p.Rate
+			if o.Rate > 0 {
+				rate = o.Rate
+				if followsRate && o.Burst == 0 {
+					burst = rate
+				}
+			}
+			if o.Per > 0 {
+				per = o.Per
+			}
+			if o.Burst > 0 {
+				burst = o.Burst
+			}
+			if o.Rate <= 0 && o.Per <= 0 && o.Burst <= 0 {
+				return // nothing of its own
+			}
+			at = func(string) string { return f }
+		}
+		if rate <= 0 || per <= 0 || burst <= 0 {
+			return
+		}
+		perUS := per.D().Microseconds()
+		switch {
+		case rate > maxPolicyLimit:
+			v.errf(at("rate"), "rate %d must be at most %d", rate, maxPolicyLimit)
+			return
+		case burst > maxPolicyLimit:
+			v.errf(at("burst"), "burst %d must be at most %d", burst, maxPolicyLimit)
+			return
+		case perUS < 1:
+			v.errf(at("per"), "per %s must be at least 1µs", per)
+			return
+		}
+		interval := perUS / rate // µs per request, rounded up as the limiter does
+		if perUS%rate != 0 {
+			interval++
+		}
+		switch {
+		case interval > maxPolicyWindowUS:
+			v.errf(at("per"), "one request every %s %s", time.Duration(interval)*time.Microsecond, longWindow)
+		case burst > maxPolicyProduct/interval:
+			v.errf(at("burst"), "burst %d refills at one per %s, which takes longer than the rate limiter supports (about 35 years)",
+				burst, time.Duration(interval)*time.Microsecond)
+		}
+		if o == nil && p.MaxDelay.D().Microseconds() > maxPolicyProduct {
+			v.errf(f+".max_delay", "%s is longer than the rate limiter supports (about 35 years)", p.MaxDelay)
 		}
 	}
 }
@@ -693,6 +819,9 @@ func (v *validator) route(f string, r *Route) {
 			v.errf(f+".match.headers."+h, "invalid header name %q", h)
 		}
 	}
+	if _, empty := m.Query[""]; empty {
+		v.errf(f+".match.query", "a query parameter name is empty")
+	}
 	switch {
 	case r.Upstream == "" && len(r.Upstreams) == 0:
 		v.errf(f, "needs upstream or upstreams")
@@ -704,8 +833,11 @@ func (v *validator) route(f string, r *Route) {
 	for i, w := range r.Upstreams {
 		wf := idx(f+".upstreams", i)
 		v.upstreamRef(wf+".name", w.Name)
-		if w.Weight <= 0 {
+		switch {
+		case w.Weight <= 0:
 			v.errf(wf+".weight", "must be greater than 0")
+		case w.Weight > MaxWeight:
+			v.errf(wf+".weight", "must be at most %d", MaxWeight)
 		}
 	}
 	if r.WebSocket {
@@ -874,12 +1006,20 @@ func (v *validator) endpoint(f string, e *Endpoint) {
 	}
 	params, _ := PathParams(e.Path)
 	byName := map[string]int{}
+	intos := map[string]int{}
 	for i, b := range e.Backends {
 		bf := idx(f+".backends", i)
 		if first, dup := byName[b.Name]; dup && b.Name != "" {
 			v.errf(bf, "duplicate backend name %q (also backends[%d]; set name or into to tell them apart)", b.Name, first)
+			continue
+		}
+		byName[b.Name] = i
+		// Two backends writing one key would overwrite each other; the
+		// aggregation stage refuses that when it compiles.
+		if first, dup := intos[b.Into]; dup && b.Into != "" {
+			v.errf(bf+".into", "backends[%d] already writes into %q (each backend needs its own key)", first, b.Into)
 		} else {
-			byName[b.Name] = i
+			intos[b.Into] = i
 		}
 	}
 	for i, b := range e.Backends {
@@ -969,12 +1109,32 @@ func (v *validator) template(f string, b *Backend, params []string) {
 		case head == "claims" || head == "query" || head == "header":
 			// any claim, query parameter or header name
 		case head == b.After:
-			if err := checkFieldPath(rest); err != nil {
+			if strings.ContainsAny(rest, "[]") {
+				// One value goes into the path; [] would name many.
+				v.errf(f, "{%s}: a template reads one value, so its field path cannot contain []", ref)
+			} else if err := checkFieldPath(rest); err != nil {
 				v.errf(f, "{%s}: %s", ref, err.Error())
 			}
 		default:
 			v.errf(f, "{%s}: %q is neither claims, query, header nor the backend named in after", ref, head)
 		}
+	}
+	// The literal text is sent as written, so with each {...} standing for
+	// one character it must be a request target, as the aggregation stage
+	// requires when it compiles.
+	var check strings.Builder
+	for rest := b.Path; rest != ""; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			check.WriteString(rest)
+			break
+		}
+		check.WriteString(rest[:i])
+		check.WriteByte('x')
+		rest = rest[i+strings.IndexByte(rest[i:], '}')+1:]
+	}
+	if u, err := url.ParseRequestURI(check.String()); err != nil || u.Fragment != "" || strings.Contains(check.String(), "#") {
+		v.errf(f, "%q is not a valid request path (no fragment, no bytes a URL cannot hold)", b.Path)
 	}
 }
 
@@ -1075,6 +1235,11 @@ func (v *validator) slo(f string, s *SLO) {
 		if !slices.ContainsFunc(v.cfg.Routes, func(r *Route) bool { return r.Name == s.Route }) {
 			v.errf(f+".route", "unknown route %q", s.Route)
 		}
+	}
+	// The SLO stage keeps per-minute counts and refuses a shorter window
+	// when it compiles.
+	if s.Window < Duration(time.Minute) {
+		v.errf(f+".window", "must be at least 1m, got %s", s.Window)
 	}
 	if s.Objective <= 0 || s.Objective >= 100 {
 		v.errf(f+".objective", "must be a percentage strictly between 0 and 100, e.g. 99.9")

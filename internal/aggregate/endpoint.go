@@ -1225,15 +1225,7 @@ func mergeMembers(s *scanner, val, out []byte, first bool) ([]byte, bool) {
 		if s.skipValue() != nil {
 			return out, first
 		}
-		key := s.keyBytes(ks, ke, esc)
-		// As in shapeObject: the common small object's check inlined.
-		var isNew bool
-		if s.scans(0) {
-			isNew = s.firstScanned(0, 0, key)
-		} else {
-			isNew = s.firstIndexed(0, 0, key)
-		}
-		if isNew {
+		if s.firstName(0, 0, s.keyBytes(ks, ke, esc)) {
 			if !first {
 				out = append(out, ',')
 			}

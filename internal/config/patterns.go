@@ -172,22 +172,26 @@ func isKeyName(s string) bool {
 }
 
 // templateRefs returns the expressions inside {...} in a backend path
-// template, or an error for unbalanced braces.
-func templateRefs(t string) ([]string, error) {
-	var out []string
+// template and its skeleton (the template with each {...} as one 'x'), or
+// an error for unbalanced braces.
+func templateRefs(t string) (refs []string, skeleton string, err error) {
+	var sk strings.Builder
 	for {
 		open := strings.IndexAny(t, "{}")
 		if open < 0 {
-			return out, nil
+			sk.WriteString(t)
+			return refs, sk.String(), nil
 		}
 		if t[open] == '}' {
-			return nil, errors.New("unbalanced } in template")
+			return nil, "", errors.New("unbalanced } in template")
 		}
 		end := strings.IndexAny(t[open+1:], "{}")
 		if end < 0 || t[open+1+end] == '{' {
-			return nil, errors.New("unbalanced { in template")
+			return nil, "", errors.New("unbalanced { in template")
 		}
-		out = append(out, t[open+1:open+1+end])
+		refs = append(refs, t[open+1:open+1+end])
+		sk.WriteString(t[:open])
+		sk.WriteByte('x')
 		t = t[open+1+end+1:]
 	}
 }

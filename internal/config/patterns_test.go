@@ -113,7 +113,7 @@ func TestTemplateRefs(t *testing.T) {
 		{in: "/{a{b}}", err: true},
 	}
 	for _, tt := range tests {
-		got, err := templateRefs(tt.in)
+		got, _, err := templateRefs(tt.in)
 		if (err != nil) != tt.err || !tt.err && !slices.Equal(got, tt.want) {
 			t.Errorf("templateRefs(%q) = %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.err)
 		}

@@ -572,7 +572,9 @@ func (v *validator) policy(f, name string, p *Policy) {
 
 // The rate limiter keeps its arithmetic exact (below 2^53) and refuses a
 // policy outside these bounds when it compiles; they are checked here too,
-// so that a config that validates also runs.
+// so that a config that validates also runs. They are algo.MaxLimit,
+// algo.MaxWindow and algo.MaxProduct, copied because algo imports this
+// package; TestPolicyBoundsMatchRateLimiter keeps the two in step.
 const (
 	maxPolicyLimit    = int64(1) << 40 // limit; burst and rate for buckets
 	maxPolicyWindowUS = int64(1) << 45 // window, or per/rate for buckets, in µs (about 407d)
@@ -936,7 +938,7 @@ func (v *validator) rewrite(f string, rw *Rewrite, matchPath string) {
 		return
 	}
 	params, prefix := PathParams(matchPath)
-	refs, err := templateRefs(rw.Path)
+	refs, _, err := templateRefs(rw.Path)
 	if err != nil {
 		v.errf(f+".path", "%s", err.Error())
 		return
@@ -1092,7 +1094,7 @@ func (v *validator) endpoint(f string, e *Endpoint) {
 
 // template checks the {...} references of a backend path.
 func (v *validator) template(f string, b *Backend, params []string) {
-	refs, err := templateRefs(b.Path)
+	refs, skeleton, err := templateRefs(b.Path)
 	if err != nil {
 		v.errf(f, "%s", err.Error())
 		return
@@ -1122,18 +1124,7 @@ func (v *validator) template(f string, b *Backend, params []string) {
 	// The literal text is sent as written, so with each {...} standing for
 	// one character it must be a request target, as the aggregation stage
 	// requires when it compiles.
-	var check strings.Builder
-	for rest := b.Path; rest != ""; {
-		i := strings.IndexByte(rest, '{')
-		if i < 0 {
-			check.WriteString(rest)
-			break
-		}
-		check.WriteString(rest[:i])
-		check.WriteByte('x')
-		rest = rest[i+strings.IndexByte(rest[i:], '}')+1:]
-	}
-	if u, err := url.ParseRequestURI(check.String()); err != nil || u.Fragment != "" || strings.Contains(check.String(), "#") {
+	if u, err := url.ParseRequestURI(skeleton); err != nil || u.Fragment != "" || strings.Contains(skeleton, "#") {
 		v.errf(f, "%q is not a valid request path (no fragment, no bytes a URL cannot hold)", b.Path)
 	}
 }

@@ -352,7 +352,7 @@ func (p *policy) firstDeniedHeader(lines []string) string {
 func (p *policy) allowHeaders(requested []string) []string {
 	var extra []string
 	for _, line := range requested {
-		for _, name := range strings.Split(line, ",") {
+		for name := range strings.SplitSeq(line, ",") {
 			name = strings.ToLower(strings.TrimSpace(name))
 			if safelisted(name) && !p.headers[name] && !slices.Contains(extra, name) {
 				extra = append(extra, name)

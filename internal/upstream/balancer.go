@@ -183,9 +183,20 @@ func (b *leastRequest) pick(_ *http.Request, c pickCtx) int {
 // pick keeps its distribution whichever way it was made, so an idle pool's
 // shares follow the weights however many targets are out (a scan for the
 // least loaded would send all of an idle pool's traffic to one target).
-func (b *leastRequest) among(c pickCtx, skip int) int {
+func (b *leastRequest) among(c pickCtx, skip int) int { return weightedDraw(b.weights, c, skip) }
+
+// weightedRandom picks each eligible target with probability weight/total.
+type weightedRandom struct {
+	weights []int
+}
+
+func (b *weightedRandom) pick(_ *http.Request, c pickCtx) int { return weightedDraw(b.weights, c, -1) }
+
+// weightedDraw draws a target c allows, other than skip, with probability
+// proportional to its weight; -1 when there is none.
+func weightedDraw(weights []int, c pickCtx, skip int) int {
 	total := 0
-	for i, w := range b.weights {
+	for i, w := range weights {
 		if i != skip && c.ok(i) {
 			total += w
 		}
@@ -195,7 +206,7 @@ func (b *leastRequest) among(c pickCtx, skip int) int {
 	}
 	r := rand.IntN(total)
 	last := -1
-	for i, w := range b.weights {
+	for i, w := range weights {
 		if i == skip || !c.ok(i) {
 			continue
 		}
@@ -206,34 +217,6 @@ func (b *leastRequest) among(c pickCtx, skip int) int {
 		last = i
 	}
 	return last // a target that turned ineligible since the sum
-}
-
-// weightedRandom picks each eligible target with probability weight/total.
-type weightedRandom struct {
-	weights []int
-}
-
-func (b *weightedRandom) pick(_ *http.Request, c pickCtx) int {
-	total := 0
-	for i, w := range b.weights {
-		if c.ok(i) {
-			total += w
-		}
-	}
-	if total == 0 {
-		return -1
-	}
-	r := rand.IntN(total)
-	for i, w := range b.weights {
-		if !c.ok(i) {
-			continue
-		}
-		if r < w {
-			return i
-		}
-		r -= w
-	}
-	return -1
 }
 
 // hashKey says what consistent hashing hashes.
